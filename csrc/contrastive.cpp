@@ -1,0 +1,282 @@
+// The fused contrastive-loss ops: a device-agnostic orchestrator that walks the logit
+// matrix in workspace-sized panels, and their registration as torch custom ops.
+//
+// Per panel: ATen's matmul (MKL/oneDNN on CPU, cuBLAS on GPU) forms the raw products
+// p = Q_rows . K_cols^T; a panel kernel (cpu/ or cuda/) does the fused element-wise work.
+// Backward recomputes each panel, turns it into s * dLoss/dlogit in place, and feeds it to
+// two more matmuls: dQ_rows += G . K_cols and dK_cols += G^T . Q_rows. Nothing of size
+// n x N is ever held; memory is O((n + N) * D) plus one panel.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <string>
+
+#include "panel.h"
+
+#ifdef PRETRAIN_MM_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
+
+namespace pretrain_mm {
+namespace {
+
+using at::Tensor;
+
+// ---- input checks (the Python API checks first, with the same words) -----------------
+
+void check_features(const Tensor& q, const Tensor& k, int64_t offset) {
+  TORCH_CHECK_VALUE(q.dim() == 2 && k.dim() == 2, "contrastive loss: features must be 2-D (rows, dim); got image ",
+                    q.sizes(), " and text ", k.sizes());
+  TORCH_CHECK_VALUE(q.size(1) == k.size(1), "contrastive loss: feature dims differ: image ", q.sizes(), " vs text ",
+                    k.sizes());
+  TORCH_CHECK_VALUE(q.size(0) > 0 && k.size(0) > 0, "contrastive loss: empty batch: image ", q.sizes(), ", text ",
+                    k.sizes());
+  TORCH_CHECK_VALUE(q.scalar_type() == k.scalar_type(), "contrastive loss: dtypes differ: image ", q.scalar_type(),
+                    " vs text ", k.scalar_type());
+  TORCH_CHECK_VALUE(q.device() == k.device(), "contrastive loss: devices differ: image on ", q.device(),
+                    ", text on ", k.device());
+  const auto dt = q.scalar_type();
+  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf,
+                    "contrastive loss: unsupported dtype ", dt, " (use float32, float64, bfloat16 or float16)");
+  TORCH_CHECK_VALUE(offset >= 0 && offset + q.size(0) <= k.size(0), "contrastive loss: rows [", offset, ", ",
+                    offset + q.size(0), ") of the image batch do not fit the ", k.size(0), " text rows");
+}
+
+void check_scalar(const Tensor& t, const Tensor& like, const char* name) {
+  TORCH_CHECK_VALUE(t.numel() == 1, "contrastive loss: ", name, " must hold one value; got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.device() == like.device(), "contrastive loss: ", name, " is on ", t.device(),
+                    " but the features are on ", like.device());
+}
+
+// float64 inputs are computed in float64; every other dtype in float32.
+at::ScalarType compute_dtype(const Tensor& q) {
+  return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Inputs in the compute dtype, contiguous. Half-precision inputs are widened once here —
+// O((n + N) * D) — so that every panel product and gradient matmul accumulates and ends in
+// float32: rounding a logit to bf16 would cost ~0.4 at scale 100.
+Tensor prepare(const Tensor& t, at::ScalarType dtype) { return t.to(dtype).contiguous(); }
+
+Tensor scalar_arg(const Tensor& t, at::ScalarType dtype) { return t.to(dtype).reshape({1}).contiguous(); }
+
+// ---- the panel walk -----------------------------------------------------------------
+
+struct PanelPlan {
+  int64_t rows, cols;
+};
+
+// Full-width panels when the budget allows at least kMinRows rows of them (row statistics
+// are then complete per panel and matmuls stay large); narrower ones otherwise.
+PanelPlan plan_panels(int64_t n, int64_t N, int64_t budget_bytes, int64_t elem_bytes) {
+  constexpr int64_t kMinRows = 16;
+  const int64_t elems = std::max<int64_t>(budget_bytes / elem_bytes, 1);
+  const int64_t cols = std::min<int64_t>(N, std::max<int64_t>(elems / kMinRows, 1));
+  const int64_t rows = std::clamp<int64_t>(elems / cols, 1, n);
+  return {rows, cols};
+}
+
+// Calls visit(panel_tensor, row0, col0) for every panel, with the panel's raw products.
+template <typename F>
+void walk_panels(const Tensor& q, const Tensor& k, int64_t workspace_bytes, const F& visit) {
+  const int64_t n = q.size(0), N = k.size(0);
+  TORCH_CHECK_VALUE(workspace_bytes > 0, "contrastive loss: workspace_bytes must be positive, got ",
+                    workspace_bytes);
+  const PanelPlan plan = plan_panels(n, N, workspace_bytes, q.element_size());
+  Tensor workspace = at::empty({plan.rows * plan.cols}, q.options());
+  for (int64_t r0 = 0; r0 < n; r0 += plan.rows) {
+    const int64_t rows = std::min(plan.rows, n - r0);
+    const Tensor q_rows = q.narrow(0, r0, rows);
+    for (int64_t c0 = 0; c0 < N; c0 += plan.cols) {
+      const int64_t cols = std::min(plan.cols, N - c0);
+      Tensor panel = workspace.narrow(0, 0, rows * cols).view({rows, cols});
+      at::mm_out(panel, q_rows, k.narrow(0, c0, cols).t());
+      visit(panel, r0, c0);
+    }
+  }
+}
+
+template <typename T>
+Panel<T> make_panel(const Tensor& panel, int64_t r0, int64_t c0, int64_t offset, const Tensor& scale,
+                    const T* bias) {
+  return {panel.data_ptr<T>(), panel.size(0), panel.size(1), panel.stride(0), r0, c0, offset,
+          scale.const_data_ptr<T>(), bias};
+}
+
+// Runs the panel kernel for `state` on the device of `like`.
+template <typename T, typename State>
+void run_kernel(const Tensor& like, const Panel<T>& p, const State& state) {
+#ifdef PRETRAIN_MM_WITH_CUDA
+  if (like.is_cuda()) {
+    void* stream = at::cuda::getCurrentCUDAStream(like.device().index()).stream();
+    if constexpr (std::is_same_v<State, SoftmaxForwardState<T>>) cuda::softmax_forward_panel(p, state, stream);
+    if constexpr (std::is_same_v<State, SoftmaxBackwardState<T>>) cuda::softmax_backward_panel(p, state, stream);
+    if constexpr (std::is_same_v<State, SigmoidForwardState<T>>) cuda::sigmoid_forward_panel(p, state, stream);
+    if constexpr (std::is_same_v<State, SigmoidBackwardState<T>>) cuda::sigmoid_backward_panel(p, state, stream);
+    return;
+  }
+#endif
+  TORCH_CHECK(like.is_cpu(), "pretrain_mm was built without CUDA; got a tensor on ", like.device());
+  const auto& k = cpu::kernels<T>();
+  if constexpr (std::is_same_v<State, SoftmaxForwardState<T>>) k.softmax_forward(p, state);
+  if constexpr (std::is_same_v<State, SoftmaxBackwardState<T>>) k.softmax_backward(p, state);
+  if constexpr (std::is_same_v<State, SigmoidForwardState<T>>) k.sigmoid_forward(p, state);
+  if constexpr (std::is_same_v<State, SigmoidBackwardState<T>>) k.sigmoid_backward(p, state);
+}
+
+// Adds one panel's gradient G (already s * dLoss/dlogit) into dQ and dK.
+void accumulate_grads(const Tensor& g, int64_t r0, int64_t c0, const Tensor& q, const Tensor& k, Tensor& dq,
+                      Tensor& dk) {
+  dq.narrow(0, r0, g.size(0)).addmm_(g, k.narrow(0, c0, g.size(1)));
+  dk.narrow(0, c0, g.size(1)).addmm_(g.t(), q.narrow(0, r0, g.size(0)));
+}
+
+// ---- the ops ------------------------------------------------------------------------
+
+std::tuple<Tensor, Tensor, Tensor> softmax_forward(const Tensor& q_in, const Tensor& k_in, const Tensor& scale_in,
+                                                   int64_t offset, int64_t workspace_bytes) {
+  check_features(q_in, k_in, offset);
+  check_scalar(scale_in, q_in, "logit_scale");
+  const auto dtype = compute_dtype(q_in);
+  const Tensor q = prepare(q_in, dtype), k = prepare(k_in, dtype), scale = scalar_arg(scale_in, dtype);
+  const int64_t n = q.size(0), N = k.size(0);
+  const auto opts = q.options();
+  const double ninf = -std::numeric_limits<double>::infinity();
+  Tensor row_max = at::full({n}, ninf, opts), row_sum = at::zeros({n}, opts);
+  Tensor col_max = at::full({N}, ninf, opts), col_sum = at::zeros({N}, opts);
+  Tensor diag = at::empty({n}, opts);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "softmax_forward", [&] {
+    const SoftmaxForwardState<scalar_t> state{row_max.data_ptr<scalar_t>(), row_sum.data_ptr<scalar_t>(),
+                                              col_max.data_ptr<scalar_t>(), col_sum.data_ptr<scalar_t>(),
+                                              diag.data_ptr<scalar_t>()};
+    walk_panels(q, k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
+      run_kernel(q, make_panel<scalar_t>(panel, r0, c0, offset, scale, nullptr), state);
+    });
+  });
+  return {row_sum.log_().add_(row_max), col_sum.log_().add_(col_max), diag};
+}
+
+std::tuple<Tensor, Tensor, Tensor> softmax_backward(const Tensor& q_in, const Tensor& k_in, const Tensor& scale_in,
+                                                    const Tensor& row_lse_in, const Tensor& col_lse_in,
+                                                    const Tensor& g_row_in, const Tensor& g_col_in,
+                                                    const Tensor& g_diag_in, int64_t offset, int64_t workspace_bytes) {
+  check_features(q_in, k_in, offset);
+  check_scalar(scale_in, q_in, "logit_scale");
+  const auto dtype = compute_dtype(q_in);
+  const Tensor q = prepare(q_in, dtype), k = prepare(k_in, dtype), scale = scalar_arg(scale_in, dtype);
+  const int64_t n = q.size(0), N = k.size(0);
+  auto vec = [&](const Tensor& t, int64_t len, const char* name) {
+    TORCH_CHECK_VALUE(t.numel() == len, "softmax_backward: ", name, " must have ", len, " values, got ", t.sizes());
+    return prepare(t.reshape({len}), dtype);
+  };
+  const Tensor row_lse = vec(row_lse_in, n, "row_lse"), col_lse = vec(col_lse_in, N, "col_lse");
+  const Tensor g_row = vec(g_row_in, n, "grad_row"), g_col = vec(g_col_in, N, "grad_col");
+  const Tensor g_diag = vec(g_diag_in, n, "grad_diag");
+  Tensor dq = at::zeros_like(q), dk = at::zeros_like(k), dscale = at::zeros({1}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "softmax_backward", [&] {
+    const SoftmaxBackwardState<scalar_t> state{row_lse.const_data_ptr<scalar_t>(), col_lse.const_data_ptr<scalar_t>(),
+                                               g_row.const_data_ptr<scalar_t>(),   g_col.const_data_ptr<scalar_t>(),
+                                               g_diag.const_data_ptr<scalar_t>(),  dscale.data_ptr<scalar_t>()};
+    walk_panels(q, k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
+      run_kernel(q, make_panel<scalar_t>(panel, r0, c0, offset, scale, nullptr), state);
+      accumulate_grads(panel, r0, c0, q, k, dq, dk);
+    });
+  });
+  return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()),
+          dscale.reshape(scale_in.sizes()).to(scale_in.scalar_type())};
+}
+
+Tensor sigmoid_forward(const Tensor& q_in, const Tensor& k_in, const Tensor& scale_in, const Tensor& bias_in,
+                       int64_t offset, int64_t workspace_bytes) {
+  check_features(q_in, k_in, offset);
+  check_scalar(scale_in, q_in, "logit_scale");
+  check_scalar(bias_in, q_in, "logit_bias");
+  const auto dtype = compute_dtype(q_in);
+  const Tensor q = prepare(q_in, dtype), k = prepare(k_in, dtype);
+  const Tensor scale = scalar_arg(scale_in, dtype), bias = scalar_arg(bias_in, dtype);
+  Tensor row_loss = at::zeros({q.size(0)}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "sigmoid_forward", [&] {
+    const SigmoidForwardState<scalar_t> state{row_loss.data_ptr<scalar_t>()};
+    walk_panels(q, k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
+      run_kernel(q, make_panel<scalar_t>(panel, r0, c0, offset, scale, bias.const_data_ptr<scalar_t>()), state);
+    });
+  });
+  return row_loss;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> sigmoid_backward(const Tensor& q_in, const Tensor& k_in,
+                                                            const Tensor& scale_in, const Tensor& bias_in,
+                                                            const Tensor& g_row_in, int64_t offset,
+                                                            int64_t workspace_bytes) {
+  check_features(q_in, k_in, offset);
+  check_scalar(scale_in, q_in, "logit_scale");
+  check_scalar(bias_in, q_in, "logit_bias");
+  const auto dtype = compute_dtype(q_in);
+  const Tensor q = prepare(q_in, dtype), k = prepare(k_in, dtype);
+  const Tensor scale = scalar_arg(scale_in, dtype), bias = scalar_arg(bias_in, dtype);
+  TORCH_CHECK_VALUE(g_row_in.numel() == q.size(0), "sigmoid_backward: grad_row must have ", q.size(0),
+                    " values, got ", g_row_in.sizes());
+  const Tensor g_row = prepare(g_row_in.reshape({q.size(0)}), dtype);
+  Tensor dq = at::zeros_like(q), dk = at::zeros_like(k);
+  Tensor dscale = at::zeros({1}, q.options()), dbias = at::zeros({1}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "sigmoid_backward", [&] {
+    const SigmoidBackwardState<scalar_t> state{g_row.const_data_ptr<scalar_t>(), dscale.data_ptr<scalar_t>(),
+                                               dbias.data_ptr<scalar_t>()};
+    walk_panels(q, k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
+      run_kernel(q, make_panel<scalar_t>(panel, r0, c0, offset, scale, bias.const_data_ptr<scalar_t>()), state);
+      accumulate_grads(panel, r0, c0, q, k, dq, dk);
+    });
+  });
+  return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()),
+          dscale.reshape(scale_in.sizes()).to(scale_in.scalar_type()),
+          dbias.reshape(bias_in.sizes()).to(bias_in.scalar_type())};
+}
+
+std::string build_info() {
+  std::string info = "cpu=";
+  info += cpu::kernels<float>().capability;
+#ifdef PRETRAIN_MM_WITH_CUDA
+  info += " cuda=1";
+#else
+  info += " cuda=0";
+#endif
+  return info;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(pretrain_mm, m) {
+  m.def(
+      "softmax_forward(Tensor q, Tensor k, Tensor scale, int offset, int workspace_bytes)"
+      " -> (Tensor row_lse, Tensor col_lse, Tensor diag)");
+  m.def(
+      "softmax_backward(Tensor q, Tensor k, Tensor scale, Tensor row_lse, Tensor col_lse, Tensor grad_row,"
+      " Tensor grad_col, Tensor grad_diag, int offset, int workspace_bytes) -> (Tensor dq, Tensor dk, Tensor dscale)");
+  m.def(
+      "sigmoid_forward(Tensor q, Tensor k, Tensor scale, Tensor bias, int offset, int workspace_bytes)"
+      " -> Tensor row_loss");
+  m.def(
+      "sigmoid_backward(Tensor q, Tensor k, Tensor scale, Tensor bias, Tensor grad_row, int offset,"
+      " int workspace_bytes) -> (Tensor dq, Tensor dk, Tensor dscale, Tensor dbias)");
+  m.def("build_info() -> str", &build_info);
+}
+
+TORCH_LIBRARY_IMPL(pretrain_mm, CPU, m) {
+  m.impl("softmax_forward", &softmax_forward);
+  m.impl("softmax_backward", &softmax_backward);
+  m.impl("sigmoid_forward", &sigmoid_forward);
+  m.impl("sigmoid_backward", &sigmoid_backward);
+}
+
+#ifdef PRETRAIN_MM_WITH_CUDA
+TORCH_LIBRARY_IMPL(pretrain_mm, CUDA, m) {
+  m.impl("softmax_forward", &softmax_forward);
+  m.impl("softmax_backward", &softmax_backward);
+  m.impl("sigmoid_forward", &sigmoid_forward);
+  m.impl("sigmoid_backward", &sigmoid_backward);
+}
+#endif
+
+}  // namespace pretrain_mm

@@ -1,0 +1,94 @@
+"""`contrastive_loss`: the CLIP (softmax) and SigLIP (sigmoid) losses, fused or reference."""
+
+import torch
+
+from pretrain_mm.ops import _extension, reference
+
+KINDS = ("softmax", "sigmoid")
+IMPLS = ("auto", "fused", "reference")
+
+
+def contrastive_loss(image_features, text_features, logit_scale, logit_bias=None, *, kind="softmax",
+                     impl="auto", workspace_bytes=None):
+    """The contrastive loss of N paired (image, text) feature rows.
+
+    image_features, text_features: (N, D) tensors, row i of each forming a positive pair.
+    logit_scale: the multiplier itself (a one-element tensor, as open_clip passes
+        `logit_scale.exp()`), logits = logit_scale * image_features @ text_features.T.
+    logit_bias: added to the logits; kind="sigmoid" only (None means 0).
+    kind: "softmax" equals open_clip's ClipLoss (the mean of the two cross-entropies),
+        "sigmoid" its SigLipLoss (-sum(logsigmoid(labels * logits)) / N).
+    impl: "fused" the compiled op (never materialises the N x N logits), "reference" plain
+        PyTorch (works in float64), "auto" the compiled op where it is built for the device.
+    workspace_bytes: the fused op's panel workspace (default 16 MiB).
+
+    Gradients flow to both feature tensors, to logit_scale and to logit_bias. The value is
+    float32 (float64 for float64 features) whatever the feature dtype.
+    """
+    _check_arguments(image_features, text_features, logit_scale, logit_bias, kind, impl)
+    if not isinstance(logit_scale, torch.Tensor):
+        logit_scale = torch.tensor(float(logit_scale), device=image_features.device)
+    if kind == "sigmoid" and logit_bias is None:
+        logit_bias = torch.zeros((), device=image_features.device)
+    elif logit_bias is not None and not isinstance(logit_bias, torch.Tensor):
+        logit_bias = torch.tensor(float(logit_bias), device=image_features.device)
+
+    if _resolve_impl(impl, image_features) == "reference":
+        if kind == "softmax":
+            return reference.softmax_loss(image_features, text_features, logit_scale)
+        return reference.sigmoid_loss(image_features, text_features, logit_scale, logit_bias)
+
+    n = image_features.shape[0]
+    workspace = _extension.DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else int(workspace_bytes)
+    if kind == "softmax":
+        row_lse, col_lse, diag = torch.ops.pretrain_mm.softmax_forward(
+            image_features, text_features, logit_scale, 0, workspace)
+        return (row_lse.sum() + col_lse.sum() - 2 * diag.sum()) / (2 * n)
+    row_loss = torch.ops.pretrain_mm.sigmoid_forward(
+        image_features, text_features, logit_scale, logit_bias, 0, workspace)
+    return row_loss.sum() / n
+
+
+def _resolve_impl(impl, features):
+    fused_here = _extension.AVAILABLE and (features.device.type == "cpu" or
+                                           (features.device.type == "cuda" and _extension.cuda_built()))
+    if impl == "auto":
+        return "fused" if fused_here else "reference"
+    if impl == "fused" and not fused_here:
+        why = (f"it is not built ({_extension.LOAD_ERROR}); run `pip install --no-build-isolation -e .`"
+               if not _extension.AVAILABLE else f"it was built without support for {features.device.type}")
+        raise RuntimeError(f"contrastive_loss(impl='fused'): {why}, or pass impl='reference'")
+    return impl
+
+
+def _check_arguments(image, text, logit_scale, logit_bias, kind, impl):
+    """ValueError, naming the shapes or dtypes, for anything the op cannot take."""
+    if kind not in KINDS:
+        raise ValueError(f"contrastive_loss: kind must be one of {KINDS}, got {kind!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"contrastive_loss: impl must be one of {IMPLS}, got {impl!r}")
+    if not isinstance(image, torch.Tensor) or not isinstance(text, torch.Tensor):
+        raise ValueError("contrastive_loss: image_features and text_features must be tensors")
+    if image.dim() != 2 or text.dim() != 2:
+        raise ValueError(f"contrastive_loss: features must be 2-D (N, D); got image_features "
+                         f"{tuple(image.shape)} and text_features {tuple(text.shape)}")
+    if image.shape != text.shape:
+        raise ValueError(f"contrastive_loss: image_features {tuple(image.shape)} and text_features "
+                         f"{tuple(text.shape)} must have the same (N, D)")
+    if image.shape[0] == 0:
+        raise ValueError(f"contrastive_loss: empty batch (N = 0): image_features {tuple(image.shape)}")
+    if image.dtype != text.dtype:
+        raise ValueError(f"contrastive_loss: dtypes differ: image_features {image.dtype}, "
+                         f"text_features {text.dtype}")
+    if image.device != text.device:
+        raise ValueError(f"contrastive_loss: devices differ: image_features on {image.device}, "
+                         f"text_features on {text.device}")
+    for name, value in (("logit_scale", logit_scale), ("logit_bias", logit_bias)):
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"contrastive_loss: {name} must be a scalar (one element); "
+                                 f"got shape {tuple(value.shape)}")
+            if value.device != image.device:
+                raise ValueError(f"contrastive_loss: {name} is on {value.device}, features on {image.device}")
+    if kind == "softmax" and logit_bias is not None:
+        raise ValueError("contrastive_loss: logit_bias is for kind='sigmoid'; the softmax loss has none")

@@ -1,0 +1,96 @@
+"""Builds pretrain_mm and its compiled ops `pretrain_mm._C` (C++, plus CUDA where it can).
+
+    pip install torch==2.14.1 torchvision==0.29.1
+    pip install --no-build-isolation -e '.[test]'
+
+PRETRAIN_MM_CUDA=1 forces the CUDA build (and fails without a toolkit), =0 forces CPU only;
+unset, CUDA is built when torch is a CUDA build and a CUDA toolkit (nvcc) is found.
+TORCH_CUDA_ARCH_LIST picks the GPU architectures; with no GPU to ask, sm_80 and sm_90.
+"""
+
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _find_cuda_home():
+    """The toolkit behind `nvcc`, resolving wrapper scripts such as /usr/local/bin/nvcc."""
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    candidates = sorted(glob.glob("/usr/local/cuda-*"), reverse=True) + ["/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc and os.path.realpath(nvcc).endswith("/bin/nvcc"):
+        candidates.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    return next((c for c in candidates if os.path.exists(os.path.join(c, "bin", "nvcc"))), None)
+
+
+def _want_cuda(torch):
+    forced = os.environ.get("PRETRAIN_MM_CUDA")
+    found = torch.version.cuda is not None and _find_cuda_home() is not None
+    if forced == "1" and not found:
+        raise RuntimeError("PRETRAIN_MM_CUDA=1 but no CUDA toolkit (nvcc) or no CUDA build of torch was found")
+    return found if forced is None else forced == "1"
+
+
+def _extension():
+    import torch
+    from torch.utils import cpp_extension
+
+    # The portable sources first: the linker keeps the first copy of an inline function that
+    # several objects define, and the AVX2/AVX-512 objects must not provide it (see there).
+    cpu_sources = ["csrc/module.cpp", "csrc/contrastive.cpp", "csrc/cpu/panel_kernels.cpp",
+                   "csrc/cpu/panel_kernels_default.cpp", "csrc/cpu/panel_kernels_avx2.cpp",
+                   "csrc/cpu/panel_kernels_avx512.cpp"]
+    cxx = ["-O3", "-fvisibility=hidden"]
+    if not _want_cuda(torch):
+        return cpp_extension.CppExtension("pretrain_mm._C", cpu_sources, extra_compile_args={"cxx": cxx})
+
+    os.environ["CUDA_HOME"] = _find_cuda_home()
+    cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    # cuBLAS/cuSPARSE headers of torch's CUDA 13 wheels live in nvidia/cu13/include.
+    include_dirs = glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*", "include"))
+    nvcc = ["-O3", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr"]
+    return cpp_extension.CUDAExtension(
+        "pretrain_mm._C", cpu_sources + ["csrc/cuda/panel_kernels.cu"],
+        include_dirs=[os.path.abspath(d) for d in include_dirs],
+        define_macros=[("PRETRAIN_MM_WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+
+
+def _build_ext():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return BuildExtension.with_options(use_ninja=True)
+
+
+setup(
+    name="pretrain_mm",
+    version="0.1.0",
+    description="Distributed multimodal pretraining (CLIP, ViT-MAE) with a fused contrastive loss",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pretrain_mm", "pretrain_mm.*"]),
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": _build_ext()},
+    install_requires=[
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "numpy",
+        "pillow",
+        "webdataset==1.0.2",
+        "tokenizers>=0.20",
+        "scikit-learn",
+        "tqdm",
+        "hydra-core>=1.3,<1.4",
+        "submitit>=1.5",
+        "hydra-submitit-launcher>=1.2",
+        "torchmetrics>=1.4",
+        "matplotlib",
+        "tensorboard",
+    ],
+    extras_require={"test": ["pytest>=8", "expecttest"]},
+)
