@@ -22,8 +22,9 @@ AVAILABLE = LOAD_ERROR is None
 DEFAULT_WORKSPACE_BYTES = 16 << 20
 
 
-def cuda_built() -> bool:
-    return AVAILABLE and "cuda=1" in torch.ops.pretrain_mm.build_info()
+# What the build contains, e.g. "cpu=AVX512 cuda=0" (read once: torch.compile traces callers).
+BUILD_INFO = torch.ops.pretrain_mm.build_info() if AVAILABLE else "not built"
+CUDA_BUILT = "cuda=1" in BUILD_INFO
 
 
 def _stat_dtype(q):

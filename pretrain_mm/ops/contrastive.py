@@ -51,7 +51,7 @@ def contrastive_loss(image_features, text_features, logit_scale, logit_bias=None
 
 def _resolve_impl(impl, features):
     fused_here = _extension.AVAILABLE and (features.device.type == "cpu" or
-                                           (features.device.type == "cuda" and _extension.cuda_built()))
+                                           (features.device.type == "cuda" and _extension.CUDA_BUILT))
     if impl == "auto":
         return "fused" if fused_here else "reference"
     if impl == "fused" and not fused_here:

@@ -1,0 +1,251 @@
+"""The fused contrastive loss against float64 references written plainly in PyTorch."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretrain_mm.ops import _extension, contrastive_loss, reference
+
+pytestmark = pytest.mark.skipif(not _extension.AVAILABLE, reason=f"extension not built: {_extension.LOAD_ERROR}")
+ops = torch.ops.pretrain_mm
+KINDS = ["softmax", "sigmoid"]
+
+
+def make_batch(n, d, *, dtype=torch.float32, seed=0, scale=14.0, bias=-5.0, normalise=True):
+    """CLIP-like inputs: unit-norm features, scale and (for sigmoid) bias as leaf tensors."""
+    g = torch.Generator().manual_seed(seed)
+    img, txt = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(n, d, generator=g, dtype=torch.float64)
+    if normalise:
+        img, txt = F.normalize(img, dim=1), F.normalize(txt, dim=1)
+    scalar_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    return img.to(dtype), txt.to(dtype), torch.tensor(scale, dtype=scalar_dtype), torch.tensor(bias, dtype=scalar_dtype)
+
+
+def loss_and_grads(img, txt, scale, bias, kind, **kwargs):
+    """The loss and the gradients of (image, text, scale[, bias]), with leaves made here."""
+    leaves = [t.detach().clone().requires_grad_() for t in (img, txt, scale, bias)]
+    if kind == "softmax":
+        leaves = leaves[:3]
+    loss = contrastive_loss(*leaves, kind=kind, **kwargs)
+    return [loss.detach()] + list(torch.autograd.grad(loss, leaves))
+
+
+def reference64(img, txt, scale, bias, kind):
+    as64 = [t.to(torch.float64) for t in (img, txt, scale, bias)]
+    return loss_and_grads(*as64, kind, impl="reference")
+
+
+def assert_close_all(got, want, rtol, atol):
+    """Elementwise closeness, with atol relative to each tensor's largest element: a gradient
+    entry is a sum of N terms that cancel, so its error scales with the tensor, not itself
+    (nor below 1/N, the size of one term: with N = 1 every gradient is exactly zero)."""
+    names = ["loss", "d_image", "d_text", "d_scale", "d_bias"]
+    for name, g, w in zip(names, got, want):
+        tol = atol * max(w.abs().max().item(), 1.0 / got[1].shape[0])
+        torch.testing.assert_close(g.to(torch.float64), w, rtol=rtol, atol=tol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 257, 1000, 4097])
+@pytest.mark.parametrize("d", [1, 32, 512])
+def test_fp32_matches_float64_reference(kind, n, d):
+    img, txt, scale, bias = make_batch(n, d, seed=n * 1000 + d)
+    got = loss_and_grads(img, txt, scale, bias, kind, impl="fused")
+    # Gradients of individual features are O(scale / N); compare them relative to that.
+    assert_close_all(got, reference64(img, txt, scale, bias, kind), rtol=2e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n,d", [(1, 3), (7, 5), (257, 64), (1000, 512)])
+def test_fp64_is_exact(kind, n, d):
+    img, txt, scale, bias = make_batch(n, d, dtype=torch.float64, seed=n + d)
+    got = loss_and_grads(img, txt, scale, bias, kind, impl="fused", workspace_bytes=4096)
+    assert_close_all(got, reference64(img, txt, scale, bias, kind), rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_inputs(kind):
+    img, txt, scale, bias = make_batch(1000, 256, dtype=torch.bfloat16, seed=3)
+    got = loss_and_grads(img, txt, scale, bias, kind, impl="fused")
+    want = reference64(img, txt, scale, bias, kind)
+    # Products of bf16 values accumulate in fp32: the loss is fp32-exact for these inputs;
+    # feature gradients come back in bf16 (8 bits of mantissa).
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.bfloat16
+    torch.testing.assert_close(got[0].double(), want[0], rtol=1e-5, atol=1e-5)
+    assert_close_all(got[1:], want[1:], rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_large_scale_with_aligned_features_does_not_overflow(kind):
+    img, _, _, bias = make_batch(512, 64, seed=5)
+    # Every image equals its text: logits reach the scale, exp(100) would overflow fp32.
+    got = loss_and_grads(img, img.clone(), torch.tensor(100.0), bias, kind, impl="fused")
+    assert all(torch.isfinite(t).all() for t in got)
+    assert_close_all(got, reference64(img, img, torch.tensor(100.0), bias, kind), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_many_panels_equal_one_panel(kind):
+    img, txt, scale, bias = make_batch(300, 48, seed=7)
+    one = loss_and_grads(img, txt, scale, bias, kind, impl="fused", workspace_bytes=1 << 30)
+    # 4 KiB: 32 x 32 panels, so rows and columns both merge across panels (and 300 % 32 != 0).
+    many = loss_and_grads(img, txt, scale, bias, kind, impl="fused", workspace_bytes=4096)
+    for a, b in zip(one, many):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_non_contiguous_inputs(kind):
+    img, txt, scale, bias = make_batch(129, 64, seed=11)
+    wide_img = torch.zeros(129, 128).index_copy_(1, torch.arange(0, 128, 2), img)
+    img_view, txt_view = wide_img[:, ::2], txt.t().contiguous().t()
+    assert not img_view.is_contiguous() and not txt_view.is_contiguous()
+    got = loss_and_grads(img_view, txt_view, scale, bias, kind, impl="fused")
+    assert_close_all(got, reference64(img, txt, scale, bias, kind), rtol=2e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n,big_n,offset", [(16, 64, 0), (16, 64, 48), (33, 100, 40), (1, 7, 6)])
+def test_rectangular_rows_with_offset(n, big_n, offset):
+    """One rank's rows against every rank's columns: the op's statistics and their gradients."""
+    g = torch.Generator().manual_seed(n + offset)
+    k = F.normalize(torch.randn(big_n, 24, generator=g, dtype=torch.float64), dim=1)
+    q = k[offset:offset + n] + 0.3 * torch.randn(n, 24, generator=g, dtype=torch.float64)
+    scale, bias = torch.tensor(9.0, dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64)
+    weights = [torch.randn(m, generator=g, dtype=torch.float64) for m in (n, big_n, n)]
+
+    def weighted(outputs):
+        return sum((w * o).sum() for w, o in zip(weights, outputs))
+
+    for impl in ("fused", "reference"):
+        leaves = [t.clone().requires_grad_() for t in (q, k, scale, bias)]
+        if impl == "fused":
+            soft = ops.softmax_forward(leaves[0].float(), leaves[1].float(), leaves[2].float(), offset, 2048)
+            sig = ops.sigmoid_forward(leaves[0].float(), leaves[1].float(), leaves[2].float(), leaves[3].float(),
+                                      offset, 2048)
+        else:
+            soft = reference.softmax_stats(*leaves[:3], offset)
+            sig = reference.sigmoid_row_losses(*leaves, offset)
+        total = weighted(soft) + (weights[0] * sig).sum()
+        grads = torch.autograd.grad(total, leaves)
+        results = [t.detach().double() for t in (*soft, sig, *grads)]
+        if impl == "fused":
+            fused = results
+    for name, a, b in zip(["row_lse", "col_lse", "diag", "row_loss", "dq", "dk", "dscale", "dbias"], fused, results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradcheck_float64(kind):
+    for n, d in [(1, 2), (3, 4), (6, 5)]:
+        img, txt, scale, bias = make_batch(n, d, dtype=torch.float64, seed=n, scale=4.0, bias=-1.0)
+        leaves = [t.to(torch.float64).requires_grad_() for t in (img, txt, scale, bias)][: 3 if kind == "softmax" else 4]
+        assert torch.autograd.gradcheck(
+            lambda *a: contrastive_loss(*a, kind=kind, impl="fused", workspace_bytes=64), leaves)
+
+
+def test_opcheck():
+    img, txt, scale, bias = make_batch(37, 16, seed=2)
+    leaves = [t.clone().requires_grad_() for t in (img, txt, scale, bias)]
+    torch.library.opcheck(ops.softmax_forward.default, (*leaves[:3], 0, 1024))
+    torch.library.opcheck(ops.sigmoid_forward.default, (*leaves, 0, 1024))
+    q, k = img[10:20].clone().requires_grad_(), txt.clone().requires_grad_()
+    torch.library.opcheck(ops.softmax_forward.default, (q, k, leaves[2], 10, 1024))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_torch_compile_fullgraph_matches_eager(kind):
+    img, txt, scale, bias = make_batch(96, 32, seed=4)
+
+    def step(img, txt, scale, bias):
+        loss = contrastive_loss(img * 2, txt, scale.exp(), bias if kind == "sigmoid" else None, kind=kind, impl="fused")
+        return loss * 3
+
+    compiled = torch.compile(step, fullgraph=True)
+    results = []
+    for fn in (step, compiled):
+        leaves = [t.clone().requires_grad_() for t in (img, txt, scale.log(), bias)]
+        loss = fn(*leaves)
+        loss.backward()
+        results.append([loss.detach()] + [leaf.grad if leaf.grad is not None else torch.zeros(()) for leaf in leaves])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_reach_the_loss(kind, bad):
+    img, txt, scale, bias = make_batch(50, 16, seed=9)
+    img[17, 3] = bad
+    loss = contrastive_loss(img, txt, scale, bias if kind == "sigmoid" else None, kind=kind, impl="fused")
+    assert not torch.isfinite(loss)
+
+
+def _bad_calls():
+    x, y, s = torch.randn(4, 8), torch.randn(4, 8), torch.tensor(1.0)
+    return [
+        ("same \\(N, D\\)", (x, torch.randn(4, 9), s), {}),
+        ("same \\(N, D\\)", (x, torch.randn(5, 8), s), {}),
+        ("dtypes differ", (x, y.double(), s), {}),
+        ("2-D", (x[None], y[None], s), {}),
+        ("2-D", (x[0], y[0], s), {}),
+        ("N = 0", (x[:0], y[:0], s), {}),
+        ("must be a scalar", (x, y, torch.ones(2)), {}),
+        ("logit_bias is for kind='sigmoid'", (x, y, s, torch.tensor(0.0)), {}),
+        ("kind must be", (x, y, s), {"kind": "hinge"}),
+        ("impl must be", (x, y, s), {"impl": "fast"}),
+        ("devices differ", (x, y.to("meta"), s), {}),
+    ]
+
+
+@pytest.mark.parametrize("match,args,kwargs", _bad_calls())
+def test_bad_input_is_a_value_error(match, args, kwargs):
+    with pytest.raises(ValueError, match=match):
+        contrastive_loss(*args, **kwargs)
+
+
+def test_op_level_checks_are_value_errors():
+    x = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="do not fit"):
+        ops.softmax_forward(x, x, torch.tensor(1.0), 2, 1024)
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        ops.softmax_forward(x.int(), x.int(), torch.tensor(1.0), 0, 1024)
+    with pytest.raises(ValueError, match="workspace_bytes must be positive"):
+        ops.sigmoid_forward(x, x, torch.tensor(1.0), torch.tensor(0.0), 0, 0)
+
+
+def test_auto_uses_the_extension_and_reference_handles_float64():
+    img, txt, scale, _ = make_batch(10, 4, dtype=torch.float64)
+    auto = contrastive_loss(img, txt, scale)
+    assert torch.allclose(auto, reference.softmax_loss(img, txt, scale), rtol=1e-12)
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_every_cpu_build_agrees(capability):
+    """The portable and AVX2 builds (chosen by ATEN_CPU_CAPABILITY) give the same numbers."""
+    script = (
+        "import torch, torch.nn.functional as F; from pretrain_mm.ops import contrastive_loss, _extension;"
+        "g = torch.Generator().manual_seed(0);"
+        "x, y = F.normalize(torch.randn(300, 40, generator=g), dim=1), F.normalize(torch.randn(300, 40, generator=g), dim=1);"
+        "print(_extension.BUILD_INFO);"
+        "print(contrastive_loss(x, y, torch.tensor(20.0)).item(),"
+        " contrastive_loss(x, y, torch.tensor(20.0), torch.tensor(-4.0), kind='sigmoid').item())"
+    )
+    outputs = {}
+    for cap in (capability, None):
+        env = dict(os.environ)
+        env.pop("ATEN_CPU_CAPABILITY", None)
+        if cap:
+            env["ATEN_CPU_CAPABILITY"] = cap
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        info, values = out.stdout.strip().splitlines()
+        outputs[cap] = (info, [float(v) for v in values.split()])
+    info, values = outputs[capability]
+    if capability.upper() not in info.upper() and capability != "default":
+        pytest.skip(f"this CPU cannot run {capability}: {info}")
+    assert info.lower().startswith(f"cpu={capability}")
+    for got, want in zip(values, outputs[None][1]):
+        assert got == pytest.approx(want, rel=1e-5)
