@@ -5,7 +5,7 @@
 
 PRETRAIN_MM_CUDA=1 forces the CUDA build (and fails without a toolkit), =0 forces CPU only;
 unset, CUDA is built when torch is a CUDA build and a CUDA toolkit (nvcc) is found.
-TORCH_CUDA_ARCH_LIST picks the GPU architectures; with no GPU to ask, sm_80 and sm_90.
+TORCH_CUDA_ARCH_LIST picks the GPU architectures; with no GPU to ask, sm_80 and sm_90 (+PTX).
 """
 
 import glob
@@ -25,7 +25,10 @@ def _find_cuda_home():
     nvcc = shutil.which("nvcc")
     if nvcc and os.path.realpath(nvcc).endswith("/bin/nvcc"):
         candidates.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
-    return next((c for c in candidates if os.path.exists(os.path.join(c, "bin", "nvcc"))), None)
+    # A toolkit keeps its headers next to nvcc; /usr/local, behind a wrapper script
+    # /usr/local/bin/nvcc, does not.
+    return next((c for c in candidates if os.path.exists(os.path.join(c, "bin", "nvcc"))
+                 and os.path.exists(os.path.join(c, "include", "cuda_runtime.h"))), None)
 
 
 def _want_cuda(torch):
@@ -42,16 +45,18 @@ def _extension():
 
     # The portable sources first: the linker keeps the first copy of an inline function that
     # several objects define, and the AVX2/AVX-512 objects must not provide it (see there).
-    cpu_sources = ["csrc/module.cpp", "csrc/contrastive.cpp", "csrc/cpu/panel_kernels.cpp",
-                   "csrc/cpu/panel_kernels_default.cpp", "csrc/cpu/panel_kernels_avx2.cpp",
-                   "csrc/cpu/panel_kernels_avx512.cpp"]
+    # setuptools sorts sources before linking, so the SIMD builds live in cpu/simd/, which
+    # sorts after every portable source that could share an inline function with them.
+    cpu_sources = ["csrc/contrastive.cpp", "csrc/cpu/panel_kernels.cpp", "csrc/cpu/panel_kernels_default.cpp",
+                   "csrc/cpu/simd/panel_kernels_avx2.cpp", "csrc/cpu/simd/panel_kernels_avx512.cpp",
+                   "csrc/module.cpp"]
     cxx = ["-O3", "-fvisibility=hidden"]
     if not _want_cuda(torch):
         return cpp_extension.CppExtension("pretrain_mm._C", cpu_sources, extra_compile_args={"cxx": cxx})
 
     os.environ["CUDA_HOME"] = _find_cuda_home()
     cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")  # PTX: newer GPUs JIT it
     # cuBLAS/cuSPARSE headers of torch's CUDA 13 wheels live in nvidia/cu13/include.
     include_dirs = glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*", "include"))
     nvcc = ["-O3", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr"]

@@ -17,6 +17,8 @@
 
 #ifdef PRETRAIN_MM_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 #endif
 
 namespace pretrain_mm {
@@ -84,6 +86,9 @@ void walk_panels(const Tensor& q, const Tensor& k, int64_t workspace_bytes, cons
   const int64_t n = q.size(0), N = k.size(0);
   TORCH_CHECK_VALUE(workspace_bytes > 0, "contrastive loss: workspace_bytes must be positive, got ",
                     workspace_bytes);
+  // The ops' derivatives are registered separately (ops/_extension.py); inside, nothing is
+  // recorded, and mm_out would refuse inputs that require grad.
+  const at::NoGradGuard no_grad;
   const PanelPlan plan = plan_panels(n, N, workspace_bytes, q.element_size());
   Tensor workspace = at::empty({plan.rows * plan.cols}, q.options());
   for (int64_t r0 = 0; r0 < n; r0 += plan.rows) {
@@ -110,11 +115,14 @@ template <typename T, typename State>
 void run_kernel(const Tensor& like, const Panel<T>& p, const State& state) {
 #ifdef PRETRAIN_MM_WITH_CUDA
   if (like.is_cuda()) {
+    // Launch on the device of the tensors' stream, which need not be the current device.
+    const c10::cuda::CUDAGuard device_guard(like.device());
     void* stream = at::cuda::getCurrentCUDAStream(like.device().index()).stream();
     if constexpr (std::is_same_v<State, SoftmaxForwardState<T>>) cuda::softmax_forward_panel(p, state, stream);
     if constexpr (std::is_same_v<State, SoftmaxBackwardState<T>>) cuda::softmax_backward_panel(p, state, stream);
     if constexpr (std::is_same_v<State, SigmoidForwardState<T>>) cuda::sigmoid_forward_panel(p, state, stream);
     if constexpr (std::is_same_v<State, SigmoidBackwardState<T>>) cuda::sigmoid_backward_panel(p, state, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();  // a failed launch (e.g. no kernel image for this GPU)
     return;
   }
 #endif

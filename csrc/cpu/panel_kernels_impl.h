@@ -1,6 +1,6 @@
 // CPU panel kernels, written once over at::vec and compiled once per CPU capability.
 //
-// Included by panel_kernels_default.cpp and panel_kernels_avx512.cpp, each of which sets
+// Included by panel_kernels_default.cpp and simd/panel_kernels_{avx2,avx512}.cpp, each of which sets
 // CPU_CAPABILITY (and, for AVX-512, the target) first; the namespace carries the
 // capability so the two instantiations never collide. The body of every row runs
 // SIMD (VecMath), its tail runs ScalarMath — the CUDA kernels' arithmetic.

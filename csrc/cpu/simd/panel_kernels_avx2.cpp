@@ -33,5 +33,5 @@
 #endif
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
-#include "panel_kernels_impl.h"
+#include "../panel_kernels_impl.h"
 #endif

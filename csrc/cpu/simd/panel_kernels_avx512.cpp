@@ -45,5 +45,5 @@
 #endif
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
-#include "panel_kernels_impl.h"
+#include "../panel_kernels_impl.h"
 #endif
