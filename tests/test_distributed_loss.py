@@ -1,0 +1,78 @@
+"""W gloo processes give the same loss and parameter gradients as one process on the whole batch."""
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from multiprocess import run_distributed
+from pretrain_mm.ops import contrastive_loss, distributed_contrastive_loss
+
+BATCH = 24
+KINDS = ("softmax", "sigmoid")
+
+
+def two_towers():
+    """A tiny float64 CLIP: two linear towers, a learnable scale and bias."""
+    torch.manual_seed(0)
+    return nn.ModuleDict({
+        "image": nn.Linear(12, 8), "text": nn.Linear(10, 8),
+    }).double(), nn.Parameter(torch.tensor(2.5, dtype=torch.float64)), nn.Parameter(
+        torch.tensor(-3.0, dtype=torch.float64))
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(BATCH, 12, generator=g, dtype=torch.float64), torch.randn(BATCH, 10, generator=g,
+                                                                                  dtype=torch.float64)
+
+
+def loss_and_grads(kind, images, texts, loss_fn, **kwargs):
+    towers, scale, bias = two_towers()
+    image_features = F.normalize(towers["image"](images), dim=1)
+    text_features = F.normalize(towers["text"](texts), dim=1)
+    loss = loss_fn(image_features, text_features, scale.exp(), bias if kind == "sigmoid" else None, kind=kind,
+                   **kwargs)
+    loss.backward()
+    params = list(towers.parameters()) + [scale, bias]
+    return loss.detach(), [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def rank_results(rank, world_size):
+    images, texts = batch()
+    n = BATCH // world_size
+    mine = slice(rank * n, (rank + 1) * n)
+    out = {}
+    for kind in KINDS:
+        loss, grads = loss_and_grads(kind, images[mine], texts[mine], distributed_contrastive_loss,
+                                     workspace_bytes=256)
+        for g in grads:  # what DDP / FSDP do: average gradients over ranks
+            dist.all_reduce(g)
+            g /= world_size
+        out[kind] = (loss, grads)
+    return out
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_distributed_equals_one_process(world_size, tmp_path):
+    images, texts = batch()
+    expected = {kind: loss_and_grads(kind, images, texts, contrastive_loss, impl="reference") for kind in KINDS}
+    results = run_distributed(rank_results, world_size, tmp_path)
+    for rank, result in enumerate(results):
+        for kind in KINDS:
+            loss, grads = result[kind]
+            want_loss, want_grads = expected[kind]
+            torch.testing.assert_close(loss, want_loss, rtol=1e-12, atol=1e-12,
+                                       msg=lambda m: f"rank {rank} {kind} loss: {m}")
+            for i, (g, w) in enumerate(zip(grads, want_grads)):
+                torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12,
+                                           msg=lambda m: f"rank {rank} {kind} grad {i}: {m}")
+
+
+def test_one_process_without_a_group_is_the_plain_loss():
+    images, texts = batch()
+    for kind in KINDS:
+        got = loss_and_grads(kind, images, texts, distributed_contrastive_loss)
+        want = loss_and_grads(kind, images, texts, contrastive_loss, impl="reference")
+        torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
