@@ -78,7 +78,10 @@ setup(
     version="0.1.0",
     description="Distributed multimodal pretraining (CLIP, ViT-MAE) with a fused contrastive loss",
     python_requires=">=3.10",
-    packages=find_packages(include=["pretrain_mm", "pretrain_mm.*"]),
+    # conf/ (the Hydra configs) installs as pretrain_mm.conf, so a wheel finds them too.
+    packages=find_packages(include=["pretrain_mm", "pretrain_mm.*"]) + ["pretrain_mm.conf"],
+    package_dir={"pretrain_mm.conf": "conf"},
+    package_data={"pretrain_mm.conf": ["*.yaml", "*/*.yaml"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": _build_ext()},
     install_requires=[

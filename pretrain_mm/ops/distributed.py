@@ -9,16 +9,52 @@ all-reduce of N floats. The result is the global loss on every rank.
 Gradient convention (open_clip's, with gathered features): every rank backpropagates the
 *global* loss, so each parameter's gradient on rank r is world_size times rank r's share;
 the usual data-parallel averaging (DDP, FSDP) then yields exactly the gradient of one
-process on the whole batch. `torch.distributed.nn.functional.all_reduce` implements this:
-its backward sums the (equal) output gradients of all ranks.
+process on the whole batch: the final sum over ranks passes back the sum of all ranks'
+(equal) output gradients, and the gather passes back the sum of all ranks' gradients of
+each rank's rows.
 """
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 
 from pretrain_mm.ops import _extension
 from pretrain_mm.ops.contrastive import _check_arguments, contrastive_loss
+
+
+class _GatherRows(torch.autograd.Function):
+    """Every rank's rows, concatenated in rank order; backward: each rank gets the sum over
+    ranks of the gradients of its own rows (a reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, rows, group):
+        world = dist.get_world_size(group)
+        out = rows.new_empty((world * rows.shape[0], *rows.shape[1:]))
+        dist.all_gather_single(out, rows.contiguous(), group=group)
+        ctx.group = group
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        mine = grad.new_empty((grad.shape[0] // dist.get_world_size(ctx.group), *grad.shape[1:]))
+        dist.reduce_scatter_single(mine, grad.contiguous(), group=ctx.group)
+        return mine, None
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """The sum over ranks; backward: the sum over ranks of the output gradients."""
+
+    @staticmethod
+    def forward(ctx, value, group):
+        total = value.detach().clone()
+        dist.all_reduce(total, group=group)
+        ctx.group = group
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
 
 
 class _LogSumExpAllReduce(torch.autograd.Function):
@@ -47,24 +83,29 @@ class _LogSumExpAllReduce(torch.autograd.Function):
 
 
 def distributed_contrastive_loss(image_features, text_features, logit_scale, logit_bias=None, *,
-                                 kind="softmax", group=None, workspace_bytes=None):
+                                 kind="softmax", impl="auto", group=None, workspace_bytes=None):
     """The global contrastive loss of all ranks' pairs, on every rank (see the module doc).
 
     image_features, text_features: this rank's (n, D) rows; every rank must pass the same n
     (drop the last incomplete batch). With one process (or no process group) this is
-    `contrastive_loss`. The fused op is used where it is built, else the reference.
+    `contrastive_loss`. impl="reference" gathers both sides and lets every rank compute
+    the whole N x N loss in plain PyTorch (open_clip's way; same value and gradients).
     """
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return contrastive_loss(image_features, text_features, logit_scale, logit_bias, kind=kind,
+        return contrastive_loss(image_features, text_features, logit_scale, logit_bias, kind=kind, impl=impl,
                                 workspace_bytes=workspace_bytes)
-    _check_arguments(image_features, text_features, logit_scale, logit_bias, kind, "auto")
+    _check_arguments(image_features, text_features, logit_scale, logit_bias, kind, impl)
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    all_text = _GatherRows.apply(text_features, group)
+    if impl == "reference" or (impl == "auto" and not _extension.AVAILABLE):
+        all_images = _GatherRows.apply(image_features, group)
+        return contrastive_loss(all_images, all_text, logit_scale, logit_bias, kind=kind, impl="reference")
     if not _extension.AVAILABLE:
-        raise RuntimeError(f"distributed_contrastive_loss needs the compiled ops: {_extension.LOAD_ERROR}")
+        raise RuntimeError(f"distributed_contrastive_loss(impl='fused') needs the compiled ops: "
+                           f"{_extension.LOAD_ERROR}")
     if kind == "sigmoid" and logit_bias is None:
         logit_bias = torch.zeros((), device=image_features.device)
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
     n = image_features.shape[0]
-    all_text = torch.cat(dist_fn.all_gather(text_features.contiguous(), group=group), dim=0)
     big_n, offset = world * n, rank * n
     workspace = _extension.DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else int(workspace_bytes)
 
@@ -78,4 +119,4 @@ def distributed_contrastive_loss(image_features, text_features, logit_scale, log
         row_loss = torch.ops.pretrain_mm.sigmoid_forward(
             image_features, all_text, logit_scale, logit_bias, offset, workspace)
         local = row_loss.sum() / big_n
-    return dist_fn.all_reduce(local, group=group)
+    return _SumOverRanks.apply(local, group)

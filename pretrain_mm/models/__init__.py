@@ -1,0 +1,19 @@
+"""The models: ViT, CLIP's text transformer, CLIP / SigLIP, MAE; plain nn.Modules, no distributed code.
+
+Weight decay: every model's `no_weight_decay()` names the parameters to exclude: all with
+ndim <= 1 (biases, LayerNorm, logit_scale, logit_bias) and those named pos_embed, cls_token,
+mask_token, positional_embedding (layers.NO_DECAY_NAMES). Token embeddings are decayed.
+Sharding: each model's transformer blocks are `Block` instances in nn.ModuleLists
+(`visual.blocks`, `text.blocks`, `encoder.blocks`, `decoder_blocks`).
+"""
+
+from pretrain_mm.models.clip import CLIP, clip_loss
+from pretrain_mm.models.layers import Block, no_weight_decay_names, random_masking, sincos_pos_embed_2d
+from pretrain_mm.models.mae import MAE, patchify, unpatchify
+from pretrain_mm.models.sizes import SIZES, build_model, model_arguments
+from pretrain_mm.models.text import TextTransformer
+from pretrain_mm.models.vit import VisionTransformer
+
+__all__ = ["Block", "CLIP", "MAE", "SIZES", "TextTransformer", "VisionTransformer", "build_model", "clip_loss",
+           "model_arguments", "no_weight_decay_names", "patchify", "random_masking", "sincos_pos_embed_2d",
+           "unpatchify"]

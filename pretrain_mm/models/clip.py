@@ -1,0 +1,122 @@
+"""CLIP / SigLIP: a ViT image tower and a text tower mapped to one L2-normalised space, and their loss."""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pretrain_mm.models.layers import no_weight_decay_names
+from pretrain_mm.models.text import TextTransformer
+from pretrain_mm.models.vit import VisionTransformer
+from pretrain_mm.ops import contrastive_loss
+
+LOSS_KINDS = ("softmax", "sigmoid")
+
+
+class CLIP(nn.Module):
+    """Two towers and a learned temperature (and, for the sigmoid loss, a learned bias).
+
+    Arguments:
+        vocab_size, context_length, pad_id: the tokenizer's (see TextTransformer).
+        embed_dim: the shared feature width both towers project to.
+        image_size, patch_size, in_chans: the images (see VisionTransformer).
+        vision_width, vision_depth, vision_heads: the image tower's shape.
+        vision_pos_embed: "learned" (CLIP) or "sincos".
+        vision_pool: "cls" (CLIP) or "mean".
+        patch_dropout: FLIP's patch dropout ratio for the image tower, training mode only.
+        text_width, text_depth, text_heads: the text tower's shape.
+        mlp_ratio: both towers' MLP hidden width / width.
+        drop_path_rate: stochastic depth of both towers.
+        loss_kind: "softmax" (CLIP) or "sigmoid" (SigLIP); picks the initial logit_scale, whether
+            there is a logit_bias, and the kind `loss` computes.
+        init_logit_scale: log of the initial scale; None: log(1/0.07) for softmax, log(10) for sigmoid.
+        init_logit_bias: the sigmoid loss's initial bias; None: -10 (SigLIP).
+        max_logit_scale: forward clamps exp(logit_scale) to at most this (100, as open_clip).
+
+    logit_scale and logit_bias are 1-element 1-D parameters, not 0-d ones: FSDP2 cannot shard
+    scalar parameters.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int = 512, image_size: int = 224, patch_size: int = 16,
+                 in_chans: int = 3, vision_width: int = 768, vision_depth: int = 12, vision_heads: int = 12,
+                 vision_pos_embed: str = "learned", vision_pool: str = "cls", patch_dropout: float = 0.0,
+                 context_length: int = 77, text_width: int = 512, text_depth: int = 12, text_heads: int = 8,
+                 pad_id: int = 0, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0, loss_kind: str = "softmax",
+                 init_logit_scale: float | None = None, init_logit_bias: float | None = None,
+                 max_logit_scale: float = 100.0):
+        super().__init__()
+        if loss_kind not in LOSS_KINDS:
+            raise ValueError(f"loss_kind must be one of {LOSS_KINDS}, got {loss_kind!r}")
+        self.loss_kind, self.max_logit_scale = loss_kind, max_logit_scale
+        if init_logit_scale is None:
+            init_logit_scale = math.log(1 / 0.07) if loss_kind == "softmax" else math.log(10.0)
+        self.init_logit_scale = init_logit_scale
+        self.init_logit_bias = -10.0 if init_logit_bias is None else init_logit_bias
+        self.visual = VisionTransformer(
+            image_size=image_size, patch_size=patch_size, in_chans=in_chans, width=vision_width,
+            depth=vision_depth, num_heads=vision_heads, mlp_ratio=mlp_ratio, pos_embed=vision_pos_embed,
+            pool=vision_pool, patch_dropout=patch_dropout, drop_path_rate=drop_path_rate,
+            output_dim=embed_dim, head_bias=False)
+        self.text = TextTransformer(
+            vocab_size=vocab_size, context_length=context_length, width=text_width, depth=text_depth,
+            num_heads=text_heads, mlp_ratio=mlp_ratio, output_dim=embed_dim, pad_id=pad_id,
+            drop_path_rate=drop_path_rate)
+        self.logit_scale = nn.Parameter(torch.empty(1))
+        # Only the sigmoid loss has a bias: an unused parameter would get no gradient.
+        self.logit_bias = nn.Parameter(torch.empty(1)) if loss_kind == "sigmoid" else None
+        self._init_own_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re)initialise everything (after building on the meta device and `to_empty`)."""
+        self.visual.init_weights()
+        self.text.init_weights()
+        self._init_own_weights()
+
+    @torch.no_grad()
+    def _init_own_weights(self) -> None:
+        # open_clip initialises the image projection like the text one: std = width ** -0.5.
+        nn.init.normal_(self.visual.head.weight, std=self.visual.width ** -0.5)
+        self.logit_scale.fill_(self.init_logit_scale)
+        if self.logit_bias is not None:
+            self.logit_bias.fill_(self.init_logit_bias)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Image features (B, embed_dim), unit-norm unless normalize=False."""
+        features = self.visual(images)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Text features (B, embed_dim) of token ids (B, T), unit-norm unless normalize=False."""
+        features = self.text(text)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict:
+        """Everything the loss needs, and nothing of the loss itself (the trainer may swap in a
+        distributed loss): image_features, text_features (B, embed_dim, unit-norm),
+        logit_scale = min(exp(logit_scale), max_logit_scale) (1 element), logit_bias (or None)."""
+        return {
+            "image_features": self.encode_image(images),
+            "text_features": self.encode_text(text),
+            # Clamping the exp'd value (open_clip clamps the parameter after each step instead):
+            # beyond the cap the gradient is zero, so the parameter stops growing.
+            "logit_scale": self.logit_scale.exp().clamp(max=self.max_logit_scale),
+            "logit_bias": self.logit_bias,
+        }
+
+    def loss(self, outputs: dict, impl: str = "auto") -> torch.Tensor:
+        """The single-process loss of this model's kind (see clip_loss)."""
+        return clip_loss(outputs, self.loss_kind, impl=impl)
+
+    def no_weight_decay(self) -> set[str]:
+        """ndim <= 1 parameters (biases, norms, logit_scale, logit_bias) and position embeddings / cls token."""
+        return no_weight_decay_names(self)
+
+
+def clip_loss(outputs: dict, kind: str = "softmax", impl: str = "auto") -> torch.Tensor:
+    """The one-process contrastive loss of CLIP.forward's outputs through pretrain_mm.ops.contrastive_loss:
+    kind "softmax" (CLIP's symmetric cross-entropy) or "sigmoid" (SigLIP, uses logit_bias)."""
+    bias = outputs["logit_bias"] if kind == "sigmoid" else None
+    return contrastive_loss(outputs["image_features"], outputs["text_features"], outputs["logit_scale"], bias,
+                            kind=kind, impl=impl)

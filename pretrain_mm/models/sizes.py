@@ -1,0 +1,68 @@
+"""Named model sizes (tiny for CPU up to ViT-H/14) and `build_model`, the one way configs build a model."""
+
+import inspect
+
+from pretrain_mm.models.clip import CLIP
+from pretrain_mm.models.mae import MAE
+
+# One row per size, keyed by the constructor argument names of CLIP and MAE; build_model gives
+# each constructor the keys it takes. The shapes are the papers': ViT-S/B/L/H (Dosovitskiy et al.,
+# DeiT for S), CLIP's text towers and embed dims as open_clip's ViT-*-* configs, MAE's decoder
+# (512 wide, 8 deep, 16 heads). MAE's own ViT-L and ViT-H use patch 16 and 14: pass patch_size.
+SIZES = {
+    # CPU size for 32-64 px images: 16-64 patches, a few seconds per hundred steps.
+    "tiny": dict(patch_size=8, vision_width=192, vision_depth=4, vision_heads=3,
+                 text_width=128, text_depth=4, text_heads=4, embed_dim=128,
+                 decoder_width=128, decoder_depth=2, decoder_heads=4),
+    "small": dict(patch_size=16, vision_width=384, vision_depth=12, vision_heads=6,
+                  text_width=384, text_depth=12, text_heads=6, embed_dim=384,
+                  decoder_width=256, decoder_depth=4, decoder_heads=8),
+    "base": dict(patch_size=16, vision_width=768, vision_depth=12, vision_heads=12,
+                 text_width=512, text_depth=12, text_heads=8, embed_dim=512,
+                 decoder_width=512, decoder_depth=8, decoder_heads=16),
+    "large": dict(patch_size=14, vision_width=1024, vision_depth=24, vision_heads=16,
+                  text_width=768, text_depth=12, text_heads=12, embed_dim=768,
+                  decoder_width=512, decoder_depth=8, decoder_heads=16),
+    "huge": dict(patch_size=14, vision_width=1280, vision_depth=32, vision_heads=16,
+                 text_width=1024, text_depth=24, text_heads=16, embed_dim=1024,
+                 decoder_width=512, decoder_depth=8, decoder_heads=16),
+}
+
+MODEL_KINDS = {"clip": CLIP, "mae": MAE}
+
+
+def model_arguments(kind: str, size: str, **overrides) -> dict:
+    """The constructor arguments build_model would pass: the size's row (the keys `kind` takes),
+    updated by the overrides. An unknown kind, size or argument name is a ValueError."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
+    if size not in SIZES:
+        raise ValueError(f"model size must be one of {list(SIZES)}, got {size!r}")
+    accepted = inspect.signature(MODEL_KINDS[kind]).parameters
+    unknown = sorted(set(overrides) - set(accepted))
+    if unknown:
+        raise ValueError(f"{MODEL_KINDS[kind].__name__} takes no argument(s) {unknown}; it takes {list(accepted)}")
+    arguments = {k: v for k, v in SIZES[size].items() if k in accepted}
+    arguments.update(overrides)
+    return arguments
+
+
+def build_model(kind: str, size: str, image_size: int = 224, vocab_size: int | None = None,
+                context_length: int = 77, **overrides):
+    """A CLIP or MAE of a named size.
+
+    kind: "clip" or "mae". size: a key of SIZES ("tiny", "small", "base", "large", "huge").
+    image_size: image side in pixels. vocab_size, context_length: the tokenizer's (CLIP only;
+    vocab_size is required there, both are ignored for MAE). overrides: any other constructor
+    argument of CLIP / MAE by name (patch_size=16, loss_kind="sigmoid", mask_ratio=0.9, ...).
+
+    Build under `with torch.device("meta"):` to get shapes without memory, then `to_empty` and
+    `init_weights()` on the real device.
+    """
+    extra = {"image_size": image_size}
+    if kind == "clip":
+        if vocab_size is None:
+            raise ValueError("build_model('clip', ...) needs vocab_size (the tokenizer's)")
+        extra.update(vocab_size=vocab_size, context_length=context_length)
+    arguments = model_arguments(kind, size, **extra, **overrides)
+    return MODEL_KINDS[kind](**arguments)

@@ -1,0 +1,85 @@
+"""CLIP's text transformer: causal pre-norm blocks, features at the last non-pad token, a projection."""
+
+import torch
+import torch.nn as nn
+
+from pretrain_mm.models.layers import make_blocks, no_weight_decay_names
+
+
+class TextTransformer(nn.Module):
+    """Token + learned position embeddings, causal Blocks, final LayerNorm, pooling, projection.
+
+    Arguments:
+        vocab_size: number of token ids.
+        context_length: longest token sequence (the size of the position table).
+        width, depth, num_heads, mlp_ratio: the transformer shape.
+        output_dim: width of the linear projection (no bias) after pooling, CLIP's embed dim.
+        pad_id: the padding id. The sequence's features are read at its LAST NON-PAD position,
+            which our tokenizer fills with the end-of-text token. OpenAI CLIP uses the argmax of
+            the ids instead, which finds the same place only while EOT is the largest id; this
+            rule does not depend on the id order. A row of pads only is read at position 0.
+        drop_path_rate: stochastic depth of the last block.
+
+    Causality makes the features at a position blind to everything after it, so padding never
+    changes the features of the text before it.
+    """
+
+    def __init__(self, vocab_size: int, context_length: int = 77, width: int = 512, depth: int = 12,
+                 num_heads: int = 8, mlp_ratio: float = 4.0, output_dim: int = 512, pad_id: int = 0,
+                 drop_path_rate: float = 0.0):
+        super().__init__()
+        self.context_length, self.width, self.depth, self.pad_id = context_length, width, depth, pad_id
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
+        # CLIP's text LayerNorms use eps 1e-5 (PyTorch's default), the ViT's 1e-6 (timm / MAE).
+        self.blocks = make_blocks(width, depth, num_heads, mlp_ratio, drop_path_rate, causal=True, norm_eps=1e-5)
+        self.norm = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, output_dim, bias=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """open_clip's text init: residual-out weights scaled down with depth, zero biases."""
+        attn_std = self.width ** -0.5
+        proj_std = attn_std * (2 * self.depth) ** -0.5
+        fc_std = (2 * self.width) ** -0.5
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        for block in self.blocks:
+            for linear, std in ((block.attn.qkv, attn_std), (block.attn.proj, proj_std),
+                                (block.mlp.fc1, fc_std), (block.mlp.fc2, proj_std)):
+                nn.init.normal_(linear.weight, std=std)
+                nn.init.zeros_(linear.bias)
+            for norm in (block.norm1, block.norm2):
+                nn.init.ones_(norm.weight)
+                nn.init.zeros_(norm.bias)
+        nn.init.ones_(self.norm.weight)
+        nn.init.zeros_(self.norm.bias)
+        nn.init.normal_(self.proj.weight, std=attn_std)
+
+    def forward_tokens(self, text: torch.Tensor) -> torch.Tensor:
+        """Normalised hidden states (B, T, width) of token ids (B, T), T <= context_length."""
+        if text.dim() != 2 or text.shape[1] > self.context_length:
+            raise ValueError(f"expected token ids (B, T) with T <= context_length {self.context_length}, "
+                             f"got {tuple(text.shape)}")
+        x = self.token_embedding(text) + self.positional_embedding[: text.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def eot_positions(self, text: torch.Tensor) -> torch.Tensor:
+        """(B,) index of the last non-pad token of each row (0 for a row of pads only)."""
+        positions = torch.arange(text.shape[1], device=text.device).expand_as(text)
+        return torch.where(text != self.pad_id, positions, 0).amax(dim=1)
+
+    def pool(self, hidden: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, width): the hidden state at each row's end-of-text (last non-pad) position."""
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), self.eot_positions(text)]
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        """Projected text features (B, output_dim), not normalised."""
+        return self.proj(self.pool(self.forward_tokens(text), text))
+
+    def no_weight_decay(self) -> set[str]:
+        """ndim <= 1 parameters and positional_embedding; token_embedding is decayed (open_clip)."""
+        return no_weight_decay_names(self)

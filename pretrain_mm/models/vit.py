@@ -1,0 +1,142 @@
+"""Vision Transformer: conv patch embedding, class token, pre-norm blocks, runs on any subset of patches."""
+
+import re
+
+import torch
+import torch.nn as nn
+
+from pretrain_mm.models.layers import (gather_tokens, init_sincos_, init_vit_weights, make_blocks, no_weight_decay_names,
+                                       random_masking)
+
+POS_EMBEDS = ("learned", "sincos")
+POOLS = ("cls", "mean")
+
+
+class VisionTransformer(nn.Module):
+    """ViT (Dosovitskiy et al.) in the timm / MAE layout.
+
+    Arguments (plain values, so a typed config maps onto them 1:1):
+        image_size: side of the square input images, in pixels.
+        patch_size: side of a patch; image_size must be a multiple of it.
+        in_chans: image channels.
+        width, depth, num_heads, mlp_ratio: the transformer shape.
+        pos_embed: "learned" (a trained parameter, trunc-normal 0.02) or "sincos" (MAE's fixed
+            2-D sin-cos, a non-persistent buffer that init_weights recomputes).
+        pool: "cls" (the class token, default) or "mean" (the mean of the patch tokens).
+        class_token: prepend a learned class token (pool="cls" needs it).
+        patch_dropout: FLIP's patch dropout: in training mode, when no keep_indices are given,
+            a random fraction of the patches is dropped before the blocks. 0 disables it.
+        drop_path_rate: stochastic depth of the last block (rising linearly from 0 at the first).
+        output_dim: a linear head from width to output_dim after pooling (0: none, forward
+            returns the pooled features); CLIP's image projection, or a classifier.
+        head_bias: whether that head has a bias (CLIP's projection has none).
+
+    Attributes the trainer relies on: `blocks` (nn.ModuleList of self-contained Blocks, for
+    per-block fully_shard / activation checkpointing), no_weight_decay(), layer_id(name).
+    After building on the meta device and `to_empty`, call init_weights().
+    """
+
+    def __init__(self, image_size: int = 224, patch_size: int = 16, in_chans: int = 3, width: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, pos_embed: str = "learned",
+                 pool: str = "cls", class_token: bool = True, patch_dropout: float = 0.0,
+                 drop_path_rate: float = 0.0, output_dim: int = 0, head_bias: bool = True):
+        super().__init__()
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if pool == "cls" and not class_token:
+            raise ValueError("pool='cls' needs class_token=True")
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        if not 0.0 <= patch_dropout < 1.0:
+            raise ValueError(f"patch_dropout must be in [0, 1), got {patch_dropout}")
+        self.image_size, self.patch_size, self.in_chans = image_size, patch_size, in_chans
+        self.grid_size = image_size // patch_size
+        self.num_patches = self.grid_size ** 2
+        self.width, self.depth, self.pool_type, self.patch_dropout = width, depth, pool, patch_dropout
+        self.num_prefix_tokens = int(class_token)
+
+        self.patch_embed = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.empty(1, 1, width)) if class_token else None
+        pos_shape = (1, self.num_prefix_tokens + self.num_patches, width)
+        if pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.empty(pos_shape))
+        else:  # fixed: not a parameter, not in the checkpoint, recomputed by init_weights
+            self.register_buffer("pos_embed", torch.empty(pos_shape), persistent=False)
+        self.blocks = make_blocks(width, depth, num_heads, mlp_ratio, drop_path_rate)
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.head = nn.Linear(width, output_dim, bias=head_bias) if output_dim else nn.Identity()
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter and the fixed position buffer, as timm / MAE do."""
+        init_vit_weights(self)
+        # MAE: the patch embedding is initialised like a linear layer (xavier on the flattened kernel).
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.width, -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        else:
+            init_sincos_(self.pos_embed, self.grid_size, cls_token=self.num_prefix_tokens > 0)
+
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with their position embeddings added: (B, L, width), patches in raster order."""
+        if images.shape[1:] != (self.in_chans, self.image_size, self.image_size):
+            raise ValueError(f"expected images (B, {self.in_chans}, {self.image_size}, {self.image_size}), "
+                             f"got {tuple(images.shape)}")
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)
+        # .to: a fixed sin-cos buffer stays float32 when FSDP2 casts the parameters to bf16.
+        return x + self.pos_embed[:, self.num_prefix_tokens:].to(x.dtype)
+
+    def forward_features(self, images: torch.Tensor, keep_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised tokens (B, prefix + K, width): [class token,] then the kept patches.
+
+        keep_indices (B, K): the patches (raster indices in [0, L)) to run on, in that order;
+        the others never enter the blocks (MAE's visible patches). None: every patch, or in
+        training mode with patch_dropout > 0 a random subset (FLIP).
+        """
+        x = self.embed_patches(images)
+        if keep_indices is None and self.training and self.patch_dropout > 0:
+            keep_indices = random_masking(x.shape[0], self.num_patches, self.patch_dropout, x.device)[0]
+        if keep_indices is not None:
+            x = gather_tokens(x, keep_indices)
+        if self.cls_token is not None:
+            cls = (self.cls_token + self.pos_embed[:, :1]).to(x.dtype).expand(x.shape[0], -1, -1)
+            x = torch.cat([cls, x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, width): the class token, or the mean of the (kept) patch tokens."""
+        if self.pool_type == "cls":
+            return tokens[:, 0]
+        return tokens[:, self.num_prefix_tokens:].mean(dim=1)
+
+    def forward(self, images: torch.Tensor, keep_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """head(pool(forward_features(images))): (B, output_dim), or (B, width) without a head."""
+        return self.head(self.pool(self.forward_features(images, keep_indices)))
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that get no weight decay: ndim <= 1, cls_token, pos_embed (if learned)."""
+        return no_weight_decay_names(self)
+
+    @property
+    def num_layers(self) -> int:
+        """How many layer-wise lr decay groups layer_id yields: embeddings, each block, head."""
+        return self.depth + 2
+
+    def layer_id(self, name: str) -> int:
+        """Layer-wise lr decay group of a parameter name (as BEiT/MAE fine-tuning):
+        patch_embed / cls_token / pos_embed = 0, blocks.i = i + 1, final norm and head = depth + 1.
+        Tolerates wrapper prefixes (e.g. activation checkpointing's) inside the name."""
+        match = re.search(r"(?:^|\.)blocks\.(\d+)\.", name)
+        if match:
+            return int(match.group(1)) + 1
+        if re.search(r"(?:^|\.)(patch_embed|cls_token|pos_embed)(\.|$)", name):
+            return 0
+        return self.depth + 1

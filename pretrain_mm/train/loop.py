@@ -1,0 +1,199 @@
+"""The training loop: build, resume, step, log, checkpoint — top to bottom in `train`.
+
+Stops cleanly on SIGTERM / SIGUSR1 / SIGUSR2 (what Slurm sends before preemption or the
+time limit): the step in flight finishes, every rank agrees, a checkpoint is written, and
+running the same command again continues from it. A loss that becomes NaN or Inf stops the
+run before the optimiser touches the weights, naming the step and the last good checkpoint.
+"""
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from pretrain_mm.train import distributed as dist_utils
+from pretrain_mm.train.checkpoint import Checkpointer
+from pretrain_mm.train.data import build_train_loader, model_vocab
+from pretrain_mm.train.metrics import MetricLogger, StepTimer, peak_memory_mb
+from pretrain_mm.train.objectives import build_objective
+from pretrain_mm.train.optimizer import build_optimizer, build_scheduler
+from pretrain_mm.train.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
+
+log = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    status: str                  # "finished" | "interrupted"
+    step: int
+    checkpoint: Optional[Path]
+    final_loss: float
+
+
+class StopFlag:
+    """Records the first stop signal; the loop checks it between steps."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            log.warning("received %s: finishing this step, then checkpointing", signal.Signals(signum).name)
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"trainer.precision must be auto, bf16 or fp32; got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and (device.type == "cpu" or torch.cuda.is_bf16_supported()))
+
+
+def autocast_context(bf16: bool, info: dist_utils.DistInfo):
+    """bf16 autocast, except where FSDP2's MixedPrecisionPolicy casts (several GPUs)."""
+    fsdp_casts = info.device.type == "cuda" and info.world_size > 1
+    if bf16 and not fsdp_casts:
+        return torch.autocast(info.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_model(cfg, vocab_size: int):
+    from pretrain_mm.models import build_model as build
+
+    m = cfg.model
+    extra = ({"patch_dropout": m.patch_dropout, "loss_kind": cfg.loss.kind} if m.kind == "clip"
+             else {"mask_ratio": m.mask_ratio, "norm_pix_loss": m.norm_pix_loss})
+    return build(m.kind, m.size, image_size=cfg.data.image_size, vocab_size=vocab_size,
+                 context_length=cfg.data.context_length, drop_path_rate=m.drop_path, **extra)
+
+
+def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
+    run_dir = Path(run_dir)
+    t = cfg.trainer
+    per_rank, rem = divmod(t.batch_size, info.world_size * t.grad_accum)
+    if rem or per_rank == 0:
+        raise ValueError(f"trainer.batch_size={t.batch_size} must be a positive multiple of world size "
+                         f"({info.world_size}) x trainer.grad_accum ({t.grad_accum})")
+    bf16 = use_bf16(t.precision, info.device)
+
+    # The model: identical initial weights on every rank, then each rank's own random stream.
+    torch.manual_seed(t.seed)
+    model = build_model(cfg, model_vocab(cfg)).to(info.device)
+    if t.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if t.compile:
+        apply_compile(model)
+    if info.world_size > 1:
+        apply_fsdp(model, bf16=bf16 and info.device.type == "cuda")
+    torch.manual_seed(t.seed + 1000 * info.rank)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, t.max_steps)
+    objective = build_objective(cfg.model, cfg.loss)
+
+    # Resume: the newest complete checkpoint of this run (auto), a given one, or none.
+    checkpointer = Checkpointer(run_dir / "checkpoints", info, keep=t.keep_checkpoints)
+    start = checkpointer.latest() if t.resume == "auto" else (None if t.resume == "never" else Path(t.resume))
+    if t.resume == "never" and checkpointer.latest() is not None:
+        raise ValueError(f"{run_dir} already holds checkpoints and trainer.resume=never would overwrite the run; "
+                         "use trainer.resume=auto to continue it, or another hydra.run.dir")
+    step, data_state = 0, {"epoch": 0, "skipped": {}}
+    if start is not None:
+        extra = checkpointer.load(start, model, optimizer, {"step": 0, "scheduler": scheduler.state_dict(),
+                                                             "data": data_state})
+        step, data_state = extra["step"], extra["data"]
+        scheduler.load_state_dict(extra["scheduler"])
+        if info.is_main:
+            log.info("resumed from %s at step %d", start, step)
+    loader = build_train_loader(cfg, info, per_rank * t.grad_accum)
+    loader.load_state_dict(data_state)
+
+    if info.is_main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    metrics = MetricLogger(run_dir, enabled=info.is_main, start_step=step, max_steps=t.max_steps)
+    autocast = autocast_context(bf16, info)
+    timer, batches, loss_sum, loss_count, last_saved = StepTimer(), iter(loader), 0.0, 0, start
+    started, first_step, final_loss = time.perf_counter(), step, float("nan")
+    model.train()
+
+    with StopFlag() as stop:
+        while step < t.max_steps:
+            batch = next(batches, None)
+            if batch is None:  # an epoch ended: the loader reshuffles for the next
+                batches = iter(loader)
+                continue
+            timer.data_ready()
+            loss_value = 0.0
+            for micro in split_batch(batch, t.grad_accum, info.device):
+                with autocast:
+                    loss = objective(model, micro) / t.grad_accum
+                loss.backward()
+                loss_value += loss.detach().float().item()
+            if dist_utils.any_rank(not math.isfinite(loss_value), info):
+                raise NonFiniteLossError(
+                    f"the loss became {loss_value} at step {step + 1}; stopping before the update. The last good "
+                    f"checkpoint is {checkpointer.latest() or '(none yet)'}; lower optim.lr or check the data")
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            timer.step_done(t.batch_size)
+            metrics.advance()
+            loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
+            if step % t.log_every == 0 or step == t.max_steps:
+                final_loss = dist_utils.all_reduce_mean(loss_sum / loss_count, info)
+                loss_sum, loss_count = 0.0, 0
+                metrics.log(step, {"loss": final_loss, "lr": lr, **timer.take(t.log_every),
+                                   "peak_memory_mb": peak_memory_mb(info.device),
+                                   **{f"skipped_{k}": v for k, v in loader.skipped.items()}})
+            interrupted = dist_utils.any_rank(stop.signum is not None, info)
+            if step % t.checkpoint_every == 0 or step == t.max_steps or interrupted:
+                last_saved = checkpointer.save(step, model, optimizer, {
+                    "step": step, "scheduler": scheduler.state_dict(), "data": loader.state_dict()})
+            if interrupted:
+                break
+    metrics.close()
+    status = "finished" if step >= t.max_steps else "interrupted"
+    if info.is_main:
+        elapsed = time.perf_counter() - started
+        summary = {"status": status, "step": step, "steps_this_run": step - first_step, "final_loss": final_loss,
+                   "seconds": round(elapsed, 1), "checkpoint": str(last_saved) if last_saved else None,
+                   "skipped_samples": loader.skipped}
+        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        print(f"{status}: step {step}/{t.max_steps} ({step - first_step} this run, {elapsed:.0f}s), "
+              f"loss {final_loss:.4f}, checkpoint {last_saved}"
+              + ("; run the same command again to continue" if status == "interrupted" else ""), flush=True)
+    return TrainResult(status, step, last_saved, final_loss)
+
+
+def split_batch(batch: dict, parts: int, device: torch.device):
+    """`parts` micro-batches of the tensors of `batch`, on the device."""
+    tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    size = next(iter(tensors.values())).shape[0]
+    step = size // parts
+    for i in range(parts):
+        yield {k: v[i * step:(i + 1) * step] for k, v in tensors.items()}
