@@ -45,12 +45,13 @@ def rank_results(rank, world_size):
     mine = slice(rank * n, (rank + 1) * n)
     out = {}
     for kind in KINDS:
-        loss, grads = loss_and_grads(kind, images[mine], texts[mine], distributed_contrastive_loss,
-                                     workspace_bytes=256)
-        for g in grads:  # what DDP / FSDP do: average gradients over ranks
-            dist.all_reduce(g)
-            g /= world_size
-        out[kind] = (loss, grads)
+        for impl in ("fused", "reference"):
+            loss, grads = loss_and_grads(kind, images[mine], texts[mine], distributed_contrastive_loss, impl=impl,
+                                         workspace_bytes=256)
+            for g in grads:  # what DDP / FSDP do: average gradients over ranks
+                dist.all_reduce(g)
+                g /= world_size
+            out[kind, impl] = (loss, grads)
     return out
 
 
@@ -60,14 +61,13 @@ def test_distributed_equals_one_process(world_size, tmp_path):
     expected = {kind: loss_and_grads(kind, images, texts, contrastive_loss, impl="reference") for kind in KINDS}
     results = run_distributed(rank_results, world_size, tmp_path)
     for rank, result in enumerate(results):
-        for kind in KINDS:
-            loss, grads = result[kind]
+        for (kind, impl), (loss, grads) in result.items():
             want_loss, want_grads = expected[kind]
             torch.testing.assert_close(loss, want_loss, rtol=1e-12, atol=1e-12,
-                                       msg=lambda m: f"rank {rank} {kind} loss: {m}")
+                                       msg=lambda m: f"rank {rank} {kind} {impl} loss: {m}")
             for i, (g, w) in enumerate(zip(grads, want_grads)):
                 torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12,
-                                           msg=lambda m: f"rank {rank} {kind} grad {i}: {m}")
+                                           msg=lambda m: f"rank {rank} {kind} {impl} grad {i}: {m}")
 
 
 def test_one_process_without_a_group_is_the_plain_loss():
