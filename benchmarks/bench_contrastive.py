@@ -23,43 +23,13 @@ import subprocess
 import sys
 import time
 
+from common import PeakMemory
+
 IMPLS = ("fused", "naive", "floor")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 # ---- one measurement, in its own process --------------------------------------------
-
-def _rss_bytes(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-class PeakMemory:
-    """Peak bytes above the start, on CPU (RSS) or CUDA (the caching allocator)."""
-
-    def __init__(self, device):
-        import torch
-
-        self.torch, self.cuda = torch, device.type == "cuda"
-
-    def start(self):
-        if self.cuda:
-            self.torch.cuda.synchronize()
-            self.torch.cuda.reset_peak_memory_stats()
-            self.base = self.torch.cuda.memory_allocated()
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current RSS
-            self.base = _rss_bytes("VmRSS")
-
-    def peak(self):
-        if self.cuda:
-            return self.torch.cuda.max_memory_allocated() - self.base
-        return _rss_bytes("VmHWM") - self.base
-
 
 def _floor_step(img, txt, workspace_bytes):
     """The fused op's matmuls alone: one product per panel forward; backward recomputes it

@@ -1,0 +1,94 @@
+"""CLIP training throughput and peak memory: model sizes and batches, fused vs reference loss.
+
+    python benchmarks/bench_train.py                  # CPU, bf16 autocast, the configs below
+    python benchmarks/bench_train.py --device cuda --configs small:224:512 base:224:256
+
+A training step here is what the trainer does per batch: forward both towers, the
+contrastive loss, backward, clip, AdamW. Inputs are random tensors (the loader has its own
+benchmark), so the numbers are the model's and the loss's. Each (config, loss) pair runs in
+a fresh process; samples/s is the median over --steps steps after one warm-up step, peak
+memory is measured above the state before the first step.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from common import PeakMemory
+
+DEFAULT_CONFIGS = ["tiny:64:256", "tiny:32:1024", "small:64:128"]
+
+
+def measure(size, image_size, batch, impl, device_name, steps):
+    import torch
+
+    from pretrain_mm.models import build_model
+    from pretrain_mm.ops import contrastive_loss
+
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    model = build_model("clip", size, image_size=image_size, vocab_size=1024, context_length=32).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images = torch.randn(batch, 3, image_size, image_size, device=device)
+    text = torch.randint(1, 1024, (batch, 32), device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = model(images, text)
+            loss = contrastive_loss(out["image_features"], out["text_features"], out["logit_scale"], impl=impl)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    memory = PeakMemory(device)
+    memory.start()
+    times = []
+    for _ in range(steps + 1):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    median = sorted(times[1:])[len(times[1:]) // 2]
+    return {"samples_per_s": batch / median, "peak_extra_bytes": memory.peak()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="size:image_size:batch")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        size, image_size, batch, impl = args.worker
+        print(json.dumps(measure(size, int(image_size), int(batch), impl, args.device, args.steps)))
+        return
+
+    print(f"device={args.device}, bf16 autocast, AdamW; samples/s and peak memory above the start")
+    header = f"{'model':>6} {'image':>5} {'batch':>5} | {'fused sam/s':>11} {'ref sam/s':>10} {'ratio':>6} | " \
+             f"{'fused MiB':>9} {'ref MiB':>8}"
+    print(header)
+    print("-" * len(header))
+    for config in args.configs:
+        size, image_size, batch = config.split(":")
+        row = {}
+        for impl in ("fused", "reference"):
+            cmd = [sys.executable, __file__, "--device", args.device, "--steps", str(args.steps),
+                   "--worker", size, image_size, batch, impl]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+            row[impl] = json.loads(out.stdout.strip().splitlines()[-1])
+        f, r = row["fused"], row["reference"]
+        print(f"{size:>6} {image_size:>5} {batch:>5} | {f['samples_per_s']:>11.1f} {r['samples_per_s']:>10.1f} "
+              f"{f['samples_per_s'] / r['samples_per_s']:>5.2f}x | {f['peak_extra_bytes'] / 2**20:>9.0f} "
+              f"{r['peak_extra_bytes'] / 2**20:>8.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
