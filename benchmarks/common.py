@@ -1,7 +1,6 @@
 """What the benchmarks share: peak memory above a starting point, measured in a fresh process."""
 
 
-
 def _rss_bytes(field):
     with open("/proc/self/status") as f:
         for line in f:
