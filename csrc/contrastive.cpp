@@ -64,6 +64,33 @@ Tensor prepare(const Tensor& t, at::ScalarType dtype) { return t.to(dtype).conti
 
 Tensor scalar_arg(const Tensor& t, at::ScalarType dtype) { return t.to(dtype).reshape({1}).contiguous(); }
 
+// The inputs every op takes, checked and converted to the compute dtype. `bias` is
+// undefined for the softmax ops.
+struct Inputs {
+  at::ScalarType dtype;
+  Tensor q, k, scale, bias;
+
+  Inputs(const Tensor& q_in, const Tensor& k_in, const Tensor& scale_in, const Tensor* bias_in, int64_t offset) {
+    check_features(q_in, k_in, offset);
+    check_scalar(scale_in, q_in, "logit_scale");
+    if (bias_in != nullptr) check_scalar(*bias_in, q_in, "logit_bias");
+    dtype = compute_dtype(q_in);
+    q = prepare(q_in, dtype);
+    k = prepare(k_in, dtype);
+    scale = scalar_arg(scale_in, dtype);
+    if (bias_in != nullptr) bias = scalar_arg(*bias_in, dtype);
+  }
+
+  // A per-row or per-column vector argument (statistics, upstream gradients).
+  Tensor vector(const Tensor& t, int64_t len, const char* op, const char* name) const {
+    TORCH_CHECK_VALUE(t.numel() == len, op, ": ", name, " must have ", len, " values, got ", t.sizes());
+    return prepare(t.reshape({len}), dtype);
+  }
+
+  template <typename T>
+  const T* bias_ptr() const { return bias.defined() ? bias.const_data_ptr<T>() : nullptr; }
+};
+
 // ---- the panel walk -----------------------------------------------------------------
 
 struct PanelPlan {
@@ -145,22 +172,19 @@ void accumulate_grads(const Tensor& g, int64_t r0, int64_t c0, const Tensor& q, 
 
 std::tuple<Tensor, Tensor, Tensor> softmax_forward(const Tensor& q_in, const Tensor& k_in, const Tensor& scale_in,
                                                    int64_t offset, int64_t workspace_bytes) {
-  check_features(q_in, k_in, offset);
-  check_scalar(scale_in, q_in, "logit_scale");
-  const auto dtype = compute_dtype(q_in);
-  const Tensor q = prepare(q_in, dtype), k = prepare(k_in, dtype), scale = scalar_arg(scale_in, dtype);
-  const int64_t n = q.size(0), N = k.size(0);
-  const auto opts = q.options();
+  const Inputs in(q_in, k_in, scale_in, nullptr, offset);
+  const int64_t n = in.q.size(0), N = in.k.size(0);
+  const auto opts = in.q.options();
   const double ninf = -std::numeric_limits<double>::infinity();
   Tensor row_max = at::full({n}, ninf, opts), row_sum = at::zeros({n}, opts);
   Tensor col_max = at::full({N}, ninf, opts), col_sum = at::zeros({N}, opts);
   Tensor diag = at::empty({n}, opts);
-  AT_DISPATCH_FLOATING_TYPES(dtype, "softmax_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.dtype, "softmax_forward", [&] {
     const SoftmaxForwardState<scalar_t> state{row_max.data_ptr<scalar_t>(), row_sum.data_ptr<scalar_t>(),
                                               col_max.data_ptr<scalar_t>(), col_sum.data_ptr<scalar_t>(),
                                               diag.data_ptr<scalar_t>()};
-    walk_panels(q, k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
-      run_kernel(q, make_panel<scalar_t>(panel, r0, c0, offset, scale, nullptr), state);
+    walk_panels(in.q, in.k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
+      run_kernel(in.q, make_panel<scalar_t>(panel, r0, c0, offset, in.scale, nullptr), state);
     });
   });
   return {row_sum.log_().add_(row_max), col_sum.log_().add_(col_max), diag};
@@ -170,26 +194,20 @@ std::tuple<Tensor, Tensor, Tensor> softmax_backward(const Tensor& q_in, const Te
                                                     const Tensor& row_lse_in, const Tensor& col_lse_in,
                                                     const Tensor& g_row_in, const Tensor& g_col_in,
                                                     const Tensor& g_diag_in, int64_t offset, int64_t workspace_bytes) {
-  check_features(q_in, k_in, offset);
-  check_scalar(scale_in, q_in, "logit_scale");
-  const auto dtype = compute_dtype(q_in);
-  const Tensor q = prepare(q_in, dtype), k = prepare(k_in, dtype), scale = scalar_arg(scale_in, dtype);
-  const int64_t n = q.size(0), N = k.size(0);
-  auto vec = [&](const Tensor& t, int64_t len, const char* name) {
-    TORCH_CHECK_VALUE(t.numel() == len, "softmax_backward: ", name, " must have ", len, " values, got ", t.sizes());
-    return prepare(t.reshape({len}), dtype);
-  };
-  const Tensor row_lse = vec(row_lse_in, n, "row_lse"), col_lse = vec(col_lse_in, N, "col_lse");
-  const Tensor g_row = vec(g_row_in, n, "grad_row"), g_col = vec(g_col_in, N, "grad_col");
-  const Tensor g_diag = vec(g_diag_in, n, "grad_diag");
-  Tensor dq = at::zeros_like(q), dk = at::zeros_like(k), dscale = at::zeros({1}, q.options());
-  AT_DISPATCH_FLOATING_TYPES(dtype, "softmax_backward", [&] {
+  const Inputs in(q_in, k_in, scale_in, nullptr, offset);
+  const int64_t n = in.q.size(0), N = in.k.size(0);
+  const char* op = "softmax_backward";
+  const Tensor row_lse = in.vector(row_lse_in, n, op, "row_lse"), col_lse = in.vector(col_lse_in, N, op, "col_lse");
+  const Tensor g_row = in.vector(g_row_in, n, op, "grad_row"), g_col = in.vector(g_col_in, N, op, "grad_col");
+  const Tensor g_diag = in.vector(g_diag_in, n, op, "grad_diag");
+  Tensor dq = at::zeros_like(in.q), dk = at::zeros_like(in.k), dscale = at::zeros({1}, in.q.options());
+  AT_DISPATCH_FLOATING_TYPES(in.dtype, "softmax_backward", [&] {
     const SoftmaxBackwardState<scalar_t> state{row_lse.const_data_ptr<scalar_t>(), col_lse.const_data_ptr<scalar_t>(),
                                                g_row.const_data_ptr<scalar_t>(),   g_col.const_data_ptr<scalar_t>(),
                                                g_diag.const_data_ptr<scalar_t>(),  dscale.data_ptr<scalar_t>()};
-    walk_panels(q, k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
-      run_kernel(q, make_panel<scalar_t>(panel, r0, c0, offset, scale, nullptr), state);
-      accumulate_grads(panel, r0, c0, q, k, dq, dk);
+    walk_panels(in.q, in.k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
+      run_kernel(in.q, make_panel<scalar_t>(panel, r0, c0, offset, in.scale, nullptr), state);
+      accumulate_grads(panel, r0, c0, in.q, in.k, dq, dk);
     });
   });
   return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()),
@@ -198,17 +216,12 @@ std::tuple<Tensor, Tensor, Tensor> softmax_backward(const Tensor& q_in, const Te
 
 Tensor sigmoid_forward(const Tensor& q_in, const Tensor& k_in, const Tensor& scale_in, const Tensor& bias_in,
                        int64_t offset, int64_t workspace_bytes) {
-  check_features(q_in, k_in, offset);
-  check_scalar(scale_in, q_in, "logit_scale");
-  check_scalar(bias_in, q_in, "logit_bias");
-  const auto dtype = compute_dtype(q_in);
-  const Tensor q = prepare(q_in, dtype), k = prepare(k_in, dtype);
-  const Tensor scale = scalar_arg(scale_in, dtype), bias = scalar_arg(bias_in, dtype);
-  Tensor row_loss = at::zeros({q.size(0)}, q.options());
-  AT_DISPATCH_FLOATING_TYPES(dtype, "sigmoid_forward", [&] {
+  const Inputs in(q_in, k_in, scale_in, &bias_in, offset);
+  Tensor row_loss = at::zeros({in.q.size(0)}, in.q.options());
+  AT_DISPATCH_FLOATING_TYPES(in.dtype, "sigmoid_forward", [&] {
     const SigmoidForwardState<scalar_t> state{row_loss.data_ptr<scalar_t>()};
-    walk_panels(q, k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
-      run_kernel(q, make_panel<scalar_t>(panel, r0, c0, offset, scale, bias.const_data_ptr<scalar_t>()), state);
+    walk_panels(in.q, in.k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
+      run_kernel(in.q, make_panel<scalar_t>(panel, r0, c0, offset, in.scale, in.bias_ptr<scalar_t>()), state);
     });
   });
   return row_loss;
@@ -218,23 +231,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sigmoid_backward(const Tensor& q_in, 
                                                             const Tensor& scale_in, const Tensor& bias_in,
                                                             const Tensor& g_row_in, int64_t offset,
                                                             int64_t workspace_bytes) {
-  check_features(q_in, k_in, offset);
-  check_scalar(scale_in, q_in, "logit_scale");
-  check_scalar(bias_in, q_in, "logit_bias");
-  const auto dtype = compute_dtype(q_in);
-  const Tensor q = prepare(q_in, dtype), k = prepare(k_in, dtype);
-  const Tensor scale = scalar_arg(scale_in, dtype), bias = scalar_arg(bias_in, dtype);
-  TORCH_CHECK_VALUE(g_row_in.numel() == q.size(0), "sigmoid_backward: grad_row must have ", q.size(0),
-                    " values, got ", g_row_in.sizes());
-  const Tensor g_row = prepare(g_row_in.reshape({q.size(0)}), dtype);
-  Tensor dq = at::zeros_like(q), dk = at::zeros_like(k);
-  Tensor dscale = at::zeros({1}, q.options()), dbias = at::zeros({1}, q.options());
-  AT_DISPATCH_FLOATING_TYPES(dtype, "sigmoid_backward", [&] {
+  const Inputs in(q_in, k_in, scale_in, &bias_in, offset);
+  const Tensor g_row = in.vector(g_row_in, in.q.size(0), "sigmoid_backward", "grad_row");
+  Tensor dq = at::zeros_like(in.q), dk = at::zeros_like(in.k);
+  Tensor dscale = at::zeros({1}, in.q.options()), dbias = at::zeros({1}, in.q.options());
+  AT_DISPATCH_FLOATING_TYPES(in.dtype, "sigmoid_backward", [&] {
     const SigmoidBackwardState<scalar_t> state{g_row.const_data_ptr<scalar_t>(), dscale.data_ptr<scalar_t>(),
                                                dbias.data_ptr<scalar_t>()};
-    walk_panels(q, k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
-      run_kernel(q, make_panel<scalar_t>(panel, r0, c0, offset, scale, bias.const_data_ptr<scalar_t>()), state);
-      accumulate_grads(panel, r0, c0, q, k, dq, dk);
+    walk_panels(in.q, in.k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
+      run_kernel(in.q, make_panel<scalar_t>(panel, r0, c0, offset, in.scale, in.bias_ptr<scalar_t>()), state);
+      accumulate_grads(panel, r0, c0, in.q, in.k, dq, dk);
     });
   });
   return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()),
