@@ -90,6 +90,7 @@ setup(
         "numpy",
         "pillow",
         "webdataset==1.0.2",
+        "braceexpand",
         "tokenizers>=0.20",
         "scikit-learn",
         "tqdm",

@@ -31,6 +31,7 @@ class DataConfig:
     label_key: Optional[str] = None
     num_workers: int = 2
     shuffle_buffer: int = 2000
+    hflip: bool = True                      # random horizontal flips; off where captions say left/right
     root: Optional[str] = None              # cache of built-in data; None: $PRETRAIN_MM_DATA or ~/.cache
 
 

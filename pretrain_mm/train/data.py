@@ -36,4 +36,4 @@ def build_train_loader(cfg, info, per_rank_batch: int):
         tokenizer=build_tokenizer(d) if cfg.model.kind == "clip" else None,
         image_size=d.image_size, train=True, num_workers=d.num_workers, seed=cfg.trainer.seed, resampled=True,
         rank=info.rank, world_size=info.world_size, image_key=d.image_key, caption_key=d.caption_key,
-        label_key=d.label_key, shuffle_buffer=d.shuffle_buffer, drop_last=True)
+        label_key=d.label_key, shuffle_buffer=d.shuffle_buffer, hflip=d.hflip, drop_last=True)
