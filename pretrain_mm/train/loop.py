@@ -135,14 +135,20 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
     autocast = autocast_context(bf16, info)
     timer, batches, loss_sum, loss_count, last_saved = StepTimer(), iter(loader), 0.0, 0, start
     started, first_step, final_loss = time.perf_counter(), step, float("nan")
+    fresh_epoch, empty_epochs = True, 0
     model.train()
 
     with StopFlag() as stop:
         while step < t.max_steps:
             batch = next(batches, None)
             if batch is None:  # an epoch ended: the loader reshuffles for the next
-                batches = iter(loader)
+                empty_epochs = empty_epochs + 1 if fresh_epoch else 0
+                if empty_epochs >= 2:
+                    raise RuntimeError(f"rank {info.rank} received no training batch in two epochs; "
+                                       "give every rank at least one batch of samples (see data.train.urls)")
+                batches, fresh_epoch = iter(loader), True
                 continue
+            fresh_epoch = False
             timer.data_ready()
             loss_value = 0.0
             for micro in split_batch(batch, t.grad_accum, info.device):
