@@ -19,9 +19,10 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
+from pretrain_mm.builders import model_from_config, model_vocab
 from pretrain_mm.train import distributed as dist_utils
 from pretrain_mm.train.checkpoint import Checkpointer
-from pretrain_mm.train.data import build_train_loader, model_vocab
+from pretrain_mm.train.data import build_train_loader
 from pretrain_mm.train.metrics import MetricLogger, StepTimer, peak_memory_mb
 from pretrain_mm.train.objectives import build_objective
 from pretrain_mm.train.optimizer import build_optimizer, build_scheduler
@@ -79,16 +80,6 @@ def autocast_context(bf16: bool, info: dist_utils.DistInfo):
     return contextlib.nullcontext()
 
 
-def build_model(cfg, vocab_size: int):
-    from pretrain_mm.models import build_model as build
-
-    m = cfg.model
-    extra = ({"patch_dropout": m.patch_dropout, "loss_kind": cfg.loss.kind} if m.kind == "clip"
-             else {"mask_ratio": m.mask_ratio, "norm_pix_loss": m.norm_pix_loss})
-    return build(m.kind, m.size, image_size=cfg.data.image_size, vocab_size=vocab_size,
-                 context_length=cfg.data.context_length, drop_path_rate=m.drop_path, **extra)
-
-
 def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
     run_dir = Path(run_dir)
     t = cfg.trainer
@@ -100,7 +91,7 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
 
     # The model: identical initial weights on every rank, then each rank's own random stream.
     torch.manual_seed(t.seed)
-    model = build_model(cfg, model_vocab(cfg)).to(info.device)
+    model = model_from_config(cfg, model_vocab(cfg)).to(info.device)
     if t.activation_checkpointing:
         apply_activation_checkpointing(model)
     if t.compile:

@@ -1,0 +1,50 @@
+"""From a config to the parts it names: shards, tokenizer and model — one rule for train and eval."""
+
+import os
+
+from pretrain_mm.data import BUILTINS, expand_urls, get_builtin, load_tokenizer
+
+
+def builtin_names(data_cfg) -> list[str]:
+    """The built-in datasets named by data.name ('shapes', or a mixture 'shapes+digits'); [] for shards."""
+    names = data_cfg.name.split("+")
+    return names if all(n in BUILTINS for n in names) else []
+
+
+def split_urls(data_cfg, split: str):
+    """The shards of a split: the configured pattern, else the built-in datasets' (all of a mixture's)."""
+    urls = getattr(data_cfg, split).urls
+    if urls:
+        return urls
+    names = builtin_names(data_cfg)
+    if not names:
+        raise ValueError(f"data={data_cfg.name} needs shards: set data.{split}.urls to a directory, a brace pattern "
+                         f"('/data/cc3m/{{00000..00331}}.tar') or a comma-separated list (built-in sets: "
+                         f"{', '.join(BUILTINS)}, or a mixture such as shapes+digits)")
+    return [url for name in names for url in get_builtin(name, split, root=data_cfg.root)]
+
+
+def build_tokenizer(data_cfg):
+    """The configured tokenizer, else the (first) built-in dataset's own; for shards, a
+    tokenizer.json beside them (as `python -m pretrain_mm.data write` saves it)."""
+    names = builtin_names(data_cfg)
+    source = data_cfg.tokenizer or (names[0] if names else None)
+    if source is None:
+        source = os.path.dirname(expand_urls(split_urls(data_cfg, "train"))[0])
+    return load_tokenizer(source, context_length=data_cfg.context_length)
+
+
+def model_vocab(cfg) -> int:
+    return build_tokenizer(cfg.data).vocab_size if cfg.model.kind == "clip" else 0
+
+
+def model_from_config(cfg, vocab_size: int, **overrides):
+    """A new, initialised model of the config's kind, size and input shapes."""
+    from pretrain_mm.models import build_model
+
+    m = cfg.model
+    extra = ({"patch_dropout": m.patch_dropout, "loss_kind": cfg.loss.kind} if m.kind == "clip"
+             else {"mask_ratio": m.mask_ratio, "norm_pix_loss": m.norm_pix_loss})
+    extra.update(drop_path_rate=m.drop_path, **overrides)
+    return build_model(m.kind, m.size, image_size=cfg.data.image_size, vocab_size=vocab_size or None,
+                       context_length=cfg.data.context_length, **extra)
