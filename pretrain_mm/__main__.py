@@ -1,4 +1,4 @@
-"""`python -m pretrain_mm +exp=clip`: the Hydra entry point; builds the run from the config and trains.
+"""`python -m pretrain_mm +exp=clip`: the Hydra entry point; trains here, or submits to Slurm (launcher=slurm).
 
 Everything a run makes lands in its run directory (outputs/<run_name> unless hydra.run.dir
 says otherwise): config.yaml (resolved), metrics.jsonl, tensorboard/, checkpoints/.
@@ -20,15 +20,18 @@ register_configs()
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg) -> None:
-    from pretrain_mm.train.distributed import init_distributed, shutdown
-    from pretrain_mm.train.loop import train
-
     logging.getLogger("pretrain_mm").setLevel(logging.INFO)
-    info = init_distributed(cfg.trainer.device)
-    try:
-        train(cfg, HydraConfig.get().runtime.output_dir, info)
-    finally:
-        shutdown()
+    run_dir = HydraConfig.get().runtime.output_dir
+    if cfg.launcher.name == "slurm":  # submit the same run as a Slurm job (pretrain_mm/launch/slurm.py)
+        from pretrain_mm.launch.slurm import submit
+
+        submit(cfg, run_dir)
+    elif cfg.launcher.name == "local":  # train (then evaluate) in this process: pretrain_mm/launch/job.py
+        from pretrain_mm.launch.job import run
+
+        run(cfg, run_dir)
+    else:
+        raise ValueError(f"launcher.name must be local or slurm; got {cfg.launcher.name!r}")
 
 
 if __name__ == "__main__":

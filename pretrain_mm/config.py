@@ -6,7 +6,7 @@ the public ones.
 """
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -79,6 +79,30 @@ class TrainerConfig:
 
 
 @dataclass
+class LauncherConfig:
+    name: str = "local"                     # local: run here (torchrun / srun work too) | slurm: submit with submitit
+    # The rest is for launcher=slurm (pretrain_mm/launch/slurm.py); conf/launcher/slurm.yaml documents them.
+    nodes: int = 1
+    gpus_per_node: int = 0                  # 0: a CPU job
+    tasks_per_node: Optional[int] = None    # processes per node; None: one per GPU (1 on CPU)
+    cpus_per_task: Optional[int] = None     # None: data.num_workers + 1
+    mem_gb: Optional[float] = None          # per node; None: the cluster's default
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    timeout_min: int = 60                   # time limit of one run; at the limit the job checkpoints and requeues
+    signal_delay_s: int = 120               # the stop signal comes this long before the time limit
+    max_requeues: int = 10                  # how often the job may requeue itself (time limits + preemptions)
+    job_name: str = "${run_name}"
+    sbatch_extra: dict[str, Any] = field(default_factory=dict)   # more #SBATCH options: {exclusive: true}
+    setup: list[str] = field(default_factory=list)               # shell lines before srun (module load ...)
+    folder: Optional[str] = None            # submitit's scripts, logs and results; None: <run dir>/slurm
+    eval_job: bool = False                  # evaluate in a dependent job instead of after training in the same job
+    wait: bool = False                      # wait for the job and report how it ended
+
+
+@dataclass
 class Config:
     run_name: str = "${model.kind}-${data.name}"   # the default run directory is outputs/<run_name>
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -86,6 +110,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
 
 def register_configs() -> None:
