@@ -1,4 +1,5 @@
-"""`python -m pretrain_mm +exp=clip`: the Hydra entry point; trains here, or submits to Slurm (launcher=slurm).
+"""`python -m pretrain_mm +exp=clip`: the Hydra entry point; trains (then evaluates) here, or submits to
+Slurm (launcher=slurm); `+exp=eval eval.checkpoint=<run dir>` evaluates a checkpoint alone.
 
 Everything a run makes lands in its run directory (outputs/<run_name> unless hydra.run.dir
 says otherwise): config.yaml (resolved), metrics.jsonl, tensorboard/, checkpoints/.
@@ -29,7 +30,9 @@ def main(cfg) -> None:
     elif cfg.launcher.name == "local":  # train (then evaluate) in this process: pretrain_mm/launch/job.py
         from pretrain_mm.launch.job import run
 
-        run(cfg, run_dir)
+        if cfg.mode not in ("train", "eval"):
+            raise ValueError(f"mode must be train or eval; got {cfg.mode!r}")
+        run(cfg, run_dir, stages=("eval",) if cfg.mode == "eval" else ("train", "eval"))
     else:
         raise ValueError(f"launcher.name must be local or slurm; got {cfg.launcher.name!r}")
 

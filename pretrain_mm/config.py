@@ -1,6 +1,7 @@
 """Typed configuration: the schema behind conf/ (a misspelt or mistyped key is an error).
 
-Hydra merges conf/config.yaml and the chosen groups (exp/, model/, data/, optim/, trainer/)
+Hydra merges conf/config.yaml and the chosen groups (exp/, model/, data/, optim/, trainer/,
+eval/, launcher/)
 into `Config`; every key below is documented where it is declared, and the README lists
 the public ones.
 """
@@ -79,6 +80,72 @@ class TrainerConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Linear probe on frozen, cached features: BatchNorm without affine, then a linear layer (MAE's recipe)."""
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-2                        # AdamW peak, cosine to 0 after a linear warm-up
+    weight_decay: float = 0.0
+    warmup_epochs: int = 5
+
+
+@dataclass
+class FinetuneConfig:
+    """The whole encoder and a new linear head, trained on the classification set's train split."""
+    enabled: bool = False                   # costs whole-encoder training: off unless asked for
+    epochs: int = 10
+    batch_size: int = 64                    # global; per rank = batch_size / world size
+    lr: float = 1e-3                        # AdamW peak for the head; layer i gets lr * layer_decay^(depth+1-i)
+    layer_decay: float = 0.75               # BEiT / MAE layer-wise learning-rate decay
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    drop_path: float = 0.1                  # stochastic depth of the last block, rising linearly from 0
+    warmup_epochs: int = 1
+    hflip: bool = False                     # random horizontal flips (wrong for digits and for left/right labels)
+
+
+@dataclass
+class WdsEvalConfig:
+    """Your own labelled WebDataset (`.cls`, or `label` in `.json`) for probe / k-NN / fine-tune, and
+    zero-shot when class names are given. Used when `eval.classification` names "wds"."""
+    train_urls: Optional[str] = None        # a directory, brace pattern or comma list, as data.train.urls
+    test_urls: Optional[str] = None
+    label_key: str = "cls;json:label"
+    classnames: Optional[str] = None        # a text file, one class name per line (enables zero-shot)
+    templates: Optional[str] = None         # a text file, one prompt a line with {c} or {}; default "a photo of a {c}."
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True                    # evaluate at the end of a finished training run
+    checkpoint: Optional[str] = None        # +exp=eval: a run directory or checkpoints/step_<N>
+    output_dir: Optional[str] = None        # where report/ goes; None: the run directory of the checkpoint
+    batch_size: int = 128                   # per rank, for feature extraction
+    num_workers: int = 0                    # loader workers per rank (the eval sets are small)
+    max_samples: int = 5000                 # cap per split over all ranks (each its share) to bound the time; 0: none
+    seed: int = 0                           # the random tower's initialisation, probe / fine-tune order
+    random_baseline: bool = True            # the same evaluators on a freshly initialised tower, side by side
+    # Zero-shot classification (CLIP): built-in sets, and for shapes the attributes to classify.
+    zeroshot: list[str] = field(default_factory=lambda: ["shapes", "digits"])
+    shapes_attributes: list[str] = field(default_factory=lambda: ["colour", "shape"])
+    # Image <-> text retrieval (CLIP): built-in sets; shapes uses json:full_caption (every attribute named).
+    retrieval: list[str] = field(default_factory=lambda: ["shapes"])
+    retrieval_chunk_size: int = 1024        # rows of the similarity matrix computed at a time
+    # Linear probe, k-NN (and fine-tune): built-in sets (train split -> val split) or "wds" (eval.wds).
+    classification: list[str] = field(default_factory=lambda: ["digits"])
+    wds: WdsEvalConfig = field(default_factory=WdsEvalConfig)
+    # CLIP_benchmark webdataset directories (classnames.txt, zeroshot_classification_templates.txt,
+    # test/{0..n}.tar): zero-shot or retrieval, plus probe / k-NN when a train/ split is there.
+    clip_benchmark_dirs: list[str] = field(default_factory=list)
+    knn_k: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
+    knn_temperature: float = 0.07
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    examples: int = 3                       # retrieval examples per direction in the report
+    reconstructions: int = 6                # MAE: images in the original / masked / reconstructed grid
+
+
+@dataclass
 class LauncherConfig:
     name: str = "local"                     # local: run here (torchrun / srun work too) | slurm: submit with submitit
     # The rest is for launcher=slurm (pretrain_mm/launch/slurm.py); conf/launcher/slurm.yaml documents them.
@@ -105,11 +172,13 @@ class LauncherConfig:
 @dataclass
 class Config:
     run_name: str = "${model.kind}-${data.name}"   # the default run directory is outputs/<run_name>
+    mode: str = "train"                     # train (then evaluate, if eval.enabled) | eval (eval.checkpoint only)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
 

@@ -61,7 +61,9 @@ def run(cfg, run_dir, stages=("train", "eval")) -> dict:
             summary = {"run_dir": str(run_dir), "status": result.status, "step": result.step,
                        "max_steps": cfg.trainer.max_steps, "final_loss": result.final_loss,
                        "checkpoint": str(result.checkpoint) if result.checkpoint else None}
-        else:
+        elif cfg.mode == "eval":  # +exp=eval: a checkpoint of any run, nothing trained here
+            summary = {"run_dir": str(run_dir), "status": "finished"}
+        else:  # a dependent evaluation job (launcher.eval_job): its training must have finished
             summary = finished_training(run_dir)
         if summary["status"] == "interrupted":
             if requeue_allowed:
@@ -85,13 +87,15 @@ def leave_requeued_job() -> None:
 
 
 def evaluate(cfg, run_dir, info):
-    """Evaluation after training, in the same processes (every rank calls it).
+    """Evaluation (every rank calls it): after training, of the run's newest checkpoint, into
+    <run_dir>/report/, when eval.enabled; with mode=eval, of eval.checkpoint. Returns the results."""
+    if cfg.mode != "eval" and not cfg.eval.enabled:
+        return None
+    from pretrain_mm.eval import evaluate_checkpoint
 
-    EVALUATION HOOK: pretrain_mm.eval.runner.run_evaluation(cfg, run_dir, model, info) is being
-    written; call it here (the model loaded from the run's newest checkpoint) and return its results.
-    Until then a run trains only, and this returns None.
-    """
-    return None
+    if cfg.mode == "eval":
+        return evaluate_checkpoint(cfg, info)
+    return evaluate_checkpoint(cfg, info, checkpoint=run_dir, output_dir=run_dir)
 
 
 def finished_training(run_dir) -> dict:

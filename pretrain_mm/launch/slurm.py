@@ -45,7 +45,7 @@ def submit(cfg, run_dir) -> list:
     OmegaConf.resolve(cfg)  # ${...} (${hydra:...} too) mean what they mean here: the job has no Hydra
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=lc.max_requeues)
     executor.update_parameters(**params)
-    train_stages = ("train",) if lc.eval_job else ("train", "eval")
+    train_stages = ("eval",) if cfg.mode == "eval" else ("train",) if lc.eval_job else ("train", "eval")
     jobs = [_submit(executor, PretrainTask(cfg, run_dir, train_stages), params)]
     tasks = params["nodes"] * params["ntasks_per_node"]
     print(f"Submitted Slurm job {jobs[0].job_id}: {params['job_name']}, {params['nodes']} node(s) x "

@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from pretrain_mm.train.distributed import DistInfo, barrier
@@ -117,7 +118,7 @@ def load_model_weights(path, model) -> Path:
     state = {"model": model_state}
     try:
         dcp.load(state, checkpoint_id=str(path))
-    except Exception as error:  # corrupt or foreign files: say which and why
+    except (Exception, CheckpointException) as error:  # corrupt or foreign files (CheckpointException is a BaseException)
         raise ValueError(f"cannot read model weights from {path}: {error}") from error
     set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={})
     return path

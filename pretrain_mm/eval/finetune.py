@@ -1,0 +1,131 @@
+"""Fine-tuning the whole image encoder with a new head: layer-wise lr decay, label smoothing, drop path."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from pretrain_mm.data import build_loader
+from pretrain_mm.eval.features import autocast, extract_features, world
+from pretrain_mm.eval.linear_probe import warmup_cosine
+from pretrain_mm.eval.metrics import accuracies
+
+log = logging.getLogger(__name__)
+
+
+def image_tower(model: nn.Module) -> nn.Module:
+    """The VisionTransformer inside a CLIP (visual, with its projection) or an MAE (encoder)."""
+    return model.visual if hasattr(model, "visual") else model.encoder
+
+
+class Classifier(nn.Module):
+    """tower(images) -> linear head. The head is tower.layer_id's last group, so it gets the full lr."""
+
+    def __init__(self, tower: nn.Module, num_classes: int):
+        super().__init__()
+        self.tower = tower
+        dim = tower.head.out_features if isinstance(tower.head, nn.Linear) else tower.width
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE's fine-tuning head init
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tower(images))
+
+
+def set_drop_path(tower: nn.Module, rate: float) -> None:
+    """Stochastic depth rising linearly from 0 at the first block to `rate` at the last (as timm)."""
+    depth = len(tower.blocks)
+    for i, block in enumerate(tower.blocks):
+        block.drop_path = rate * i / max(depth - 1, 1)
+
+
+def layer_decay_groups(model: Classifier, lr: float, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW parameter groups: layer i of the tower (tower.layer_id) gets lr * layer_decay^(last - i),
+    the head the full lr; no weight decay on the tower's no_weight_decay() names and on biases."""
+    tower = model.tower
+    last = tower.num_layers - 1
+    skip = tower.no_weight_decay()
+    groups: dict[tuple, dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith("tower."):
+            inner = name[len("tower."):]
+            layer, decay = tower.layer_id(inner), inner not in skip
+        else:
+            layer, decay = last, param.ndim > 1
+        key = (layer, decay)
+        if key not in groups:
+            groups[key] = {"params": [], "lr": lr * layer_decay ** (last - layer),
+                           "weight_decay": weight_decay if decay else 0.0}
+        groups[key]["params"].append(param)
+    for group in groups.values():
+        group["initial_lr"] = group["lr"]
+    return list(groups.values())
+
+
+def all_reduce_grads(model: nn.Module) -> None:
+    """Average the gradients over ranks (each rank trained on its own share of the batch)."""
+    size = world()[1]
+    if size == 1:
+        return
+    for param in model.parameters():
+        if param.grad is not None:
+            dist.all_reduce(param.grad)
+            param.grad.div_(size)
+
+
+def finetune(model: nn.Module, ds, num_classes: int, num_train: int, f, e, image_size: int,
+             device: torch.device) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Fine-tune a copy of `model`'s image tower on ds.train_urls and test it on ds.test_urls.
+    f: FinetuneConfig; e: EvalConfig (batch size, workers, sample cap, seed). Returns
+    (top-1 / top-5 accuracy, predictions, labels). Every rank trains on its share of each batch,
+    with gradients averaged, so all ranks hold the same weights."""
+    rank, world_size = world()
+    if f.batch_size % world_size:
+        raise ValueError(f"eval.finetune.batch_size={f.batch_size} must be a multiple of the world size {world_size}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(e.seed)
+        classifier = Classifier(copy.deepcopy(image_tower(model)), num_classes).to(device)
+    set_drop_path(classifier.tower, f.drop_path)
+    optimizer = torch.optim.AdamW(layer_decay_groups(classifier, f.lr, f.weight_decay, f.layer_decay),
+                                  betas=(0.9, 0.999))
+    # Resampled: every rank gets the same number of batches, as the gradient all-reduce needs.
+    loader = build_loader(ds.train_urls, batch_size=f.batch_size // world_size, image_size=image_size, train=True,
+                          num_workers=e.num_workers, seed=e.seed, resampled=True, samples_per_epoch=num_train,
+                          label_key=ds.label_key, hflip=f.hflip, drop_last=True, shuffle_buffer=1000)
+    steps_per_epoch = len(loader)
+    total, warmup = f.epochs * steps_per_epoch, f.warmup_epochs * steps_per_epoch
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=f.label_smoothing)
+    step = 0
+    classifier.train()
+    for epoch in range(f.epochs):
+        running = 0.0
+        for batch in loader:
+            scale = warmup_cosine(step, warmup, total)
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * scale
+            with autocast(device):
+                loss = loss_fn(classifier(batch["image"].to(device)).float(), batch["label"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            all_reduce_grads(classifier)
+            optimizer.step()
+            running += loss.item()
+            step += 1
+        if not math.isfinite(running):
+            raise RuntimeError(f"fine-tuning diverged in epoch {epoch + 1} (loss {running}); lower eval.finetune.lr")
+        if rank == 0:
+            log.info("fine-tune %s epoch %d/%d: loss %.4f", ds.name, epoch + 1, f.epochs, running / steps_per_epoch)
+    classifier.eval()
+    test = build_loader(ds.test_urls, batch_size=e.batch_size, image_size=image_size, train=False,
+                        num_workers=e.num_workers, label_key=ds.label_key)
+    out = extract_features(test, {"logits": classifier}, device, max_samples=e.max_samples)
+    logits, labels = out.image["logits"], out.labels["label"]
+    return accuracies(logits, labels, num_classes), logits.argmax(dim=1), labels

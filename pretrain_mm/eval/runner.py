@@ -1,0 +1,196 @@
+"""run_evaluation: the evaluators that fit the model, on every eval set, then the report (trainer and +exp=eval)."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from pretrain_mm.builders import build_tokenizer, split_urls
+from pretrain_mm.data import build_loader, expand_urls
+from pretrain_mm.eval.datasets import EvalSet, attach_json_labels, eval_sets
+from pretrain_mm.eval.examples import mae_reconstructions, retrieval_examples
+from pretrain_mm.eval.features import Features, extract_features, world
+from pretrain_mm.eval.finetune import finetune
+from pretrain_mm.eval.knn import knn_evaluate
+from pretrain_mm.eval.linear_probe import linear_probe
+from pretrain_mm.eval.loading import load_checkpoint_model, random_model, run_dir_of, unsharded
+from pretrain_mm.eval.metrics import confusion_matrix
+from pretrain_mm.eval.report import result_rows, write_report
+from pretrain_mm.eval.retrieval import chance_recall, retrieval_recall
+from pretrain_mm.eval.zeroshot import zeroshot_classifier, zeroshot_evaluate
+
+log = logging.getLogger(__name__)
+
+
+def chance_accuracy(classes: int) -> dict[str, float]:
+    return {"top1": 1 / classes, "top5": min(1.0, 5 / classes)}
+
+
+class Evaluation:
+    """The state of one evaluation: the towers (trained, random), what to run, and what was found."""
+
+    def __init__(self, cfg, model, device: torch.device):
+        self.cfg, self.e, self.device = cfg, cfg.eval, device
+        self.kind, self.image_size = cfg.model.kind, cfg.data.image_size
+        self.towers = {"trained": model}
+        if self.e.random_baseline:
+            self.towers["random"] = random_model(cfg, self.e.seed, device)
+        self.tokenizer = build_tokenizer(cfg.data) if self.kind == "clip" else None
+        self.results: dict = {"metrics": {name: {} for name in self.towers}, "chance": {}, "samples": {}}
+        self.extras: dict = {"confusion": [], "retrieval_examples": {}, "reconstructions": None}
+
+    def record(self, tower: str, task: str, dataset: str, values: dict) -> None:
+        self.results["metrics"][tower].setdefault(task, {})[dataset] = values
+
+    def image_encoders(self) -> dict:
+        # Unnormalised tower outputs: zero-shot, retrieval and k-NN normalise, the probe standardises.
+        return {name: (lambda x, m=m: m.encode_image(x, normalize=False)) for name, m in self.towers.items()}
+
+    def extract(self, ds: EvalSet, urls: list[str], *, labels: bool, captions: bool) -> Features:
+        tokenizer = self.tokenizer if captions else None
+        loader = build_loader(urls, batch_size=self.e.batch_size, tokenizer=tokenizer, image_size=self.image_size,
+                              train=False, num_workers=self.e.num_workers, caption_key=ds.caption_key or "txt",
+                              label_key=ds.label_key if labels else None)
+        text = {name: m.encode_text for name, m in self.towers.items()} if captions else None
+        return extract_features(loader, self.image_encoders(), self.device, max_samples=self.e.max_samples,
+                                text_encoders=text, tokenizer=self.tokenizer, split_captions=ds.split_captions)
+
+    def run_set(self, ds: EvalSet) -> None:
+        clip = self.kind == "clip"
+        zeroshot = ds.zeroshot if clip else {}
+        retrieval = clip and ds.caption_key is not None
+        if not (zeroshot or retrieval or ds.classification):
+            log.info("eval set %s has no task for a %s model (zero-shot and retrieval need CLIP)", ds.name, self.kind)
+            return
+        needs_label = ds.classification or any(t.label == "label" for t in zeroshot.values())
+        test = self.extract(ds, ds.test_urls, labels=needs_label, captions=retrieval)
+        attach_json_labels(test, ds.test_urls, ds.json_labels if zeroshot else [])
+        self.results["samples"][ds.name] = {"test": len(test)}
+        for attr, task in zeroshot.items():
+            self.run_zeroshot(f"{ds.name}/{attr}", test, task)
+        if retrieval:
+            self.run_retrieval(ds, test)
+        if ds.classification:
+            self.run_classification(ds, test)
+
+    def run_zeroshot(self, name: str, test: Features, task) -> None:
+        labels, classes = test.labels[task.label], len(task.classnames)
+        for tower, model in self.towers.items():
+            classifier = zeroshot_classifier(model.encode_text, self.tokenizer, task.classnames, task.templates,
+                                             self.device, self.e.batch_size)
+            metrics, predictions = zeroshot_evaluate(test.image[tower], labels, classifier)
+            self.record(tower, "zeroshot", name, metrics)
+            if tower == "trained":
+                self.extras["confusion"].append((f"zero-shot {name}", confusion_matrix(predictions, labels, classes),
+                                                 task.classnames))
+        self.results["chance"].setdefault("zeroshot", {})[name] = chance_accuracy(classes)
+
+    def run_retrieval(self, ds: EvalSet, test: Features) -> None:
+        for tower in self.towers:
+            self.record(tower, "retrieval", ds.name, retrieval_recall(
+                test.image[tower], test.text[tower], test.text_image, chunk_size=self.e.retrieval_chunk_size))
+        self.results["chance"].setdefault("retrieval", {})[ds.name] = chance_recall(len(test), len(test.captions))
+        self.results["samples"][ds.name]["texts"] = len(test.captions)
+        if world()[0] == 0 and self.e.examples > 0:
+            self.extras["retrieval_examples"][ds.name] = retrieval_examples(
+                test, "trained", ds.test_urls, self.image_size, self.e.examples)
+
+    def run_classification(self, ds: EvalSet, test: Features) -> None:
+        train = self.extract(ds, ds.train_urls, labels=True, captions=False)
+        self.results["samples"][ds.name]["train"] = len(train)
+        y_train, y_test = train.labels["label"], test.labels["label"]
+        classes = len(ds.classnames) if ds.classnames else int(max(y_train.max(), y_test.max())) + 1
+        p = self.e.probe
+        for tower in self.towers:
+            metrics, predictions = linear_probe(
+                train.image[tower], y_train, test.image[tower], y_test, classes, epochs=p.epochs,
+                batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, warmup_epochs=p.warmup_epochs,
+                seed=self.e.seed)
+            self.record(tower, "linear_probe", ds.name, metrics)
+            if tower == "trained":
+                self.extras["confusion"].append((f"linear probe {ds.name}",
+                                                 confusion_matrix(predictions, y_test, classes), ds.classnames))
+            self.record(tower, "knn", ds.name, knn_evaluate(train.image[tower], y_train, test.image[tower], y_test,
+                                                            classes, list(self.e.knn_k), self.e.knn_temperature))
+            if self.e.finetune.enabled:
+                metrics, _, _ = finetune(self.towers[tower], ds, classes, len(train), self.e.finetune, self.e,
+                                         self.image_size, self.device)
+                self.record(tower, "finetune", ds.name, metrics)
+        chance = self.results["chance"]
+        chance.setdefault("linear_probe", {})[ds.name] = chance_accuracy(classes)
+        chance.setdefault("knn", {})[ds.name] = {f"top1@k{k}": 1 / classes for k in self.e.knn_k}
+        if self.e.finetune.enabled:
+            chance.setdefault("finetune", {})[ds.name] = chance_accuracy(classes)
+
+    def run_reconstructions(self) -> None:
+        """MAE: masked-patch error on the training data's val split, and the picture grid (rank 0)."""
+        d = self.cfg.data
+        try:
+            urls = expand_urls(split_urls(d, "val"))
+        except ValueError as error:  # the user's shards without a val split: no reconstructions, say why
+            log.warning("no MAE reconstructions: %s", error)
+            return
+        losses, grid = mae_reconstructions(self.towers, urls, self.image_size,
+                                           self.e.reconstructions, self.device, self.e.seed)
+        for tower, values in losses.items():
+            self.record(tower, "reconstruction", d.name, values)
+        self.extras["reconstructions"] = grid
+
+
+def run_evaluation(cfg, run_dir, model, info, checkpoint: Optional[Path] = None,
+                   metrics_file: Optional[Path] = None) -> dict:
+    """Evaluate `model` (CLIP: zero-shot, retrieval, probe, k-NN; MAE: probe, k-NN, reconstructions;
+    fine-tune when eval.finetune.enabled) with the random tower beside it, and write
+    `<run_dir>/report/` on rank 0, with the training curves of metrics_file (default
+    <run_dir>/metrics.jsonl). Every rank must call it; every rank returns the results dict."""
+    started = time.perf_counter()
+    with torch.no_grad():
+        model = unsharded(model, cfg, info.device)
+    run = Evaluation(cfg, model, info.device)
+    for ds in eval_sets(cfg.eval, cfg.data.root):
+        if info.is_main:
+            log.info("evaluating on %s", ds.name)
+        run.run_set(ds)
+    if run.kind == "mae" and info.is_main:
+        run.run_reconstructions()
+    results = {
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "run_dir": str(run_dir),
+        "model": {"kind": cfg.model.kind, "size": cfg.model.size, "image_size": cfg.data.image_size},
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "world_size": info.world_size,
+        "eval_seconds": round(time.perf_counter() - started, 1),
+        **run.results,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if info.is_main:
+        report_dir = write_report(Path(run_dir) / "report", results, run.extras,
+                                  metrics_file or Path(run_dir) / "metrics.jsonl")
+        lines = [f"  {task:<13} {data:<16} {metric:<20} {mine:>7} (random {random or '-':>6}, chance {base or '-':>6})"
+                 for task, data, metric, mine, random, base in result_rows(results)]
+        head = f"evaluation ({results['eval_seconds']:.0f}s): {report_dir / 'report.html'}"
+        print("\n".join([head, *lines]), flush=True)
+    if info.world_size > 1:
+        torch.distributed.barrier()
+    return results
+
+
+def evaluate_checkpoint(cfg, info, checkpoint=None, output_dir=None) -> dict:
+    """+exp=eval and the end of training: rebuild the model of a checkpoint (or a run directory's
+    newest) from its run's config.yaml, load its weights and run_evaluation with this cfg's `eval`.
+    The report goes to eval.output_dir, else output_dir, else the checkpoint's run directory."""
+    path = checkpoint or cfg.eval.checkpoint
+    if not path:
+        raise ValueError("nothing to evaluate: set eval.checkpoint to a run directory or one of its "
+                         "checkpoints/step_<N>, e.g. python -m pretrain_mm +exp=eval eval.checkpoint=outputs/clip")
+    model, run_cfg, resolved = load_checkpoint_model(path, info.device)
+    merged = OmegaConf.merge(run_cfg, {"eval": OmegaConf.to_container(cfg.eval, resolve=True)})
+    out = cfg.eval.output_dir or output_dir or run_dir_of(resolved)
+    return run_evaluation(merged, out, model, info, checkpoint=resolved,
+                          metrics_file=run_dir_of(resolved) / "metrics.jsonl")
