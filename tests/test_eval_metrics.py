@@ -54,7 +54,10 @@ def test_knn_chunks_do_not_change_votes():
     test, _ = clustered(50, 8, 4, 1.0, seed=3)
     whole = knn_predict(train, labels, test, 4, [10], 0.07, chunk_size=1000)[10]
     chunked = knn_predict(train, labels, test, 4, [10], 0.07, chunk_size=7)[10]
-    torch.testing.assert_close(whole, chunked)
+    # The same neighbours and votes; the BLAS may round a 7-row product differently from a
+    # 50-row one in the last bit, which exp(s / 0.07) magnifies to ~1e-6 relative.
+    assert torch.equal(whole.argmax(dim=1), chunked.argmax(dim=1))
+    torch.testing.assert_close(whole, chunked, rtol=1e-5, atol=0)
 
 
 def test_knn_rejects_bad_settings():
