@@ -1,6 +1,7 @@
 """The real CLI end to end: train, checkpoint, resume, stop on signals and on NaN, FSDP2 on 2 processes."""
 
 import json
+import math
 import os
 import signal
 import socket
@@ -123,3 +124,11 @@ def test_fsdp2_two_processes(tmp_path, exp):
     assert checkpoints(run) == ["step_00000003"]
     assert (run / "checkpoints" / "step_00000003" / "rank1.pt").exists()
     assert len(metrics(run)) == 3
+
+
+def test_activation_checkpointing_and_compile(tmp_path):
+    run = tmp_path / "clip"
+    run_cli(run, "+exp=clip", "trainer.max_steps=2", "trainer.activation_checkpointing=true", "trainer.compile=true",
+            "eval.enabled=false")
+    assert summary(run)["status"] == "finished" and checkpoints(run) == ["step_00000002"]
+    assert all(math.isfinite(m["loss"]) for m in metrics(run))
