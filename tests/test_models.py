@@ -1,62 +1,14 @@
-"""The models: shapes for every size, positions, patch subsets, masking, EOT pooling, CLIP and MAE losses."""
+"""The models: shapes for every size, positions, patch subsets, EOT pooling, CLIP's loss and init."""
 
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from pretrain_mm.models import (CLIP, MAE, SIZES, TextTransformer, VisionTransformer, build_model, clip_loss,
-                                model_arguments, patchify, random_masking, sincos_pos_embed_2d, unpatchify)
-from pretrain_mm.models.mae import insert_mask_tokens
+from pretrain_mm.models import CLIP, MAE, SIZES, build_model, clip_loss, model_arguments, sincos_pos_embed_2d
 from pretrain_mm.ops import reference
-
-VOCAB, CONTEXT, IMAGE = 64, 16, 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is as fast and leaves the other cores alone."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_vit(**kwargs):
-    torch.manual_seed(0)
-    args = dict(image_size=IMAGE, patch_size=8, width=64, depth=2, num_heads=4)
-    return VisionTransformer(**{**args, **kwargs}).eval()
-
-
-def tiny_text(**kwargs):
-    torch.manual_seed(0)
-    args = dict(vocab_size=VOCAB, context_length=CONTEXT, width=64, depth=2, num_heads=4, output_dim=32)
-    return TextTransformer(**{**args, **kwargs}).eval()
-
-
-def tiny_clip(**kwargs):
-    torch.manual_seed(0)
-    return build_model("clip", "tiny", image_size=IMAGE, vocab_size=VOCAB, context_length=CONTEXT, **kwargs)
-
-
-def tiny_mae(**kwargs):
-    torch.manual_seed(0)
-    return build_model("mae", "tiny", image_size=IMAGE, **kwargs)
-
-
-def images(n, seed=1):
-    return torch.randn(n, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(seed))
-
-
-def captions(n, seed=2, min_len=3):
-    """Token rows as our tokenizer makes them: ids in [1, VOCAB), then pad id 0 up to CONTEXT."""
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randint(1, VOCAB, (n, CONTEXT), generator=g)
-    lengths = torch.randint(min_len, CONTEXT + 1, (n,), generator=g)
-    text[torch.arange(CONTEXT)[None, :] >= lengths[:, None]] = 0
-    return text
-
+from tiny_models import (CONTEXT, VOCAB, captions, images, one_thread, tiny_clip, tiny_mae,  # noqa: F401
+                         tiny_text, tiny_vit)
 
 # ---------------------------------------------------------------- sin-cos positions
 
@@ -304,108 +256,6 @@ def test_tiny_clip_memorises_a_fixed_batch(kind):
     with torch.no_grad():
         similarity = model.encode_image(x) @ model.encode_text(text).T
     assert (similarity.argmax(1) == torch.arange(16)).float().mean() >= 0.9
-
-
-# ---------------------------------------------------------------- MAE
-
-@pytest.mark.parametrize("num_patches,ratio", [(16, 0.75), (196, 0.75), (10, 0.9), (50, 0.9), (49, 0.7), (7, 0.0)])
-def test_random_masking_counts_and_restores(num_patches, ratio):
-    ids_keep, mask, ids_restore = random_masking(3, num_patches, ratio)
-    keep = round(num_patches * (1 - ratio))
-    assert ids_keep.shape == (3, keep)
-    assert mask.sum(1).tolist() == [num_patches - keep] * 3
-    assert torch.all(mask.gather(1, ids_keep) == 0)
-    # Unshuffling [kept tokens, mask tokens] puts every kept token back at its patch.
-    tokens = torch.arange(num_patches, dtype=torch.float32).expand(3, -1)[..., None]
-    restored = insert_mask_tokens(tokens.gather(1, ids_keep[..., None]), torch.full((1, 1, 1), -1.0), ids_restore)
-    assert torch.equal(restored[..., 0], torch.where(mask.bool(), -1.0, tokens[..., 0]))
-
-
-def test_random_masking_follows_the_noise():
-    noise = torch.tensor([[0.9, 0.1, 0.5, 0.3]])
-    ids_keep, mask, _ = random_masking(1, 4, 0.5, noise=noise)
-    assert ids_keep.tolist() == [[1, 3]] and mask.tolist() == [[1, 0, 1, 0]]
-    with pytest.raises(ValueError):
-        random_masking(1, 4, 1.0)
-
-
-def test_patchify_layout_and_round_trip():
-    x = images(2)
-    patches = patchify(x, 8)
-    assert patches.shape == (2, 16, 8 * 8 * 3)
-    r, c = 2, 1  # patch 9: pixels (row, column, channel)
-    torch.testing.assert_close(patches[:, r * 4 + c], x[:, :, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8].permute(0, 2, 3, 1)
-                               .reshape(2, -1))
-    assert torch.equal(unpatchify(patches, 8, 3), x)
-
-
-def test_mae_forward_shapes_and_masked_mse():
-    model, x = tiny_mae(), images(4)
-    out = model(x)
-    assert out["pred"].shape == (4, 16, 8 * 8 * 3) and out["mask"].shape == (4, 16)
-    assert out["mask"].sum(1).tolist() == [12.0] * 4
-    # The mask tokens are all alike: only the decoder's positions make their predictions differ.
-    masked_pred = out["pred"][0][out["mask"][0].bool()]
-    assert torch.cdist(masked_pred, masked_pred).add(torch.eye(12)).min() > 1e-3
-    error = (out["pred"] - model.patchify(x)).pow(2).mean(-1)
-    torch.testing.assert_close(out["loss"], error[out["mask"].bool()].mean())
-
-
-def test_mae_loss_counts_only_masked_patches():
-    model, x = tiny_mae(), images(2)
-    noise = torch.rand(2, 16, generator=torch.Generator().manual_seed(3))
-    out = model(x, noise=noise)
-    mask = out["mask"].bool()
-    pred = out["pred"].detach().requires_grad_()
-    loss = model.forward_loss(x, pred, out["mask"])
-    visible = model.patchify(x).clone()
-    visible[~mask] += 5.0  # other targets at the visible patches: the loss is the same
-    assert model.forward_loss(model.unpatchify(visible), pred, out["mask"]).item() == pytest.approx(loss.item())
-    masked = model.patchify(x).clone()
-    masked[mask] += 5.0
-    assert model.forward_loss(model.unpatchify(masked), pred, out["mask"]).item() > loss.item() + 1.0
-    (grad,) = torch.autograd.grad(loss, pred)
-    assert torch.all(grad[~mask] == 0) and torch.all(grad[mask].abs().sum(-1) > 0)
-
-
-def test_mae_encoder_sees_only_visible_patches():
-    model, x = tiny_mae(), images(1)
-    noise = torch.rand(1, 16, generator=torch.Generator().manual_seed(4))
-    out = model(x, noise=noise)
-    changed = model.patchify(x).clone()
-    changed[out["mask"].bool()] = 0.0  # blank every masked patch
-    again = model(model.unpatchify(changed), noise=noise)
-    torch.testing.assert_close(again["pred"], out["pred"])
-
-
-def test_norm_pix_loss_ignores_each_patch_brightness_and_contrast():
-    model, x = tiny_mae(norm_pix_loss=True), images(2)
-    out = model(x)
-    patches = model.patchify(x)
-    shifted = patches * torch.rand(2, 16, 1) * 3 + 0.5 + torch.randn(2, 16, 1)  # per-patch affine
-    again = model.forward_loss(model.unpatchify(shifted), out["pred"], out["mask"])
-    torch.testing.assert_close(again, out["loss"], atol=1e-4, rtol=1e-4)
-    plain = tiny_mae()
-    assert plain.forward_loss(model.unpatchify(shifted), out["pred"], out["mask"]) != out["loss"]
-
-
-def test_mae_encode_image_and_backward():
-    model = tiny_mae().train()
-    assert model.encode_image(images(3)).shape == (3, 192)
-    model(images(3))["loss"].backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    assert {"encoder.cls_token", "mask_token"} <= model.no_weight_decay()
-
-
-def test_mae_runs_with_bf16_parameters_and_float32_position_buffers():
-    """What FSDP2's MixedPrecisionPolicy(param_dtype=bf16) makes of a model: buffers stay float32."""
-    model = tiny_mae()
-    for p in model.parameters():
-        p.data = p.data.bfloat16()
-    assert model.decoder_pos_embed.dtype == model.encoder.pos_embed.dtype == torch.float32
-    out = model(images(2).bfloat16())
-    assert out["pred"].dtype == torch.bfloat16 and torch.isfinite(out["loss"])
 
 
 # ---------------------------------------------------------------- named sizes
