@@ -35,7 +35,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 
 // panel.h declares the CUDA entry points only under this macro (the extension build
@@ -46,89 +45,10 @@
 #endif
 #include "../numerics.h"
 #include "../panel.h"
+#include "kernel_utils.cuh"
 
 namespace pretrain_mm::cuda {
 namespace {
-
-// Threads per block, every kernel. No __launch_bounds__: with it, ptxas for sm_90 caps some
-// double kernels at 64 registers and spills; without, every kernel fits 256 threads anyway
-// (at most 255 registers each) and none spills (tests/test_cuda_build.py checks).
-constexpr int kBlock = 256;
-constexpr int kWarps = kBlock / 32;
-constexpr int kUnroll = 4;               // row-wise: loads in flight per thread, of kVec elements each
-constexpr int kColUnroll = 8;            // column-wise: rows in flight per thread
-constexpr unsigned kFullMask = 0xffffffffu;
-// Rows at least this long get a block each in the row reductions; shorter ones a warp.
-constexpr int64_t kBlockPerRowCols = 1024;
-
-// Elements per 16-byte vector load.
-template <typename T>
-constexpr int kVec = 16 / static_cast<int>(sizeof(T));
-
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T v[VEC];
-};
-
-// Loads src[j, j + VEC) ∩ [0, n) into out (the rest: 0). With VEC > 1 the caller
-// guarantees src + j is 16-byte aligned whenever j is a multiple of VEC.
-template <typename T, int VEC>
-__device__ __forceinline__ void load_pack(const T* __restrict__ src, int64_t j, int64_t n, T (&out)[VEC]) {
-  if (j + VEC <= n) {
-    const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(src + j);
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) out[k] = pk.v[k];
-  } else {
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) out[k] = (j + k < n) ? src[j + k] : T(0);
-  }
-}
-
-template <typename T, int VEC>
-__device__ __forceinline__ void store_pack(T* __restrict__ dst, int64_t j, int64_t n, const T (&in)[VEC]) {
-  if (j + VEC <= n) {
-    Pack<T, VEC> pk;
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) pk.v[k] = in[k];
-    *reinterpret_cast<Pack<T, VEC>*>(dst + j) = pk;
-  } else {
-#pragma unroll
-    for (int k = 0; k < VEC; ++k)
-      if (j + k < n) dst[j + k] = in[k];
-  }
-}
-
-// Merges the (m, s) pairs of a warp; lane 0 ends with the whole warp's pair. Fixed order.
-template <typename T>
-__device__ __forceinline__ void warp_lse(T& m, T& s) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const T m2 = __shfl_down_sync(kFullMask, m, o);
-    const T s2 = __shfl_down_sync(kFullMask, s, o);
-    lse_merge(m, s, m2, s2);
-  }
-}
-
-__device__ __forceinline__ double warp_sum(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(kFullMask, v, o);
-  return v;
-}
-
-// The block's sum of v, valid in thread 0; `sm` holds kWarps doubles. Fixed order.
-__device__ __forceinline__ double block_sum(double v, double* sm) {
-  v = warp_sum(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) sm[warp] = v;
-  __syncthreads();
-  double total = 0;
-  if (threadIdx.x == 0) {
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) total += sm[w];
-  }
-  __syncthreads();
-  return total;
-}
 
 // Shared memory of the forward kernels: the column part's per-warp partials (the row part
 // uses the first 2 * kWarps entries).
@@ -421,78 +341,12 @@ __global__ void sigmoid_backward_kernel(const Panel<T> P, const SigmoidBackwardS
   }
 }
 
-// ---- launch helpers --------------------------------------------------------------------
-
-template <typename T>
-bool aligned16(const T* ptr) {
-  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
-}
-
-// Whether every row of the panel starts 16-byte aligned (then vector loads are legal).
-template <typename T>
-bool rows_aligned(const Panel<T>& P) {
-  return aligned16(P.p) && (P.rows == 1 || P.ld % kVec<T> == 0);
-}
-
-// Multiprocessors of the current device, asked once per device.
-int sm_count() {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices];
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 1;
-  if (device < 0 || device >= kMaxDevices) device = 0;
-  int n = cache[device].load(std::memory_order_relaxed);
-  if (n == 0) {
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) n = 1;
-    cache[device].store(n, std::memory_order_relaxed);
-  }
-  return n;
-}
-
-// Blocks a grid-stride kernel needs to fill the device: resident blocks per SM x SMs.
-template <typename Kernel>
-int64_t filling_grid(Kernel kernel) {
-  static const int per_sm = [&] {
-    int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kBlock, 0) != cudaSuccess || n <= 0) n = 4;
-    return n;
-  }();
-  return int64_t(per_sm) * sm_count();
-}
-
-// Grid sizes stay far below the 2^31 - 1 limit; kernels stride over what is beyond.
-constexpr int64_t kMaxPartBlocks = int64_t(1) << 20;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
-
-template <typename T, int VEC, bool kBlockPerRow>
-void launch_softmax_forward(const Panel<T>& P, const SoftmaxForwardState<T>& st, cudaStream_t stream) {
-  const int64_t row_blocks = std::min(ceil_div(P.rows, kBlockPerRow ? 1 : kWarps), kMaxPartBlocks);
-  const int64_t col_blocks = std::min(ceil_div(P.cols, 32), kMaxPartBlocks);
-  softmax_forward_kernel<T, VEC, kBlockPerRow>
-      <<<static_cast<unsigned>(row_blocks + col_blocks), kBlock, 0, stream>>>(P, st, row_blocks);
-}
-
-template <typename T, int VEC, bool kBlockPerRow>
-void launch_sigmoid_forward(const Panel<T>& P, const SigmoidForwardState<T>& st, cudaStream_t stream) {
-  const int64_t blocks = std::min(ceil_div(P.rows, kBlockPerRow ? 1 : kWarps), kMaxPartBlocks);
-  sigmoid_forward_kernel<T, VEC, kBlockPerRow><<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(P, st);
-}
-
-template <typename T, int VEC>
-void launch_softmax_backward(const Panel<T>& P, const SoftmaxBackwardState<T>& st, cudaStream_t stream) {
+// Launches a backward kernel over its (row, chunk) work items, as many blocks as fill the device.
+template <typename T, int VEC, auto kKernel, typename State>
+void launch_backward(const Panel<T>& P, const State& st, void* stream) {
   const int64_t items = P.rows * ceil_div(P.cols, kChunk<T, VEC>);
-  const int64_t blocks = std::min(items, filling_grid(softmax_backward_kernel<T, VEC>));
-  softmax_backward_kernel<T, VEC><<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(P, st);
-}
-
-template <typename T, int VEC>
-void launch_sigmoid_backward(const Panel<T>& P, const SigmoidBackwardState<T>& st, cudaStream_t stream) {
-  const int64_t items = P.rows * ceil_div(P.cols, kChunk<T, VEC>);
-  const int64_t blocks = std::min(items, filling_grid(sigmoid_backward_kernel<T, VEC>));
-  sigmoid_backward_kernel<T, VEC><<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(P, st);
+  const int64_t blocks = std::min(items, filling_grid<kKernel>());
+  kKernel<<<static_cast<unsigned>(blocks), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(P, st);
 }
 
 }  // namespace
@@ -502,39 +356,40 @@ void launch_sigmoid_backward(const Panel<T>& P, const SigmoidBackwardState<T>& s
 template <typename T>
 void softmax_forward_panel(const Panel<T>& P, const SoftmaxForwardState<T>& st, void* stream) {
   if (P.rows <= 0 || P.cols <= 0) return;
-  const bool vec = rows_aligned(P), long_rows = P.cols >= kBlockPerRowCols;
-  const cudaStream_t s = as_stream(stream);
-  if (vec && long_rows) launch_softmax_forward<T, kVec<T>, true>(P, st, s);
-  else if (vec) launch_softmax_forward<T, kVec<T>, false>(P, st, s);
-  else if (long_rows) launch_softmax_forward<T, 1, true>(P, st, s);
-  else launch_softmax_forward<T, 1, false>(P, st, s);
+  with_forward_variant(P, [&](auto width, auto per_row) {
+    const int64_t row_blocks = row_part_blocks<per_row()>(P.rows);
+    const int64_t col_blocks = std::min(ceil_div(P.cols, 32), kMaxPartBlocks);
+    softmax_forward_kernel<T, width(), per_row()><<<static_cast<unsigned>(row_blocks + col_blocks), kBlock, 0,
+                                                    static_cast<cudaStream_t>(stream)>>>(P, st, row_blocks);
+  });
 }
 
 template <typename T>
 void sigmoid_forward_panel(const Panel<T>& P, const SigmoidForwardState<T>& st, void* stream) {
   if (P.rows <= 0 || P.cols <= 0) return;
-  const bool vec = rows_aligned(P), long_rows = P.cols >= kBlockPerRowCols;
-  const cudaStream_t s = as_stream(stream);
-  if (vec && long_rows) launch_sigmoid_forward<T, kVec<T>, true>(P, st, s);
-  else if (vec) launch_sigmoid_forward<T, kVec<T>, false>(P, st, s);
-  else if (long_rows) launch_sigmoid_forward<T, 1, true>(P, st, s);
-  else launch_sigmoid_forward<T, 1, false>(P, st, s);
+  with_forward_variant(P, [&](auto width, auto per_row) {
+    sigmoid_forward_kernel<T, width(), per_row()><<<static_cast<unsigned>(row_part_blocks<per_row()>(P.rows)),
+                                                    kBlock, 0, static_cast<cudaStream_t>(stream)>>>(P, st);
+  });
 }
 
 template <typename T>
 void softmax_backward_panel(const Panel<T>& P, const SoftmaxBackwardState<T>& st, void* stream) {
   if (P.rows <= 0 || P.cols <= 0) return;
   // The column vectors are read at col0 + j with the panel's vector width too.
-  const bool vec = rows_aligned(P) && aligned16(st.col_lse + P.col0) && aligned16(st.g_col + P.col0);
-  if (vec) launch_softmax_backward<T, kVec<T>>(P, st, as_stream(stream));
-  else launch_softmax_backward<T, 1>(P, st, as_stream(stream));
+  if (rows_aligned(P) && aligned16(st.col_lse + P.col0) && aligned16(st.g_col + P.col0))
+    launch_backward<T, kVec<T>, softmax_backward_kernel<T, kVec<T>>>(P, st, stream);
+  else
+    launch_backward<T, 1, softmax_backward_kernel<T, 1>>(P, st, stream);
 }
 
 template <typename T>
 void sigmoid_backward_panel(const Panel<T>& P, const SigmoidBackwardState<T>& st, void* stream) {
   if (P.rows <= 0 || P.cols <= 0) return;
-  if (rows_aligned(P)) launch_sigmoid_backward<T, kVec<T>>(P, st, as_stream(stream));
-  else launch_sigmoid_backward<T, 1>(P, st, as_stream(stream));
+  if (rows_aligned(P))
+    launch_backward<T, kVec<T>, sigmoid_backward_kernel<T, kVec<T>>>(P, st, stream);
+  else
+    launch_backward<T, 1, sigmoid_backward_kernel<T, 1>>(P, st, stream);
 }
 
 #define PM_INSTANTIATE(T)                                                                             \

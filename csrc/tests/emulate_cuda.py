@@ -3,6 +3,8 @@
     python emulate_cuda.py IN.cu OUT.cpp [--rename FROM TO] [--set NAME=VALUE ...]
 
 - drops `#include <cuda_runtime.h>` and includes cuda_emulation.h first;
+- inlines the CUDA headers (`#include "x.cuh"`) beside the source, so that what they
+  hold is translated too;
 - rewrites quoted includes to absolute paths (the output lives in a build directory);
 - rewrites `kernel<...><<<grid, block, smem, stream>>>(args);` to
   `::emu::launch(::emu::Config{grid, block, smem, stream}, kernel<...>, args);`;
@@ -25,8 +27,23 @@ LAUNCH = re.compile(
 )
 
 
+def inline_cuda_headers(text, src_path):
+    """Each `#include "x.cuh"` replaced by x.cuh, with #line markers keeping diagnostics true."""
+    src_dir = os.path.dirname(os.path.abspath(src_path))
+
+    def inline(m):
+        header = os.path.join(src_dir, m.group(1))
+        with open(header) as f:
+            body = re.sub(r"^\s*#\s*pragma\s+once\s*$", "", f.read(), flags=re.M)
+        next_line = text.count("\n", 0, m.end()) + 2
+        return '#line 1 "%s"\n%s\n#line %d "%s"' % (header, body, next_line, os.path.abspath(src_path))
+
+    return re.sub(r'^[ \t]*#\s*include\s*"([^"]+\.cuh)"[ \t]*$', inline, text, flags=re.M)
+
+
 def convert(text, src_path, emulation_header, rename=None, constants=()):
     src_dir = os.path.dirname(os.path.abspath(src_path))
+    text = inline_cuda_headers(text, src_path)
     text = re.sub(r"^\s*#\s*include\s*<cuda_runtime(_api)?\.h>\s*$", "", text, flags=re.M)
 
     def absolute_include(m):
@@ -41,6 +58,7 @@ def convert(text, src_path, emulation_header, rename=None, constants=()):
         raise SystemExit("emulate_cuda.py: could not rewrite the kernel launches")
     if rename:
         text = text.replace("namespace %s {" % rename[0], "namespace %s {" % rename[1])
+        text = text.replace("}  // namespace %s" % rename[0], "}  // namespace %s" % rename[1])
     for name, value in constants:
         text, found = re.subn(r"(constexpr\s+[\w:<>]+\s+%s\s*=\s*)[^;]+;" % re.escape(name),
                               lambda m: m.group(1) + value + ";", text)
