@@ -11,6 +11,7 @@ TORCH_CUDA_ARCH_LIST picks the GPU architectures; with no GPU to ask, sm_80 and 
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -47,12 +48,21 @@ def _extension():
     # several objects define, and the AVX2/AVX-512 objects must not provide it (see there).
     # setuptools sorts sources before linking, so the SIMD builds live in cpu/simd/, which
     # sorts after every portable source that could share an inline function with them.
-    cpu_sources = ["csrc/contrastive.cpp", "csrc/cpu/panel_kernels.cpp", "csrc/cpu/panel_kernels_default.cpp",
+    cpu_sources = ["csrc/contrastive.cpp", "csrc/cpu/bf16_gemm.cpp", "csrc/cpu/panel_kernels.cpp",
+                   "csrc/cpu/panel_kernels_default.cpp",
                    "csrc/cpu/simd/panel_kernels_avx2.cpp", "csrc/cpu/simd/panel_kernels_avx512.cpp",
                    "csrc/module.cpp"]
     cxx = ["-O3", "-fvisibility=hidden"]
+    link = []
+    # at::parallel_for is an inline template over OpenMP: without -fopenmp the CPU kernels'
+    # and GEMM tiles' parallel loops would compile to serial ones. The OpenMP runtime is the
+    # one torch loaded (the same libgomp.so.1), so torch.set_num_threads governs them.
+    if sys.platform.startswith("linux") and "parallel backend: OpenMP" in torch.__config__.parallel_info():
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     if not _want_cuda(torch):
-        return cpp_extension.CppExtension("pretrain_mm._C", cpu_sources, extra_compile_args={"cxx": cxx})
+        return cpp_extension.CppExtension("pretrain_mm._C", cpu_sources, extra_compile_args={"cxx": cxx},
+                                          extra_link_args=link)
 
     os.environ["CUDA_HOME"] = _find_cuda_home()
     cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
@@ -64,7 +74,7 @@ def _extension():
         "pretrain_mm._C", cpu_sources + ["csrc/cuda/panel_kernels.cu"],
         include_dirs=[os.path.abspath(d) for d in include_dirs],
         define_macros=[("PRETRAIN_MM_WITH_CUDA", None)],
-        extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)
 
 
 def _build_ext():

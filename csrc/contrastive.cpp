@@ -1,11 +1,13 @@
 // The fused contrastive-loss ops: a device-agnostic orchestrator that walks the logit
 // matrix in workspace-sized panels, and their registration as torch custom ops.
 //
-// Per panel: ATen's matmul (MKL/oneDNN on CPU, cuBLAS on GPU) forms the raw products
-// p = Q_rows . K_cols^T; a panel kernel (cpu/ or cuda/) does the fused element-wise work.
-// Backward recomputes each panel, turns it into s * dLoss/dlogit in place, and feeds it to
-// two more matmuls: dQ_rows += G . K_cols and dK_cols += G^T . Q_rows. Nothing of size
-// n x N is ever held; memory is O((n + N) * D) plus one panel.
+// Per panel: a matmul forms the raw products p = Q_rows . K_cols^T; a panel kernel (cpu/ or
+// cuda/) does the fused element-wise work. Backward recomputes each panel, turns it into
+// s * dLoss/dlogit in place, and feeds it to two more matmuls: dQ_rows += G . K_cols and
+// dK_cols += G^T . Q_rows. Nothing of size n x N is ever held; memory is O((n + N) * D)
+// plus one panel. The matmuls are ATen's (MKL/oneDNN on CPU, cuBLAS on GPU) in the compute
+// dtype, except for bf16 inputs on a CPU with native bf16 products: oneDNN's brgemm, bf16
+// products accumulated in fp32 (cpu/bf16_gemm.h; see Products).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -13,6 +15,7 @@
 #include <limits>
 #include <string>
 
+#include "cpu/bf16_gemm.h"
 #include "panel.h"
 
 #ifdef PRETRAIN_MM_WITH_CUDA
@@ -25,6 +28,7 @@ namespace pretrain_mm {
 namespace {
 
 using at::Tensor;
+namespace bg = cpu::bf16_gemm;
 
 // ---- input checks (the Python API checks first, with the same words) -----------------
 
@@ -57,17 +61,20 @@ at::ScalarType compute_dtype(const Tensor& q) {
   return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// Inputs in the compute dtype, contiguous. Half-precision inputs are widened once here —
-// O((n + N) * D) — so that every panel product and gradient matmul accumulates and ends in
-// float32: rounding a logit to bf16 would cost ~0.4 at scale 100.
+// Inputs in `dtype`, contiguous. Half-precision features are widened to the compute dtype
+// once here — O((n + N) * D) — so that every panel product and gradient matmul accumulates
+// and ends in float32 (rounding a logit to bf16 would cost ~0.4 at scale 100); bf16 features
+// stay bf16 where brgemm multiplies them with fp32 results (Inputs::bf16_gemm).
 Tensor prepare(const Tensor& t, at::ScalarType dtype) { return t.to(dtype).contiguous(); }
 
 Tensor scalar_arg(const Tensor& t, at::ScalarType dtype) { return t.to(dtype).reshape({1}).contiguous(); }
 
-// The inputs every op takes, checked and converted to the compute dtype. `bias` is
-// undefined for the softmax ops.
+// The inputs every op takes, checked and converted: scalars (and everything the panel
+// kernels read) to the compute dtype `dtype`, features to it too unless `bf16_gemm`, when
+// they stay bf16. `bias` is undefined for the softmax ops.
 struct Inputs {
   at::ScalarType dtype;
+  bool bf16_gemm;  // bf16 features on a CPU whose brgemm multiplies them (Products)
   Tensor q, k, scale, bias;
 
   Inputs(const Tensor& q_in, const Tensor& k_in, const Tensor& scale_in, const Tensor* bias_in, int64_t offset) {
@@ -75,8 +82,9 @@ struct Inputs {
     check_scalar(scale_in, q_in, "logit_scale");
     if (bias_in != nullptr) check_scalar(*bias_in, q_in, "logit_bias");
     dtype = compute_dtype(q_in);
-    q = prepare(q_in, dtype);
-    k = prepare(k_in, dtype);
+    bf16_gemm = q_in.scalar_type() == at::kBFloat16 && q_in.is_cpu() && bg::available();
+    q = prepare(q_in, bf16_gemm ? at::kBFloat16 : dtype);
+    k = prepare(k_in, bf16_gemm ? at::kBFloat16 : dtype);
     scale = scalar_arg(scale_in, dtype);
     if (bias_in != nullptr) bias = scalar_arg(*bias_in, dtype);
   }
@@ -98,33 +106,135 @@ struct PanelPlan {
 };
 
 // Full-width panels when the budget allows at least kMinRows rows of them (row statistics
-// are then complete per panel and matmuls stay large); narrower ones otherwise.
-PanelPlan plan_panels(int64_t n, int64_t N, int64_t budget_bytes, int64_t elem_bytes) {
+// are then complete per panel and matmuls stay large); narrower ones otherwise. `elem_bytes`
+// is what one panel element costs; rows and columns of partial panels are multiples of
+// `align` (whence panels of up to align x align elements even below the budget).
+PanelPlan plan_panels(int64_t n, int64_t N, int64_t budget_bytes, int64_t elem_bytes, int64_t align) {
   constexpr int64_t kMinRows = 16;
   const int64_t elems = std::max<int64_t>(budget_bytes / elem_bytes, 1);
-  const int64_t cols = std::min<int64_t>(N, std::max<int64_t>(elems / kMinRows, 1));
-  const int64_t rows = std::clamp<int64_t>(elems / cols, 1, n);
+  const auto fit = [align](int64_t want, int64_t all) {
+    return want >= all ? all : std::max(align, want / align * align);
+  };
+  const int64_t cols = fit(std::max<int64_t>(elems / kMinRows, 1), N);
+  const int64_t rows = fit(std::max<int64_t>(elems / cols, 1), n);
   return {rows, cols};
 }
 
+// The matrix products of one op call: the panels p = Q_rows . K_cols^T and, in a backward,
+// the gradient products into dQ and dK, which it owns (fp32 for bf16/fp16 inputs). Two ways:
+//
+// - ATen's matmul in the compute dtype: every device and dtype (half-precision inputs
+//   widened to fp32 by Inputs);
+// - brgemm (Inputs::bf16_gemm, cpu/bf16_gemm.h): bf16 products accumulated in fp32, the
+//   panel written in fp32, so the logits and every statistic are as exact as the widened
+//   way's. The operands are packed once per call: K^T (panels), and in a backward K (for
+//   dQ += G . K_cols) and Q^T (for dK^T += Q_rows^T . G: G is packed along its rows, which
+//   reads it in order, rather than transposed). G itself is rounded to bf16, the one
+//   rounding the widened way has not (relative 2^-9 per term, as the bf16 gradients' own).
+//   Odd sizes are zero-padded to the even K that VNNI pairs need, and partial panels start
+//   at even rows and columns, so that they start on a pair.
+class Products {
+ public:
+  Products(const Inputs& in, bool backward) : in_(in), backward_(backward) {
+    const at::NoGradGuard no_grad;
+    const int64_t n = in.q.size(0), N = in.k.size(0), D = in.q.size(1);
+    const auto acc = in.q.options().dtype(in.dtype);
+    if (!in.bf16_gemm) {
+      if (backward) dq_ = at::zeros({n, D}, acc), dk_ = at::zeros({N, D}, acc);
+      return;
+    }
+    const int64_t Dp = bg::round_up_even(D);
+    q_ = D == Dp ? in.q : at::constant_pad_nd(in.q, {0, 1});
+    k_t_ = at::empty({Dp / 2, bg::padded_ld(N, 4), 2}, in.k.options());
+    bg::pack_vnni_transposed(D, N, ptr(in.k), D, ptr(k_t_), k_t_.size(1));
+    if (!backward) return;
+    k_v_ = at::empty({(N + 1) / 2, bg::padded_ld(D, 4), 2}, in.k.options());
+    bg::pack_vnni(N, D, ptr(in.k), D, ptr(k_v_), k_v_.size(1));
+    q_t_ = at::zeros({D, bg::padded_ld(bg::round_up_even(n), 2)}, in.q.options());
+    q_t_.narrow(1, 0, n).copy_(in.q.t());
+    dq_ = at::zeros({n, bg::padded_ld(D, 4)}, acc).narrow(1, 0, D);
+    dk_ = at::zeros({D, bg::padded_ld(N, 4)}, acc).narrow(1, 0, N);  // dK^T
+  }
+
+  // Panels within the budget, counting what one panel element costs (in a brgemm backward,
+  // G's two bf16 copies too).
+  PanelPlan plan(int64_t workspace_bytes) const {
+    const int64_t n = in_.q.size(0), N = in_.k.size(0), panel_bytes = c10::elementSize(in_.dtype);
+    if (!in_.bf16_gemm) return plan_panels(n, N, workspace_bytes, panel_bytes, 1);
+    return plan_panels(n, N, workspace_bytes, panel_bytes + (backward_ ? 4 : 0), 2);
+  }
+
+  // The row stride of a panel of `cols` columns in the workspace.
+  int64_t panel_ld(int64_t cols) const { return in_.bf16_gemm ? bg::padded_ld(cols, 4) : cols; }
+
+  // panel (rows x cols, compute dtype, row stride panel_ld) = Q[r0 : r0 + rows] . K[c0 : c0 + cols]^T
+  void panel(Tensor& panel, int64_t r0, int64_t c0) const {
+    const int64_t rows = panel.size(0), cols = panel.size(1);
+    if (!in_.bf16_gemm) {
+      at::mm_out(panel, in_.q.narrow(0, r0, rows), in_.k.narrow(0, c0, cols).t());
+      return;
+    }
+    const int64_t Dp = q_.size(1);
+    bg::gemm(rows, cols, Dp, ptr(q_) + r0 * Dp, Dp, ptr(k_t_) + 2 * c0, k_t_.size(1), panel.data_ptr<float>(),
+             panel.stride(0), false);
+  }
+
+  // Adds the gradient panel g (s * dLoss/dlogit at rows r0.., columns c0..) into dQ and dK.
+  void accumulate_grads(const Tensor& g, int64_t r0, int64_t c0) {
+    const int64_t rows = g.size(0), cols = g.size(1);
+    if (!in_.bf16_gemm) {
+      dq_.narrow(0, r0, rows).addmm_(g, in_.k.narrow(0, c0, cols));
+      dk_.narrow(0, c0, cols).addmm_(g.t(), in_.q.narrow(0, r0, rows));
+      return;
+    }
+    const int64_t D = in_.q.size(1);
+    // G in bf16 with an even row length (a zero column after an odd one), and G packed.
+    const int64_t ld_g = bg::padded_ld(bg::round_up_even(cols), 2), ld_gv = bg::padded_ld(cols, 4);
+    const int64_t rows_p = bg::round_up_even(rows);
+    if (g_.numel() < rows * ld_g) g_ = at::empty({rows * ld_g}, in_.q.options());
+    if (g_v_.numel() < rows_p * ld_gv) g_v_ = at::empty({rows_p * ld_gv}, in_.q.options());
+    const Tensor g_bf = g_.narrow(0, 0, rows * ld_g).view({rows, ld_g});
+    g_bf.narrow(1, 0, cols).copy_(g);
+    if (cols % 2 == 1) g_bf.narrow(1, cols, 1).zero_();
+    bg::pack_vnni(rows, cols, ptr(g_bf), ld_g, ptr(g_v_), ld_gv);
+    // dQ_rows += G . K_cols;  dK_cols^T += Q_rows^T . G
+    bg::gemm(rows, D, bg::round_up_even(cols), ptr(g_bf), ld_g, ptr(k_v_) + c0 * k_v_.size(1), k_v_.size(1),
+             dq_.data_ptr<float>() + r0 * dq_.stride(0), dq_.stride(0), true);
+    bg::gemm(D, cols, rows_p, ptr(q_t_) + r0, q_t_.size(1), ptr(g_v_), ld_gv, dk_.data_ptr<float>() + c0,
+             dk_.stride(0), true);
+  }
+
+  // The gradients, in the inputs' dtypes.
+  Tensor dq(at::ScalarType dtype) const { return dq_.contiguous().to(dtype); }
+  Tensor dk(at::ScalarType dtype) const { return (in_.bf16_gemm ? dk_.t() : dk_).contiguous().to(dtype); }
+
+ private:
+  static c10::BFloat16* ptr(const Tensor& t) { return t.data_ptr<c10::BFloat16>(); }
+
+  const Inputs& in_;
+  bool backward_;
+  Tensor dq_, dk_;
+  // brgemm only: Q with an even row length, K^T, K and Q^T packed, scratch for G.
+  Tensor q_, k_t_, k_v_, q_t_, g_, g_v_;
+};
+
 // Calls visit(panel_tensor, row0, col0) for every panel, with the panel's raw products.
 template <typename F>
-void walk_panels(const Tensor& q, const Tensor& k, int64_t workspace_bytes, const F& visit) {
-  const int64_t n = q.size(0), N = k.size(0);
+void walk_panels(const Inputs& in, const Products& products, int64_t workspace_bytes, const F& visit) {
+  const int64_t n = in.q.size(0), N = in.k.size(0);
   TORCH_CHECK_VALUE(workspace_bytes > 0, "contrastive loss: workspace_bytes must be positive, got ",
                     workspace_bytes);
   // The ops' derivatives are registered separately (ops/_extension.py); inside, nothing is
   // recorded, and mm_out would refuse inputs that require grad.
   const at::NoGradGuard no_grad;
-  const PanelPlan plan = plan_panels(n, N, workspace_bytes, q.element_size());
-  Tensor workspace = at::empty({plan.rows * plan.cols}, q.options());
+  const PanelPlan plan = products.plan(workspace_bytes);
+  Tensor workspace = at::empty({plan.rows * products.panel_ld(plan.cols)}, in.q.options().dtype(in.dtype));
   for (int64_t r0 = 0; r0 < n; r0 += plan.rows) {
     const int64_t rows = std::min(plan.rows, n - r0);
-    const Tensor q_rows = q.narrow(0, r0, rows);
     for (int64_t c0 = 0; c0 < N; c0 += plan.cols) {
-      const int64_t cols = std::min(plan.cols, N - c0);
-      Tensor panel = workspace.narrow(0, 0, rows * cols).view({rows, cols});
-      at::mm_out(panel, q_rows, k.narrow(0, c0, cols).t());
+      const int64_t cols = std::min(plan.cols, N - c0), ld = products.panel_ld(cols);
+      Tensor panel = workspace.narrow(0, 0, rows * ld).view({rows, ld}).narrow(1, 0, cols);
+      products.panel(panel, r0, c0);
       visit(panel, r0, c0);
     }
   }
@@ -161,20 +271,13 @@ void run_kernel(const Tensor& like, const Panel<T>& p, const State& state) {
   if constexpr (std::is_same_v<State, SigmoidBackwardState<T>>) k.sigmoid_backward(p, state);
 }
 
-// Adds one panel's gradient G (already s * dLoss/dlogit) into dQ and dK.
-void accumulate_grads(const Tensor& g, int64_t r0, int64_t c0, const Tensor& q, const Tensor& k, Tensor& dq,
-                      Tensor& dk) {
-  dq.narrow(0, r0, g.size(0)).addmm_(g, k.narrow(0, c0, g.size(1)));
-  dk.narrow(0, c0, g.size(1)).addmm_(g.t(), q.narrow(0, r0, g.size(0)));
-}
-
 // ---- the ops ------------------------------------------------------------------------
 
 std::tuple<Tensor, Tensor, Tensor> softmax_forward(const Tensor& q_in, const Tensor& k_in, const Tensor& scale_in,
                                                    int64_t offset, int64_t workspace_bytes) {
   const Inputs in(q_in, k_in, scale_in, nullptr, offset);
   const int64_t n = in.q.size(0), N = in.k.size(0);
-  const auto opts = in.q.options();
+  const auto opts = in.scale.options();
   const double ninf = -std::numeric_limits<double>::infinity();
   Tensor row_max = at::full({n}, ninf, opts), row_sum = at::zeros({n}, opts);
   Tensor col_max = at::full({N}, ninf, opts), col_sum = at::zeros({N}, opts);
@@ -183,7 +286,7 @@ std::tuple<Tensor, Tensor, Tensor> softmax_forward(const Tensor& q_in, const Ten
     const SoftmaxForwardState<scalar_t> state{row_max.data_ptr<scalar_t>(), row_sum.data_ptr<scalar_t>(),
                                               col_max.data_ptr<scalar_t>(), col_sum.data_ptr<scalar_t>(),
                                               diag.data_ptr<scalar_t>()};
-    walk_panels(in.q, in.k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
+    walk_panels(in, Products(in, false), workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
       run_kernel(in.q, make_panel<scalar_t>(panel, r0, c0, offset, in.scale, nullptr), state);
     });
   });
@@ -200,27 +303,28 @@ std::tuple<Tensor, Tensor, Tensor> softmax_backward(const Tensor& q_in, const Te
   const Tensor row_lse = in.vector(row_lse_in, n, op, "row_lse"), col_lse = in.vector(col_lse_in, N, op, "col_lse");
   const Tensor g_row = in.vector(g_row_in, n, op, "grad_row"), g_col = in.vector(g_col_in, N, op, "grad_col");
   const Tensor g_diag = in.vector(g_diag_in, n, op, "grad_diag");
-  Tensor dq = at::zeros_like(in.q), dk = at::zeros_like(in.k), dscale = at::zeros({1}, in.q.options());
+  Products products(in, true);
+  Tensor dscale = at::zeros({1}, in.scale.options());
   AT_DISPATCH_FLOATING_TYPES(in.dtype, "softmax_backward", [&] {
     const SoftmaxBackwardState<scalar_t> state{row_lse.const_data_ptr<scalar_t>(), col_lse.const_data_ptr<scalar_t>(),
                                                g_row.const_data_ptr<scalar_t>(),   g_col.const_data_ptr<scalar_t>(),
                                                g_diag.const_data_ptr<scalar_t>(),  dscale.data_ptr<scalar_t>()};
-    walk_panels(in.q, in.k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
+    walk_panels(in, products, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
       run_kernel(in.q, make_panel<scalar_t>(panel, r0, c0, offset, in.scale, nullptr), state);
-      accumulate_grads(panel, r0, c0, in.q, in.k, dq, dk);
+      products.accumulate_grads(panel, r0, c0);
     });
   });
-  return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()),
+  return {products.dq(q_in.scalar_type()), products.dk(k_in.scalar_type()),
           dscale.reshape(scale_in.sizes()).to(scale_in.scalar_type())};
 }
 
 Tensor sigmoid_forward(const Tensor& q_in, const Tensor& k_in, const Tensor& scale_in, const Tensor& bias_in,
                        int64_t offset, int64_t workspace_bytes) {
   const Inputs in(q_in, k_in, scale_in, &bias_in, offset);
-  Tensor row_loss = at::zeros({in.q.size(0)}, in.q.options());
+  Tensor row_loss = at::zeros({in.q.size(0)}, in.scale.options());
   AT_DISPATCH_FLOATING_TYPES(in.dtype, "sigmoid_forward", [&] {
     const SigmoidForwardState<scalar_t> state{row_loss.data_ptr<scalar_t>()};
-    walk_panels(in.q, in.k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
+    walk_panels(in, Products(in, false), workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
       run_kernel(in.q, make_panel<scalar_t>(panel, r0, c0, offset, in.scale, in.bias_ptr<scalar_t>()), state);
     });
   });
@@ -233,17 +337,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sigmoid_backward(const Tensor& q_in, 
                                                             int64_t workspace_bytes) {
   const Inputs in(q_in, k_in, scale_in, &bias_in, offset);
   const Tensor g_row = in.vector(g_row_in, in.q.size(0), "sigmoid_backward", "grad_row");
-  Tensor dq = at::zeros_like(in.q), dk = at::zeros_like(in.k);
-  Tensor dscale = at::zeros({1}, in.q.options()), dbias = at::zeros({1}, in.q.options());
+  Products products(in, true);
+  Tensor dscale = at::zeros({1}, in.scale.options()), dbias = at::zeros({1}, in.scale.options());
   AT_DISPATCH_FLOATING_TYPES(in.dtype, "sigmoid_backward", [&] {
     const SigmoidBackwardState<scalar_t> state{g_row.const_data_ptr<scalar_t>(), dscale.data_ptr<scalar_t>(),
                                                dbias.data_ptr<scalar_t>()};
-    walk_panels(in.q, in.k, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
+    walk_panels(in, products, workspace_bytes, [&](const Tensor& panel, int64_t r0, int64_t c0) {
       run_kernel(in.q, make_panel<scalar_t>(panel, r0, c0, offset, in.scale, in.bias_ptr<scalar_t>()), state);
-      accumulate_grads(panel, r0, c0, in.q, in.k, dq, dk);
+      products.accumulate_grads(panel, r0, c0);
     });
   });
-  return {dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()),
+  return {products.dq(q_in.scalar_type()), products.dk(k_in.scalar_type()),
           dscale.reshape(scale_in.sizes()).to(scale_in.scalar_type()),
           dbias.reshape(bias_in.sizes()).to(bias_in.scalar_type())};
 }
@@ -256,6 +360,8 @@ std::string build_info() {
 #else
   info += " cuda=0";
 #endif
+  // How bf16 inputs on the CPU are multiplied now: brgemm, or widened to fp32 (Products).
+  info += bg::available() ? " bf16=brgemm" : " bf16=widen";
   return info;
 }
 

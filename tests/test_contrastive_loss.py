@@ -249,3 +249,105 @@ def test_every_cpu_build_agrees(capability):
     assert info.lower().startswith(f"cpu={capability}")
     for got, want in zip(values, outputs[None][1]):
         assert got == pytest.approx(want, rel=1e-5)
+
+
+# ---- bf16 products through brgemm (csrc/cpu/bf16_gemm.h) ---------------------------------
+
+
+def brgemm_expected():
+    """Whether this machine should multiply bf16 through oneDNN's brgemm: x86-64 with AVX512-BF16
+    or AMX, and a torch built with oneDNN (enabled)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and bool({"avx512_bf16", "amx_bf16"} & flags))
+
+
+def test_bf16_products_take_brgemm_where_the_cpu_has_them(monkeypatch):
+    """build_info names the way bf16 inputs are multiplied now; the environment variable and
+    torch.backends.mkldnn switch it to widening, and the gradients show that the way changed."""
+    monkeypatch.delenv("PRETRAIN_MM_BF16_GEMM", raising=False)
+    want = "bf16=brgemm" if brgemm_expected() else "bf16=widen"
+    assert want in ops.build_info()
+    img, txt, scale, bias = make_batch(300, 64, dtype=torch.bfloat16, seed=12)
+    fast = loss_and_grads(img, txt, scale, bias, "softmax", impl="fused")
+    monkeypatch.setenv("PRETRAIN_MM_BF16_GEMM", "widen")
+    assert "bf16=widen" in ops.build_info()
+    widened = loss_and_grads(img, txt, scale, bias, "softmax", impl="fused")
+    monkeypatch.delenv("PRETRAIN_MM_BF16_GEMM")
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # restored after the test
+    assert "bf16=widen" in ops.build_info()
+    without_onednn = loss_and_grads(img, txt, scale, bias, "softmax", impl="fused")
+    for a, b in zip(widened, without_onednn):
+        assert torch.equal(a, b)
+    if want == "bf16=brgemm":
+        # G is rounded to bf16 only by brgemm's way: many gradient entries differ.
+        assert not torch.equal(fast[1], widened[1]) and not torch.equal(fast[2], widened[2])
+
+
+# n, N, D, offset, workspace_bytes: odd N and D (zero-padded VNNI pairs), N and n off the
+# 32 x 64 tiles, rows of a larger batch at an offset, and workspaces of many (2-aligned) panels.
+BF16_SHAPES = [
+    (1000, 1000, 255, 0, _extension.DEFAULT_WORKSPACE_BYTES),
+    (77, 77, 33, 0, 4096),
+    (129, 131, 64, 2, 512),
+    (33, 101, 7, 40, 2048),
+    (16, 64, 24, 48, 1 << 20),
+    (1, 7, 3, 6, 64),
+    (5, 5, 1, 0, 16),
+]
+
+
+def bf16_ops_outputs(q, k, scale, bias, offset, workspace_bytes, weights, impl):
+    """softmax_forward's statistics, sigmoid_forward's row losses, and the gradients of a
+    weighted sum of them with respect to (q, k, scale, bias), all as float64."""
+    leaves = [t.clone().requires_grad_() for t in (q, k, scale, bias)]
+    if impl == "fused":
+        soft = ops.softmax_forward(*leaves[:3], offset, workspace_bytes)
+        sig = ops.sigmoid_forward(*leaves, offset, workspace_bytes)
+    else:
+        soft = reference.softmax_stats(*leaves[:3], offset)
+        sig = reference.sigmoid_row_losses(*leaves, offset)
+    total = sum((w.to(o.dtype) * o).sum() for w, o in zip(weights, (*soft, sig)))
+    grads = torch.autograd.grad(total, leaves)
+    return [t.detach().double() for t in (*soft, sig)], [t.double() for t in grads]
+
+
+@pytest.mark.parametrize("n,big_n,d,offset,workspace_bytes", BF16_SHAPES)
+def test_bf16_tails_match_float64_and_the_widened_products(monkeypatch, n, big_n, d, offset, workspace_bytes):
+    g = torch.Generator().manual_seed(n * 7 + big_n + d)
+    k = F.normalize(torch.randn(big_n, d, generator=g, dtype=torch.float64), dim=1)
+    q = F.normalize(k[offset:offset + n] + 0.5 * torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+    q, k = q.bfloat16(), k.bfloat16()
+    weights = [torch.randn(m, generator=g, dtype=torch.float64) for m in (n, big_n, n, n)]
+    scale, bias = torch.tensor(30.0), torch.tensor(-6.0)
+    args = (offset, workspace_bytes, weights)
+    monkeypatch.delenv("PRETRAIN_MM_BF16_GEMM", raising=False)
+    fast = bf16_ops_outputs(q, k, scale, bias, *args, impl="fused")
+    monkeypatch.setenv("PRETRAIN_MM_BF16_GEMM", "widen")
+    widened = bf16_ops_outputs(q, k, scale, bias, *args, impl="fused")
+    exact = bf16_ops_outputs(q.double(), k.double(), scale.double(), bias.double(), *args, impl="reference")
+    assert fast[1][0].shape == (n, d) and fast[1][1].shape == (big_n, d)
+    # Statistics: products of bf16 values are exact in fp32, only the sums' order differs.
+    for name, got, ref, wid in zip(["row_lse", "col_lse", "diag", "row_loss"], fast[0], exact[0], widened[0]):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, wid, rtol=1e-5, atol=1e-4, msg=lambda m: f"{name} vs widened: {m}")
+    # Gradients: bf16 outputs (and, with brgemm, a bf16 G): relative to each tensor's largest.
+    for name, got, ref, wid in zip(["dq", "dk", "dscale", "dbias"], fast[1], exact[1], widened[1]):
+        tol = 1e-2 * ref.abs().max().item() + 1e-6
+        torch.testing.assert_close(got, ref, rtol=1e-2, atol=tol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, wid, rtol=1e-2, atol=tol, msg=lambda m: f"{name} vs widened: {m}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_many_panels_equal_one_panel(kind):
+    img, txt, scale, bias = make_batch(300, 48, dtype=torch.bfloat16, seed=8)
+    one = loss_and_grads(img, txt, scale, bias, kind, impl="fused", workspace_bytes=1 << 30)
+    many = loss_and_grads(img, txt, scale, bias, kind, impl="fused", workspace_bytes=1000)
+    torch.testing.assert_close(one[0], many[0], rtol=1e-5, atol=1e-6)
+    # The gradients are sums of bf16-rounded G over other panels: equal up to their rounding.
+    for a, b in zip(one[1:], many[1:]):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-2, atol=1e-2 * a.abs().max().item())
