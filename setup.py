@@ -48,7 +48,7 @@ def _extension():
     # several objects define, and the AVX2/AVX-512 objects must not provide it (see there).
     # setuptools sorts sources before linking, so the SIMD builds live in cpu/simd/, which
     # sorts after every portable source that could share an inline function with them.
-    cpu_sources = ["csrc/contrastive.cpp", "csrc/cpu/bf16_gemm.cpp", "csrc/cpu/panel_kernels.cpp",
+    cpu_sources = ["csrc/contrastive.cpp", "csrc/cpu/brgemm.cpp", "csrc/cpu/panel_kernels.cpp",
                    "csrc/cpu/panel_kernels_default.cpp",
                    "csrc/cpu/simd/panel_kernels_avx2.cpp", "csrc/cpu/simd/panel_kernels_avx512.cpp",
                    "csrc/module.cpp"]

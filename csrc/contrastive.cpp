@@ -5,9 +5,9 @@
 // cuda/) does the fused element-wise work. Backward recomputes each panel, turns it into
 // s * dLoss/dlogit in place, and feeds it to two more matmuls: dQ_rows += G . K_cols and
 // dK_cols += G^T . Q_rows. Nothing of size n x N is ever held; memory is O((n + N) * D)
-// plus one panel. The matmuls are ATen's (MKL/oneDNN on CPU, cuBLAS on GPU) in the compute
-// dtype, except for bf16 inputs on a CPU with native bf16 products: oneDNN's brgemm, bf16
-// products accumulated in fp32 (cpu/bf16_gemm.h; see Products).
+// plus one panel. The matmuls are ATen's (MKL on CPU, cuBLAS on GPU) in the compute dtype,
+// except on CPUs where oneDNN's brgemm is faster: fp32 inputs on AVX-512, and bf16 inputs
+// with native bf16 products, accumulated in fp32 (cpu/brgemm.h; see Products).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -15,7 +15,7 @@
 #include <limits>
 #include <string>
 
-#include "cpu/bf16_gemm.h"
+#include "cpu/brgemm.h"
 #include "panel.h"
 
 #ifdef PRETRAIN_MM_WITH_CUDA
@@ -28,7 +28,7 @@ namespace pretrain_mm {
 namespace {
 
 using at::Tensor;
-namespace bg = cpu::bf16_gemm;
+namespace bg = cpu::brgemm;
 
 // ---- input checks (the Python API checks first, with the same words) -----------------
 
@@ -64,17 +64,28 @@ at::ScalarType compute_dtype(const Tensor& q) {
 // Inputs in `dtype`, contiguous. Half-precision features are widened to the compute dtype
 // once here — O((n + N) * D) — so that every panel product and gradient matmul accumulates
 // and ends in float32 (rounding a logit to bf16 would cost ~0.4 at scale 100); bf16 features
-// stay bf16 where brgemm multiplies them with fp32 results (Inputs::bf16_gemm).
+// stay bf16 where brgemm multiplies them with fp32 results (Gemm::kBf16).
 Tensor prepare(const Tensor& t, at::ScalarType dtype) { return t.to(dtype).contiguous(); }
 
 Tensor scalar_arg(const Tensor& t, at::ScalarType dtype) { return t.to(dtype).reshape({1}).contiguous(); }
 
+// How the panel and gradient products are made (Products): ATen's matmul, or brgemm for
+// fp32 inputs or bf16 ones on a CPU where it is faster (cpu/brgemm.h).
+enum class Gemm { kAten, kF32, kBf16 };
+
+Gemm choose_gemm(const Tensor& q) {
+  if (!q.is_cpu()) return Gemm::kAten;
+  if (q.scalar_type() == at::kBFloat16 && bg::bf16_available()) return Gemm::kBf16;
+  if (q.scalar_type() == at::kFloat && bg::f32_available()) return Gemm::kF32;
+  return Gemm::kAten;
+}
+
 // The inputs every op takes, checked and converted: scalars (and everything the panel
-// kernels read) to the compute dtype `dtype`, features to it too unless `bf16_gemm`, when
+// kernels read) to the compute dtype `dtype`, features to it too unless Gemm::kBf16, when
 // they stay bf16. `bias` is undefined for the softmax ops.
 struct Inputs {
   at::ScalarType dtype;
-  bool bf16_gemm;  // bf16 features on a CPU whose brgemm multiplies them (Products)
+  Gemm gemm;  // how the products are made (Products)
   Tensor q, k, scale, bias;
 
   Inputs(const Tensor& q_in, const Tensor& k_in, const Tensor& scale_in, const Tensor* bias_in, int64_t offset) {
@@ -82,9 +93,9 @@ struct Inputs {
     check_scalar(scale_in, q_in, "logit_scale");
     if (bias_in != nullptr) check_scalar(*bias_in, q_in, "logit_bias");
     dtype = compute_dtype(q_in);
-    bf16_gemm = q_in.scalar_type() == at::kBFloat16 && q_in.is_cpu() && bg::available();
-    q = prepare(q_in, bf16_gemm ? at::kBFloat16 : dtype);
-    k = prepare(k_in, bf16_gemm ? at::kBFloat16 : dtype);
+    gemm = choose_gemm(q_in);
+    q = prepare(q_in, gemm == Gemm::kBf16 ? at::kBFloat16 : dtype);
+    k = prepare(k_in, gemm == Gemm::kBf16 ? at::kBFloat16 : dtype);
     scale = scalar_arg(scale_in, dtype);
     if (bias_in != nullptr) bias = scalar_arg(*bias_in, dtype);
   }
@@ -121,25 +132,33 @@ PanelPlan plan_panels(int64_t n, int64_t N, int64_t budget_bytes, int64_t elem_b
 }
 
 // The matrix products of one op call: the panels p = Q_rows . K_cols^T and, in a backward,
-// the gradient products into dQ and dK, which it owns (fp32 for bf16/fp16 inputs). Two ways:
+// the gradient products into dQ and dK, which it owns (fp32 for bf16/fp16 inputs). Three ways:
 //
 // - ATen's matmul in the compute dtype: every device and dtype (half-precision inputs
 //   widened to fp32 by Inputs);
-// - brgemm (Inputs::bf16_gemm, cpu/bf16_gemm.h): bf16 products accumulated in fp32, the
-//   panel written in fp32, so the logits and every statistic are as exact as the widened
-//   way's. The operands are packed once per call: K^T (panels), and in a backward K (for
-//   dQ += G . K_cols) and Q^T (for dK^T += Q_rows^T . G: G is packed along its rows, which
-//   reads it in order, rather than transposed). G itself is rounded to bf16, the one
-//   rounding the widened way has not (relative 2^-9 per term, as the bf16 gradients' own).
-//   Odd sizes are zero-padded to the even K that VNNI pairs need, and partial panels start
-//   at even rows and columns, so that they start on a pair.
+// - fp32 brgemm (Inputs::gemm == Gemm::kF32, cpu/brgemm.h): the same fp32 products, by
+//   oneDNN's AVX-512 kernels (about 2x MKL's on AMD). K^T is copied once per call (panels
+//   read it as brgemm's row-major B); dQ_rows += G . K_cols reads G and K as they are, and
+//   dK_cols += G^T . Q_rows copies G^T a tile at a time.
+// - bf16 brgemm (Gemm::kBf16): bf16 products accumulated in fp32, the panel written in
+//   fp32, so the logits and every statistic are as exact as the widened way's. The operands
+//   are packed once per call: K^T (panels), and in a backward K (for dQ += G . K_cols) and
+//   Q^T (for dK^T += Q_rows^T . G: G is packed along its rows, which reads it in order,
+//   rather than transposed). G itself is rounded to bf16, the one rounding the widened way
+//   has not (relative 2^-9 per term, as the bf16 gradients' own). Odd sizes are zero-padded
+//   to the even K that VNNI pairs need, and partial panels start at even rows and columns,
+//   so that they start on a pair.
 class Products {
  public:
   Products(const Inputs& in, bool backward) : in_(in), backward_(backward) {
     const at::NoGradGuard no_grad;
     const int64_t n = in.q.size(0), N = in.k.size(0), D = in.q.size(1);
     const auto acc = in.q.options().dtype(in.dtype);
-    if (!in.bf16_gemm) {
+    if (in.gemm != Gemm::kBf16) {
+      if (in.gemm == Gemm::kF32) {
+        k_t_ = at::empty({D, bg::padded_ld(N, 4)}, in.k.options());
+        k_t_.narrow(1, 0, N).copy_(in.k.t());
+      }
       if (backward) dq_ = at::zeros({n, D}, acc), dk_ = at::zeros({N, D}, acc);
       return;
     }
@@ -156,38 +175,50 @@ class Products {
     dk_ = at::zeros({D, bg::padded_ld(N, 4)}, acc).narrow(1, 0, N);  // dK^T
   }
 
-  // Panels within the budget, counting what one panel element costs (in a brgemm backward,
+  // Panels within the budget, counting what one panel element costs (in a bf16 backward,
   // G's two bf16 copies too).
   PanelPlan plan(int64_t workspace_bytes) const {
     const int64_t n = in_.q.size(0), N = in_.k.size(0), panel_bytes = c10::elementSize(in_.dtype);
-    if (!in_.bf16_gemm) return plan_panels(n, N, workspace_bytes, panel_bytes, 1);
+    if (in_.gemm != Gemm::kBf16) return plan_panels(n, N, workspace_bytes, panel_bytes, 1);
     return plan_panels(n, N, workspace_bytes, panel_bytes + (backward_ ? 4 : 0), 2);
   }
 
   // The row stride of a panel of `cols` columns in the workspace.
-  int64_t panel_ld(int64_t cols) const { return in_.bf16_gemm ? bg::padded_ld(cols, 4) : cols; }
+  int64_t panel_ld(int64_t cols) const { return in_.gemm == Gemm::kAten ? cols : bg::padded_ld(cols, 4); }
 
   // panel (rows x cols, compute dtype, row stride panel_ld) = Q[r0 : r0 + rows] . K[c0 : c0 + cols]^T
   void panel(Tensor& panel, int64_t r0, int64_t c0) const {
-    const int64_t rows = panel.size(0), cols = panel.size(1);
-    if (!in_.bf16_gemm) {
-      at::mm_out(panel, in_.q.narrow(0, r0, rows), in_.k.narrow(0, c0, cols).t());
-      return;
+    const int64_t rows = panel.size(0), cols = panel.size(1), D = in_.q.size(1);
+    float* out = in_.gemm == Gemm::kAten ? nullptr : panel.data_ptr<float>();
+    switch (in_.gemm) {
+      case Gemm::kAten:
+        at::mm_out(panel, in_.q.narrow(0, r0, rows), in_.k.narrow(0, c0, cols).t());
+        return;
+      case Gemm::kF32:
+        bg::gemm(rows, cols, D, f32(in_.q) + r0 * D, D, false, f32(k_t_) + c0, k_t_.size(1), out, panel.stride(0),
+                 false);
+        return;
+      case Gemm::kBf16:
+        bg::gemm(rows, cols, q_.size(1), ptr(q_) + r0 * q_.size(1), q_.size(1), ptr(k_t_) + 2 * c0, k_t_.size(1), out,
+                 panel.stride(0), false);
+        return;
     }
-    const int64_t Dp = q_.size(1);
-    bg::gemm(rows, cols, Dp, ptr(q_) + r0 * Dp, Dp, ptr(k_t_) + 2 * c0, k_t_.size(1), panel.data_ptr<float>(),
-             panel.stride(0), false);
   }
 
   // Adds the gradient panel g (s * dLoss/dlogit at rows r0.., columns c0..) into dQ and dK.
   void accumulate_grads(const Tensor& g, int64_t r0, int64_t c0) {
-    const int64_t rows = g.size(0), cols = g.size(1);
-    if (!in_.bf16_gemm) {
+    const int64_t rows = g.size(0), cols = g.size(1), D = in_.q.size(1);
+    if (in_.gemm == Gemm::kAten) {
       dq_.narrow(0, r0, rows).addmm_(g, in_.k.narrow(0, c0, cols));
       dk_.narrow(0, c0, cols).addmm_(g.t(), in_.q.narrow(0, r0, rows));
       return;
     }
-    const int64_t D = in_.q.size(1);
+    if (in_.gemm == Gemm::kF32) {
+      const float* gp = g.const_data_ptr<float>();
+      bg::gemm(rows, D, cols, gp, g.stride(0), false, f32(in_.k) + c0 * D, D, f32(dq_) + r0 * D, D, true);
+      bg::gemm(cols, D, rows, gp, g.stride(0), true, f32(in_.q) + r0 * D, D, f32(dk_) + c0 * D, D, true);
+      return;
+    }
     // G in bf16 with an even row length (a zero column after an odd one), and G packed.
     const int64_t ld_g = bg::padded_ld(bg::round_up_even(cols), 2), ld_gv = bg::padded_ld(cols, 4);
     const int64_t rows_p = bg::round_up_even(rows);
@@ -199,23 +230,25 @@ class Products {
     bg::pack_vnni(rows, cols, ptr(g_bf), ld_g, ptr(g_v_), ld_gv);
     // dQ_rows += G . K_cols;  dK_cols^T += Q_rows^T . G
     bg::gemm(rows, D, bg::round_up_even(cols), ptr(g_bf), ld_g, ptr(k_v_) + c0 * k_v_.size(1), k_v_.size(1),
-             dq_.data_ptr<float>() + r0 * dq_.stride(0), dq_.stride(0), true);
-    bg::gemm(D, cols, rows_p, ptr(q_t_) + r0, q_t_.size(1), ptr(g_v_), ld_gv, dk_.data_ptr<float>() + c0,
-             dk_.stride(0), true);
+             f32(dq_) + r0 * dq_.stride(0), dq_.stride(0), true);
+    bg::gemm(D, cols, rows_p, ptr(q_t_) + r0, q_t_.size(1), ptr(g_v_), ld_gv, f32(dk_) + c0, dk_.stride(0), true);
   }
 
   // The gradients, in the inputs' dtypes.
   Tensor dq(at::ScalarType dtype) const { return dq_.contiguous().to(dtype); }
-  Tensor dk(at::ScalarType dtype) const { return (in_.bf16_gemm ? dk_.t() : dk_).contiguous().to(dtype); }
+  Tensor dk(at::ScalarType dtype) const {
+    return (in_.gemm == Gemm::kBf16 ? dk_.t() : dk_).contiguous().to(dtype);
+  }
 
  private:
   static c10::BFloat16* ptr(const Tensor& t) { return t.data_ptr<c10::BFloat16>(); }
+  static float* f32(const Tensor& t) { return t.data_ptr<float>(); }
 
   const Inputs& in_;
   bool backward_;
   Tensor dq_, dk_;
-  // brgemm only: Q with an even row length, K^T, K and Q^T packed, scratch for G.
-  Tensor q_, k_t_, k_v_, q_t_, g_, g_v_;
+  // brgemm only: K^T (both dtypes); bf16: Q with an even row length, K and Q^T packed, scratch for G.
+  Tensor k_t_, q_, k_v_, q_t_, g_, g_v_;
 };
 
 // Calls visit(panel_tensor, row0, col0) for every panel, with the panel's raw products.
@@ -360,8 +393,9 @@ std::string build_info() {
 #else
   info += " cuda=0";
 #endif
-  // How bf16 inputs on the CPU are multiplied now: brgemm, or widened to fp32 (Products).
-  info += bg::available() ? " bf16=brgemm" : " bf16=widen";
+  // How fp32 and bf16 inputs on the CPU are multiplied now (Products).
+  info += bg::f32_available() ? " fp32=brgemm" : " fp32=aten";
+  info += bg::bf16_available() ? " bf16=brgemm" : " bf16=widen";
   return info;
 }
 

@@ -251,26 +251,26 @@ def test_every_cpu_build_agrees(capability):
         assert got == pytest.approx(want, rel=1e-5)
 
 
-# ---- bf16 products through brgemm (csrc/cpu/bf16_gemm.h) ---------------------------------
+# ---- products through brgemm (csrc/cpu/brgemm.h) ------------------------------------------
 
 
-def brgemm_expected():
-    """Whether this machine should multiply bf16 through oneDNN's brgemm: x86-64 with AVX512-BF16
-    or AMX, and a torch built with oneDNN (enabled)."""
+def brgemm_expected(dtype):
+    """Whether this machine should multiply `dtype` through oneDNN's brgemm: x86-64 with AVX-512
+    (fp32) or AVX512-BF16 / AMX (bf16), and a torch built with oneDNN (enabled)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = set(f.read().split())
     except OSError:
         return False
-    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and bool({"avx512_bf16", "amx_bf16"} & flags))
+    need = {"avx512f"} if dtype == torch.float32 else {"avx512_bf16", "amx_bf16"}
+    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and bool(need & flags)
 
 
 def test_bf16_products_take_brgemm_where_the_cpu_has_them(monkeypatch):
     """build_info names the way bf16 inputs are multiplied now; the environment variable and
     torch.backends.mkldnn switch it to widening, and the gradients show that the way changed."""
     monkeypatch.delenv("PRETRAIN_MM_BF16_GEMM", raising=False)
-    want = "bf16=brgemm" if brgemm_expected() else "bf16=widen"
+    want = "bf16=brgemm" if brgemm_expected(torch.bfloat16) else "bf16=widen"
     assert want in ops.build_info()
     img, txt, scale, bias = make_batch(300, 64, dtype=torch.bfloat16, seed=12)
     fast = loss_and_grads(img, txt, scale, bias, "softmax", impl="fused")
@@ -301,7 +301,7 @@ BF16_SHAPES = [
 ]
 
 
-def bf16_ops_outputs(q, k, scale, bias, offset, workspace_bytes, weights, impl):
+def ops_outputs(q, k, scale, bias, offset, workspace_bytes, weights, impl):
     """softmax_forward's statistics, sigmoid_forward's row losses, and the gradients of a
     weighted sum of them with respect to (q, k, scale, bias), all as float64."""
     leaves = [t.clone().requires_grad_() for t in (q, k, scale, bias)]
@@ -326,10 +326,10 @@ def test_bf16_tails_match_float64_and_the_widened_products(monkeypatch, n, big_n
     scale, bias = torch.tensor(30.0), torch.tensor(-6.0)
     args = (offset, workspace_bytes, weights)
     monkeypatch.delenv("PRETRAIN_MM_BF16_GEMM", raising=False)
-    fast = bf16_ops_outputs(q, k, scale, bias, *args, impl="fused")
+    fast = ops_outputs(q, k, scale, bias, *args, impl="fused")
     monkeypatch.setenv("PRETRAIN_MM_BF16_GEMM", "widen")
-    widened = bf16_ops_outputs(q, k, scale, bias, *args, impl="fused")
-    exact = bf16_ops_outputs(q.double(), k.double(), scale.double(), bias.double(), *args, impl="reference")
+    widened = ops_outputs(q, k, scale, bias, *args, impl="fused")
+    exact = ops_outputs(q.double(), k.double(), scale.double(), bias.double(), *args, impl="reference")
     assert fast[1][0].shape == (n, d) and fast[1][1].shape == (big_n, d)
     # Statistics: products of bf16 values are exact in fp32, only the sums' order differs.
     for name, got, ref, wid in zip(["row_lse", "col_lse", "diag", "row_loss"], fast[0], exact[0], widened[0]):
@@ -351,3 +351,41 @@ def test_bf16_many_panels_equal_one_panel(kind):
     # The gradients are sums of bf16-rounded G over other panels: equal up to their rounding.
     for a, b in zip(one[1:], many[1:]):
         torch.testing.assert_close(a.double(), b.double(), rtol=1e-2, atol=1e-2 * a.abs().max().item())
+
+
+def test_fp32_products_take_brgemm_where_the_cpu_has_avx512(monkeypatch):
+    """build_info names the way fp32 inputs are multiplied now; PRETRAIN_MM_FP32_GEMM=aten
+    switches to ATen's matmul, whose different summation order shows in the last bits."""
+    monkeypatch.delenv("PRETRAIN_MM_FP32_GEMM", raising=False)
+    want = "fp32=brgemm" if brgemm_expected(torch.float32) else "fp32=aten"
+    assert want in ops.build_info()
+    img, txt, scale, bias = make_batch(300, 200, dtype=torch.float32, seed=13)
+    fast = loss_and_grads(img, txt, scale, bias, "softmax", impl="fused")
+    monkeypatch.setenv("PRETRAIN_MM_FP32_GEMM", "aten")
+    assert "fp32=aten" in ops.build_info()
+    aten = loss_and_grads(img, txt, scale, bias, "softmax", impl="fused")
+    for a, b in zip(fast, aten):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    if want == "fp32=brgemm":
+        assert not torch.equal(fast[1], aten[1]) and not torch.equal(fast[2], aten[2])
+
+
+@pytest.mark.parametrize("n,big_n,d,offset,workspace_bytes", BF16_SHAPES + [(300, 700, 300, 100, 1 << 16)])
+def test_fp32_tails_match_float64_and_aten(monkeypatch, n, big_n, d, offset, workspace_bytes):
+    """Tiles of 64 x 64 and K blocks of 256: N, n and D off them, A^T tiles of dK at panel edges."""
+    g = torch.Generator().manual_seed(n * 5 + big_n + d)
+    k = F.normalize(torch.randn(big_n, d, generator=g, dtype=torch.float64), dim=1)
+    q = F.normalize(k[offset:offset + n] + 0.5 * torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+    weights = [torch.randn(m, generator=g, dtype=torch.float64) for m in (n, big_n, n, n)]
+    scale, bias = torch.tensor(30.0), torch.tensor(-6.0)
+    args = (offset, workspace_bytes, weights)
+    monkeypatch.delenv("PRETRAIN_MM_FP32_GEMM", raising=False)
+    fast = ops_outputs(q.float(), k.float(), scale, bias, *args, impl="fused")
+    monkeypatch.setenv("PRETRAIN_MM_FP32_GEMM", "aten")
+    aten = ops_outputs(q.float(), k.float(), scale, bias, *args, impl="fused")
+    exact = ops_outputs(q, k, scale.double(), bias.double(), *args, impl="reference")
+    for name, got, ref, other in zip(["row_lse", "col_lse", "diag", "row_loss", "dq", "dk", "dscale", "dbias"],
+                                     [*fast[0], *fast[1]], [*exact[0], *exact[1]], [*aten[0], *aten[1]]):
+        tol = 1e-5 * max(ref.abs().max().item(), 1.0)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=tol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, other, rtol=1e-5, atol=tol, msg=lambda m: f"{name} vs aten: {m}")
