@@ -266,31 +266,42 @@ def brgemm_expected(dtype):
     return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and bool(need & flags)
 
 
-def test_bf16_products_take_brgemm_where_the_cpu_has_them(monkeypatch):
-    """build_info names the way bf16 inputs are multiplied now; the environment variable and
-    torch.backends.mkldnn switch it to widening, and the gradients show that the way changed."""
-    monkeypatch.delenv("PRETRAIN_MM_BF16_GEMM", raising=False)
-    want = "bf16=brgemm" if brgemm_expected(torch.bfloat16) else "bf16=widen"
+# dtype, the variable that switches brgemm off and its value, build_info's words for each way.
+BRGEMM_SWITCHES = [
+    (torch.float32, "PRETRAIN_MM_FP32_GEMM", "aten", "fp32=brgemm", "fp32=aten"),
+    (torch.bfloat16, "PRETRAIN_MM_BF16_GEMM", "widen", "bf16=brgemm", "bf16=widen"),
+]
+
+
+@pytest.mark.parametrize("dtype,variable,off,brgemm_way,other_way", BRGEMM_SWITCHES)
+def test_cpu_products_take_brgemm_where_the_cpu_has_it(monkeypatch, dtype, variable, off, brgemm_way, other_way):
+    """build_info names the way inputs of `dtype` are multiplied now; the environment variable
+    and torch.backends.mkldnn switch to the other way, and the gradients show that the way
+    changed (fp32: another summation order; bf16: G no longer rounded to bf16)."""
+    monkeypatch.delenv(variable, raising=False)
+    want = brgemm_way if brgemm_expected(dtype) else other_way
     assert want in ops.build_info()
-    img, txt, scale, bias = make_batch(300, 64, dtype=torch.bfloat16, seed=12)
-    fast = loss_and_grads(img, txt, scale, bias, "softmax", impl="fused")
-    monkeypatch.setenv("PRETRAIN_MM_BF16_GEMM", "widen")
-    assert "bf16=widen" in ops.build_info()
-    widened = loss_and_grads(img, txt, scale, bias, "softmax", impl="fused")
-    monkeypatch.delenv("PRETRAIN_MM_BF16_GEMM")
+    batch = make_batch(300, 200, dtype=dtype, seed=12)
+    fast = loss_and_grads(*batch, "softmax", impl="fused")
+    monkeypatch.setenv(variable, off)
+    assert other_way in ops.build_info()
+    other = loss_and_grads(*batch, "softmax", impl="fused")
+    monkeypatch.delenv(variable)
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # restored after the test
-    assert "bf16=widen" in ops.build_info()
-    without_onednn = loss_and_grads(img, txt, scale, bias, "softmax", impl="fused")
-    for a, b in zip(widened, without_onednn):
+    assert other_way in ops.build_info()
+    without_onednn = loss_and_grads(*batch, "softmax", impl="fused")
+    for a, b in zip(other, without_onednn):
         assert torch.equal(a, b)
-    if want == "bf16=brgemm":
-        # G is rounded to bf16 only by brgemm's way: many gradient entries differ.
-        assert not torch.equal(fast[1], widened[1]) and not torch.equal(fast[2], widened[2])
+    for a, b in zip(fast, other):
+        rtol = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(a.double(), b.double(), rtol=rtol, atol=rtol * b.abs().max().item())
+    if want == brgemm_way:
+        assert not torch.equal(fast[1], other[1]) and not torch.equal(fast[2], other[2])
 
 
 # n, N, D, offset, workspace_bytes: odd N and D (zero-padded VNNI pairs), N and n off the
 # 32 x 64 tiles, rows of a larger batch at an offset, and workspaces of many (2-aligned) panels.
-BF16_SHAPES = [
+BRGEMM_SHAPES = [
     (1000, 1000, 255, 0, _extension.DEFAULT_WORKSPACE_BYTES),
     (77, 77, 33, 0, 4096),
     (129, 131, 64, 2, 512),
@@ -316,7 +327,7 @@ def ops_outputs(q, k, scale, bias, offset, workspace_bytes, weights, impl):
     return [t.detach().double() for t in (*soft, sig)], [t.double() for t in grads]
 
 
-@pytest.mark.parametrize("n,big_n,d,offset,workspace_bytes", BF16_SHAPES)
+@pytest.mark.parametrize("n,big_n,d,offset,workspace_bytes", BRGEMM_SHAPES)
 def test_bf16_tails_match_float64_and_the_widened_products(monkeypatch, n, big_n, d, offset, workspace_bytes):
     g = torch.Generator().manual_seed(n * 7 + big_n + d)
     k = F.normalize(torch.randn(big_n, d, generator=g, dtype=torch.float64), dim=1)
@@ -353,24 +364,7 @@ def test_bf16_many_panels_equal_one_panel(kind):
         torch.testing.assert_close(a.double(), b.double(), rtol=1e-2, atol=1e-2 * a.abs().max().item())
 
 
-def test_fp32_products_take_brgemm_where_the_cpu_has_avx512(monkeypatch):
-    """build_info names the way fp32 inputs are multiplied now; PRETRAIN_MM_FP32_GEMM=aten
-    switches to ATen's matmul, whose different summation order shows in the last bits."""
-    monkeypatch.delenv("PRETRAIN_MM_FP32_GEMM", raising=False)
-    want = "fp32=brgemm" if brgemm_expected(torch.float32) else "fp32=aten"
-    assert want in ops.build_info()
-    img, txt, scale, bias = make_batch(300, 200, dtype=torch.float32, seed=13)
-    fast = loss_and_grads(img, txt, scale, bias, "softmax", impl="fused")
-    monkeypatch.setenv("PRETRAIN_MM_FP32_GEMM", "aten")
-    assert "fp32=aten" in ops.build_info()
-    aten = loss_and_grads(img, txt, scale, bias, "softmax", impl="fused")
-    for a, b in zip(fast, aten):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    if want == "fp32=brgemm":
-        assert not torch.equal(fast[1], aten[1]) and not torch.equal(fast[2], aten[2])
-
-
-@pytest.mark.parametrize("n,big_n,d,offset,workspace_bytes", BF16_SHAPES + [(300, 700, 300, 100, 1 << 16)])
+@pytest.mark.parametrize("n,big_n,d,offset,workspace_bytes", BRGEMM_SHAPES + [(300, 700, 300, 100, 1 << 16)])
 def test_fp32_tails_match_float64_and_aten(monkeypatch, n, big_n, d, offset, workspace_bytes):
     """Tiles of 64 x 64 and K blocks of 256: N, n and D off them, A^T tiles of dK at panel edges."""
     g = torch.Generator().manual_seed(n * 5 + big_n + d)
