@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -46,9 +45,7 @@ def load_checkpoint_model(path, device: torch.device) -> tuple[torch.nn.Module, 
     run_cfg = load_run_config(checkpoint)
     model = model_from_config(run_cfg, model_vocab(run_cfg))
     try:
-        with warnings.catch_warnings():  # one process reading a checkpoint is what we mean: no warning
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            load_model_weights(checkpoint, model)
+        load_model_weights(checkpoint, model)
     except CheckpointException as error:  # a BaseException: load_model_weights' `except Exception` misses it
         raise ValueError(f"cannot read model weights from {checkpoint}: {error}") from error
     return model.to(device).eval(), run_cfg, checkpoint

@@ -8,11 +8,13 @@ finished, so a crash mid-save never replaces or damages the last good one; `late
 sees only complete ones. The newest `keep` are kept.
 """
 
+import contextlib
 import logging
 import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -62,6 +64,15 @@ def resolve_checkpoint(path) -> Path:
                      "pass a run directory or one of its checkpoints/step_<N>")
 
 
+
+@contextlib.contextmanager
+def one_process_quietly():
+    """DCP warns when torch.distributed is not initialised that it assumes one process: with
+    one process that is what we mean, so the warning is only noise in the run's log."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
 class Checkpointer:
     def __init__(self, directory, info: DistInfo, keep: int = 2):
         self.directory, self.info, self.keep = Path(directory), info, keep
@@ -85,7 +96,8 @@ class Checkpointer:
                 shutil.rmtree(tmp)
         barrier(self.info)
         model_state, optim_state = get_state_dict(model, optimizer)
-        dcp.save({"model": model_state, "optim": optim_state, "extra": dict(extra)}, checkpoint_id=str(tmp))
+        with one_process_quietly():
+            dcp.save({"model": model_state, "optim": optim_state, "extra": dict(extra)}, checkpoint_id=str(tmp))
         torch.save(rng_state(), tmp / f"rank{self.info.rank}.pt")
         barrier(self.info)
         if self.info.is_main:
@@ -100,7 +112,8 @@ class Checkpointer:
         path = resolve_checkpoint(path)
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optim": optim_state, "extra": dict(extra_template)}
-        dcp.load(state, checkpoint_id=str(path))
+        with one_process_quietly():
+            dcp.load(state, checkpoint_id=str(path))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         rng_file = path / f"rank{self.info.rank}.pt"
         if rng_file.exists():
@@ -117,7 +130,8 @@ def load_model_weights(path, model) -> Path:
     model_state, _ = get_state_dict(model, [])
     state = {"model": model_state}
     try:
-        dcp.load(state, checkpoint_id=str(path))
+        with one_process_quietly():
+            dcp.load(state, checkpoint_id=str(path))
     except (Exception, CheckpointException) as error:  # corrupt or foreign files (CheckpointException is a BaseException)
         raise ValueError(f"cannot read model weights from {path}: {error}") from error
     set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={})
