@@ -78,8 +78,8 @@ bool usable(const char* env_var, const char* off, bool probed) {
   return at::globalContext().userEnabledMkldnn() && probed;
 }
 
-// C (M x N) [+]= A . B over tiles of C in parallel: tile(m0, n0, m, n, a, lda) gives the
-// tile's A rows (and their leading dimension), B_at(k0, n0) the B block at (k0, n0).
+// C (M x N) [+]= A . B over tiles of C in parallel: tile_a(m0, m, lda) gives the m rows of A
+// from row m0 (and sets their leading dimension), b_at(k0, n0) the B block at (k0, n0).
 template <typename T, typename TileA, typename BAt>
 void tiled_gemm(int64_t M, int64_t N, int64_t K, const BAt& b_at, int64_t ldb, float* C, int64_t ldc,
                 bool accumulate, bool a_per_row_of_tiles, const TileA& tile_a) {
@@ -122,7 +122,8 @@ bool bf16_available() {
 }
 
 bool f32_available() {
-  // AVX-512 is where brgemm's fp32 kernels beat MKL's AVX2 ones (AMD) or match them (Intel).
+  // AVX-512: where brgemm's fp32 kernels beat MKL's AVX2 ones (measured on AMD Zen 5; on
+  // Intel, whose MKL runs AVX-512 too, not measured).
   static const bool probed = has_capability("avx512_f") ? probe<float>() : false;
   return usable("PRETRAIN_MM_FP32_GEMM", "aten", probed);
 }
