@@ -96,6 +96,14 @@ __device__ __forceinline__ double block_sum(double v, double* sm) {
   return total;
 }
 
+// Shared memory of the forward kernels: the column part's per-warp partials (the row part
+// uses the first 2 * kWarps entries).
+template <typename T>
+struct ForwardShared {
+  T m[kWarps][32];
+  T s[kWarps][32];
+};
+
 // ---- launch helpers --------------------------------------------------------------------
 
 template <typename T>

@@ -50,14 +50,6 @@
 namespace pretrain_mm::cuda {
 namespace {
 
-// Shared memory of the forward kernels: the column part's per-warp partials (the row part
-// uses the first 2 * kWarps entries).
-template <typename T>
-struct ForwardShared {
-  T m[kWarps][32];
-  T s[kWarps][32];
-};
-
 // ---- row reductions ------------------------------------------------------------------
 //
 // A "group" of G threads (a warp, or the whole block) owns a panel row. Each thread walks
