@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.distributed.checkpoint.api import CheckpointException
 
 # builders: the one rule (shared with the trainer) from a config to its tokenizer and model.
 from pretrain_mm.builders import model_from_config, model_vocab
@@ -44,10 +43,7 @@ def load_checkpoint_model(path, device: torch.device) -> tuple[torch.nn.Module, 
     checkpoint = resolve_checkpoint(path)
     run_cfg = load_run_config(checkpoint)
     model = model_from_config(run_cfg, model_vocab(run_cfg))
-    try:
-        load_model_weights(checkpoint, model)
-    except CheckpointException as error:  # a BaseException: load_model_weights' `except Exception` misses it
-        raise ValueError(f"cannot read model weights from {checkpoint}: {error}") from error
+    load_model_weights(checkpoint, model)  # a damaged checkpoint: ValueError naming it
     return model.to(device).eval(), run_cfg, checkpoint
 
 
