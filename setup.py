@@ -49,10 +49,14 @@ def _extension():
     # setuptools sorts sources before linking, so the SIMD builds live in cpu/simd/, which
     # sorts after every portable source that could share an inline function with them.
     cpu_sources = ["csrc/contrastive.cpp", "csrc/cpu/brgemm.cpp", "csrc/cpu/panel_kernels.cpp",
-                   "csrc/cpu/panel_kernels_default.cpp",
+                   "csrc/cpu/panel_kernels_default.cpp", "csrc/cpu/tiled_gemm.cpp",
+                   "csrc/cpu/simd/gemm_microkernel_avx2.cpp",
                    "csrc/cpu/simd/panel_kernels_avx2.cpp", "csrc/cpu/simd/panel_kernels_avx512.cpp",
                    "csrc/module.cpp"]
-    cxx = ["-O3", "-fvisibility=hidden"]
+    # No FMA contraction: a logit is s * p rounded to the compute dtype wherever it is formed.
+    # Contracted, the backward's exp(s * p - lse) took the unrounded product, so a saturated
+    # loss (lse = that logit) got a gradient of one ulp of the logit instead of zero.
+    cxx = ["-O3", "-fvisibility=hidden", "-ffp-contract=off"]
     link = []
     # at::parallel_for is an inline template over OpenMP: without -fopenmp the CPU kernels'
     # and GEMM tiles' parallel loops would compile to serial ones. The OpenMP runtime is the
@@ -69,7 +73,7 @@ def _extension():
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")  # PTX: newer GPUs JIT it
     # cuBLAS/cuSPARSE headers of torch's CUDA 13 wheels live in nvidia/cu13/include.
     include_dirs = glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*", "include"))
-    nvcc = ["-O3", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr"]
+    nvcc = ["-O3", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr", "--fmad=false"]  # as -ffp-contract=off
     return cpp_extension.CUDAExtension(
         "pretrain_mm._C", cpu_sources + ["csrc/cuda/panel_kernels.cu"],
         include_dirs=[os.path.abspath(d) for d in include_dirs],

@@ -6,8 +6,9 @@
 // s * dLoss/dlogit in place, and feeds it to two more matmuls: dQ_rows += G . K_cols and
 // dK_cols += G^T . Q_rows. Nothing of size n x N is ever held; memory is O((n + N) * D)
 // plus one panel. The matmuls are ATen's (MKL on CPU, cuBLAS on GPU) in the compute dtype,
-// except on CPUs where oneDNN's brgemm is faster: fp32 inputs on AVX-512, and bf16 inputs
-// with native bf16 products, accumulated in fp32 (cpu/brgemm.h; see Products).
+// except on CPUs where another way is faster: our AVX2 tiles for fp32 (cpu/tiled_gemm.h),
+// oneDNN's brgemm for fp32 on AVX-512 and for bf16 with native bf16 products, accumulated
+// in fp32 (cpu/brgemm.h; see Products).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -240,8 +241,8 @@ std::string build_info() {
 #else
   info += " cuda=0";
 #endif
-  // How fp32 and bf16 inputs on the CPU are multiplied now (Products).
-  info += bg::f32_available() ? " fp32=brgemm" : " fp32=aten";
+  // How fp32 and bf16 inputs on the CPU are multiplied now (Products; widened bf16 as fp32).
+  info += std::string(" fp32=") + gemm_name(fp32_gemm());
   info += bg::bf16_available() ? " bf16=brgemm" : " bf16=widen";
   return info;
 }

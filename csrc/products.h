@@ -1,13 +1,17 @@
 // How the fused ops multiply: the panel products p = Q_rows . K_cols^T and the gradient
-// products into dQ and dK, through ATen's matmul or, on CPUs where it is faster, oneDNN's
-// brgemm (cpu/brgemm.h). Included by contrastive.cpp only.
+// products into dQ and dK, through ATen's matmul or, on CPUs where they are faster, our
+// AVX2 tiles (cpu/tiled_gemm.h) or oneDNN's brgemm (cpu/brgemm.h). Included by
+// contrastive.cpp only.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "cpu/brgemm.h"
+#include "cpu/tiled_gemm.h"
 
 namespace pretrain_mm {
 namespace {
@@ -15,15 +19,49 @@ namespace {
 namespace bg = cpu::brgemm;
 using at::Tensor;
 
-// How the panel and gradient products are made (Products): ATen's matmul, or brgemm for
-// fp32 inputs or bf16 ones on a CPU where it is faster (cpu/brgemm.h).
-enum class Gemm { kAten, kF32, kBf16 };
+// How the panel and gradient products are made (Products): ATen's matmul, our AVX2 tiles
+// or brgemm for fp32 (and widened half-precision) inputs, brgemm for bf16 ones on a CPU
+// with native bf16 products.
+enum class Gemm { kAten, kAvx2, kF32, kBf16 };
+
+const char* gemm_name(Gemm gemm) {
+  switch (gemm) {
+    case Gemm::kAvx2: return "avx2";
+    case Gemm::kF32: return "brgemm";
+    case Gemm::kBf16: return "brgemm";
+    default: return "aten";
+  }
+}
+
+// The way fp32 products are made on this CPU now. PRETRAIN_MM_FP32_GEMM=aten|avx2|brgemm
+// forces one (a way this machine cannot take is an error); unset or `auto`: brgemm where
+// ATen's CPU capability is AVX-512 (oneDNN's AVX-512 kernels, about 2x MKL's on AMD Zen 5),
+// our AVX2 tiles where it is AVX2 (faster than MKL's and brgemm's AVX2 kernels on AMD Zen 3),
+// ATen's matmul elsewhere. ATEN_CPU_CAPABILITY=avx2 thus takes the AVX2 way on an AVX-512 CPU.
+Gemm fp32_gemm() {
+  const char* env = std::getenv("PRETRAIN_MM_FP32_GEMM");
+  const std::string want = env == nullptr || *env == '\0' ? "auto" : env;
+  if (want == "aten") return Gemm::kAten;
+  if (want == "avx2") {
+    TORCH_CHECK_VALUE(cpu::tiled_gemm::available(), "PRETRAIN_MM_FP32_GEMM=avx2, but this CPU (or "
+                      "ATEN_CPU_CAPABILITY) has no AVX2 and FMA; unset it or use aten");
+    return Gemm::kAvx2;
+  }
+  if (want == "brgemm") {
+    TORCH_CHECK_VALUE(bg::f32_available(), "PRETRAIN_MM_FP32_GEMM=brgemm, but oneDNN's fp32 brgemm is not "
+                      "available here (no x86-64 AVX2, or torch.backends.mkldnn disabled); unset it or use aten");
+    return Gemm::kF32;
+  }
+  TORCH_CHECK_VALUE(want == "auto", "PRETRAIN_MM_FP32_GEMM must be auto, aten, avx2 or brgemm; got '", want, "'");
+  if (at::get_cpu_capability() == "AVX512" && bg::f32_available()) return Gemm::kF32;
+  if (cpu::tiled_gemm::available()) return Gemm::kAvx2;
+  return Gemm::kAten;
+}
 
 Gemm choose_gemm(const Tensor& q) {
-  if (!q.is_cpu()) return Gemm::kAten;
+  if (!q.is_cpu() || q.scalar_type() == at::kDouble) return Gemm::kAten;
   if (q.scalar_type() == at::kBFloat16 && bg::bf16_available()) return Gemm::kBf16;
-  if (q.scalar_type() == at::kFloat && bg::f32_available()) return Gemm::kF32;
-  return Gemm::kAten;
+  return fp32_gemm();  // fp32 inputs, and half-precision ones widened to fp32
 }
 
 // The features an op multiplies, in the dtype its products take (Gemm::kBf16: bf16;
@@ -58,6 +96,8 @@ PanelPlan plan_panels(int64_t n, int64_t N, int64_t budget_bytes, int64_t elem_b
 //
 // - ATen's matmul in the compute dtype: every device and dtype (half-precision inputs
 //   widened to fp32 by the ops' Inputs);
+// - our AVX2 tiles (Gemm::kAvx2, cpu/tiled_gemm.h): fp32 on AVX2 CPUs, reading Q, K and G
+//   as they are (the tiles pack their operands);
 // - fp32 brgemm (Gemm::kF32, cpu/brgemm.h): the same fp32 products, by
 //   oneDNN's AVX-512 kernels (about 2x MKL's on AMD). K^T is copied once per call (panels
 //   read it as brgemm's row-major B); dQ_rows += G . K_cols reads G and K as they are, and
@@ -72,7 +112,7 @@ PanelPlan plan_panels(int64_t n, int64_t N, int64_t budget_bytes, int64_t elem_b
 //   so that they start on a pair.
 class Products {
  public:
-  Products(const Operands& in, bool backward) : in_(in), backward_(backward) {
+  Products(const Operands& in, bool backward) : in_(in) {
     const at::NoGradGuard no_grad;
     const int64_t n = in.q.size(0), N = in.k.size(0), D = in.q.size(1);
     const auto acc = in.q.options().dtype(in.dtype);
@@ -97,12 +137,14 @@ class Products {
     dk_ = at::zeros({D, bg::padded_ld(N, 4)}, acc).narrow(1, 0, N);  // dK^T
   }
 
-  // Panels within the budget, counting what one panel element costs (in a bf16 backward,
-  // G's two bf16 copies too).
+  // Panels within the budget, counting what one panel element costs (with bf16 brgemm,
+  // the backward's two bf16 copies of G too). The forward plans as the backward does: the
+  // backward must recompute every logit with the same products, panel by panel, so that
+  // exp(logit - lse) is exactly 1 where the forward's log-sum-exp was that logit alone.
   PanelPlan plan(int64_t workspace_bytes) const {
     const int64_t n = in_.q.size(0), N = in_.k.size(0), panel_bytes = c10::elementSize(in_.dtype);
     if (in_.gemm != Gemm::kBf16) return plan_panels(n, N, workspace_bytes, panel_bytes, 1);
-    return plan_panels(n, N, workspace_bytes, panel_bytes + (backward_ ? 4 : 0), 2);
+    return plan_panels(n, N, workspace_bytes, panel_bytes + 4, 2);
   }
 
   // The row stride of a panel of `cols` columns in the workspace.
@@ -115,6 +157,10 @@ class Products {
     switch (in_.gemm) {
       case Gemm::kAten:
         at::mm_out(panel, in_.q.narrow(0, r0, rows), in_.k.narrow(0, c0, cols).t());
+        return;
+      case Gemm::kAvx2:
+        cpu::tiled_gemm::gemm(rows, cols, D, {f32(in_.q) + r0 * D, D, false}, {f32(in_.k) + c0 * D, D, true}, out,
+                              panel.stride(0), false);
         return;
       case Gemm::kF32:
         bg::gemm(rows, cols, D, f32(in_.q) + r0 * D, D, false, f32(k_t_) + c0, k_t_.size(1), out, panel.stride(0),
@@ -133,6 +179,13 @@ class Products {
     if (in_.gemm == Gemm::kAten) {
       dq_.narrow(0, r0, rows).addmm_(g, in_.k.narrow(0, c0, cols));
       dk_.narrow(0, c0, cols).addmm_(g.t(), in_.q.narrow(0, r0, rows));
+      return;
+    }
+    if (in_.gemm == Gemm::kAvx2) {
+      const cpu::tiled_gemm::Operand g_op{g.const_data_ptr<float>(), g.stride(0), false};
+      cpu::tiled_gemm::gemm(rows, D, cols, g_op, {f32(in_.k) + c0 * D, D, false}, f32(dq_) + r0 * D, D, true);
+      cpu::tiled_gemm::gemm(cols, D, rows, {g_op.data, g_op.ld, true}, {f32(in_.q) + r0 * D, D, false},
+                            f32(dk_) + c0 * D, D, true);
       return;
     }
     if (in_.gemm == Gemm::kF32) {
@@ -167,7 +220,6 @@ class Products {
   static float* f32(const Tensor& t) { return t.data_ptr<float>(); }
 
   const Operands& in_;
-  bool backward_;
   Tensor dq_, dk_;
   // brgemm only: K^T (both dtypes); bf16: Q with an even row length, K and Q^T packed, scratch for G.
   Tensor k_t_, q_, k_v_, q_t_, g_, g_v_;

@@ -122,10 +122,11 @@ bool bf16_available() {
 }
 
 bool f32_available() {
-  // AVX-512: where brgemm's fp32 kernels beat MKL's AVX2 ones (measured on AMD Zen 5; on
-  // Intel, whose MKL runs AVX-512 too, not measured).
-  static const bool probed = has_capability("avx512_f") ? probe<float>() : false;
-  return usable("PRETRAIN_MM_FP32_GEMM", "aten", probed);
+  // Any x86-64 processor whose oneDNN takes the probe (AVX2 and up); products.h prefers it
+  // only on AVX-512, where its kernels beat MKL's (measured on AMD Zen 5; on Intel, whose
+  // MKL runs AVX-512 too, not measured).
+  static const bool probed = probe<float>();
+  return at::globalContext().userEnabledMkldnn() && probed;
 }
 
 void pack_vnni(int64_t K, int64_t N, const c10::BFloat16* src, int64_t ld, c10::BFloat16* dst, int64_t ldb) {

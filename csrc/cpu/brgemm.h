@@ -28,9 +28,9 @@ namespace pretrain_mm::cpu::brgemm {
 // forces the fallback: inputs widened to fp32 and multiplied by ATen).
 bool bf16_available();
 
-// Whether fp32 products run through brgemm now: an x86-64 processor with AVX-512, a torch
-// whose fp32 brgemm works (probed once), oneDNN enabled, and PRETRAIN_MM_FP32_GEMM not set
-// to "aten" (which multiplies with ATen's matmul instead).
+// Whether fp32 products can run through brgemm now: an x86-64 processor whose oneDNN has
+// fp32 brgemm kernels (AVX2 and up; probed once) and oneDNN enabled. Where they are chosen
+// is products.h's rule (PRETRAIN_MM_FP32_GEMM).
 bool f32_available();
 
 inline int64_t round_up_even(int64_t x) { return x + (x & 1); }

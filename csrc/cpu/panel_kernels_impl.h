@@ -152,23 +152,26 @@ void softmax_backward_panel(const Panel<T>& P, const SoftmaxBackwardState<T>& st
           T* p = P.p + i * P.ld;
           const int64_t r = P.row0 + i;
           const int64_t d = P.offset + r - P.col0;
-          const bool has_diag = d >= 0 && d < P.cols;
-          const T p_diag = has_diag ? p[d] : T(0);
           const T ri = st.row_lse[r], gri = st.g_row[r];
           SumAcc<T> row;
-          simd_loop<T>(0, P.cols, [&](int64_t j, auto v) {
-            using V = decltype(v);
-            const V vp = load<V>(p + j);
-            const V g = softmax_logit_grad<MathFor<V>>(V(s) * vp, V(ri), load<V>(c + j), V(gri), load<V>(gc + j));
-            row.add(g * vp);
-            store(p + j, V(s) * g);
+          for_off_diagonal(P.cols, d, [&](int64_t a, int64_t e) {
+            simd_loop<T>(a, e, [&](int64_t j, auto v) {
+              using V = decltype(v);
+              const V vp = load<V>(p + j);
+              const V g = softmax_logit_grad<MathFor<V>>(V(s) * vp, V(ri), load<V>(c + j), V(gri), load<V>(gc + j));
+              row.add(g * vp);
+              store(p + j, V(s) * g);
+            });
           });
-          acc += row.total();
-          if (has_diag) {
-            const T gd = st.g_diag[r];
-            acc += static_cast<double>(gd) * p_diag;
-            p[d] += s * gd;
+          if (d >= 0 && d < P.cols) {
+            // The positive pair's g_diag joins its logit's gradient before anything else uses
+            // it: where the loss is saturated that gradient is exactly 0, in the panel and in
+            // d logit_scale alike (added apart, their roundings would not cancel).
+            const T g = softmax_logit_grad<ScalarMath>(s * p[d], ri, c[d], gri, gc[d]) + st.g_diag[r];
+            row.add(g * p[d]);
+            p[d] = s * g;
           }
+          acc += row.total();
         }
         return acc;
       },

@@ -267,16 +267,12 @@ __global__ void softmax_backward_kernel(const Panel<T> P, const SoftmaxBackwardS
         T out[VEC];
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
-          const T g = softmax_logit_grad<ScalarMath>(scale * p[u][k], r_lse, c[u][k], g_row, gc[u][k]);
+          T g = softmax_logit_grad<ScalarMath>(scale * p[u][k], r_lse, c[u][k], g_row, gc[u][k]);
+          // The positive pair's g_diag joins its gradient first, as on the CPU: exactly 0 where
+          // the loss is saturated.
+          if (j + k == d) g += st.g_diag[r];
           out[k] = scale * g;
-          if (j + k < P.cols) {
-            acc += static_cast<double>(g * p[u][k]);
-            if (j + k == d) {  // the positive pair: + g_diag, as the CPU kernel adds it
-              const T gd = st.g_diag[r];
-              acc += static_cast<double>(gd) * static_cast<double>(p[u][k]);
-              out[k] += scale * gd;
-            }
-          }
+          if (j + k < P.cols) acc += static_cast<double>(g * p[u][k]);
         }
         store_pack<T, VEC>(row, j, P.cols, out);
       }
