@@ -1,6 +1,6 @@
 """CLIP training throughput and peak memory: model sizes and batches, fused vs reference loss.
 
-    python benchmarks/bench_train.py                  # CPU, bf16 autocast, the configs below
+    python benchmarks/bench_train.py                  # CPU, trainer.precision=auto's choice, the configs below
     python benchmarks/bench_train.py --device cuda --configs small:224:512 base:224:256
 
 A training step here is what the trainer does per batch: forward both towers, the
@@ -21,11 +21,12 @@ from common import PeakMemory
 DEFAULT_CONFIGS = ["tiny:64:256", "tiny:32:1024", "small:64:128"]
 
 
-def measure(size, image_size, batch, impl, device_name, steps):
+def measure(size, image_size, batch, impl, device_name, steps, precision):
     import torch
 
     from pretrain_mm.models import build_model
     from pretrain_mm.ops import contrastive_loss
+    from pretrain_mm.precision import autocast, resolve_precision
 
     device = torch.device(device_name)
     torch.manual_seed(0)
@@ -33,10 +34,11 @@ def measure(size, image_size, batch, impl, device_name, steps):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     images = torch.randn(batch, 3, image_size, image_size, device=device)
     text = torch.randint(1, 1024, (batch, 32), device=device)
+    in_precision = autocast(resolve_precision(precision, device), device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with in_precision:
             out = model(images, text)
             loss = contrastive_loss(out["image_features"], out["text_features"], out["logit_scale"], impl=impl)
         loss.backward()
@@ -62,14 +64,23 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="size:image_size:batch")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="as trainer.precision (auto: bf16 only where the hardware has it natively)")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         size, image_size, batch, impl = args.worker
-        print(json.dumps(measure(size, int(image_size), int(batch), impl, args.device, args.steps)))
+        print(json.dumps(measure(size, int(image_size), int(batch), impl, args.device, args.steps,
+                                 args.precision)))
         return
 
-    print(f"device={args.device}, bf16 autocast, AdamW; samples/s and peak memory above the start")
+    import torch
+
+    from pretrain_mm.precision import resolve_precision
+
+    precision = resolve_precision(args.precision, torch.device(args.device))
+    print(f"device={args.device}, {precision.name} ({precision.reason}), AdamW; samples/s and peak memory above the "
+          "start")
     header = f"{'model':>6} {'image':>5} {'batch':>5} | {'fused sam/s':>11} {'ref sam/s':>10} {'ratio':>6} | " \
              f"{'fused MiB':>9} {'ref MiB':>8}"
     print(header)
@@ -78,7 +89,8 @@ def main():
         size, image_size, batch = config.split(":")
         row = {}
         for impl in ("fused", "reference"):
-            cmd = [sys.executable, __file__, "--device", args.device, "--steps", str(args.steps),
+            cmd = [sys.executable, __file__, "--device", args.device, "--steps", str(args.steps), "--precision",
+                   args.precision,
                    "--worker", size, image_size, batch, impl]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+
+from pretrain_mm.precision import autocast as precision_autocast
+from pretrain_mm.precision import resolve_precision
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -51,10 +53,8 @@ def gather_lists(items: list) -> list:
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA (fast, ample for ranking); fp32 on the CPU, where it costs little."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast where training's `auto` would choose it (pretrain_mm.precision; ample for ranking), else fp32."""
+    return precision_autocast(resolve_precision("auto", device), device)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain_mm.builders import model_from_config, model_vocab
+from pretrain_mm.precision import Precision, autocast, resolve_precision
 from pretrain_mm.train import distributed as dist_utils
 from pretrain_mm.train.checkpoint import Checkpointer
 from pretrain_mm.train.data import build_train_loader
@@ -66,18 +67,10 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"trainer.precision must be auto, bf16 or fp32; got {precision!r}")
-    return precision == "bf16" or (precision == "auto" and (device.type == "cpu" or torch.cuda.is_bf16_supported()))
-
-
-def autocast_context(bf16: bool, info: dist_utils.DistInfo):
-    """bf16 autocast, except where FSDP2's MixedPrecisionPolicy casts (several GPUs)."""
+def autocast_context(precision: Precision, info: dist_utils.DistInfo):
+    """bf16 autocast where the precision says so, except where FSDP2's MixedPrecisionPolicy casts (several GPUs)."""
     fsdp_casts = info.device.type == "cuda" and info.world_size > 1
-    if bf16 and not fsdp_casts:
-        return torch.autocast(info.device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return contextlib.nullcontext() if fsdp_casts else autocast(precision, info.device)
 
 
 def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
@@ -87,7 +80,9 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
     if rem or per_rank == 0:
         raise ValueError(f"trainer.batch_size={t.batch_size} must be a positive multiple of world size "
                          f"({info.world_size}) x trainer.grad_accum ({t.grad_accum})")
-    bf16 = use_bf16(t.precision, info.device)
+    precision = resolve_precision(t.precision, info.device)
+    if info.is_main:
+        log.info("computing in %s (%s)", precision.name, precision.reason)
 
     # The model: identical initial weights on every rank, then each rank's own random stream.
     torch.manual_seed(t.seed)
@@ -97,7 +92,7 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
     if t.compile:
         apply_compile(model)
     if info.world_size > 1:
-        apply_fsdp(model, bf16=bf16 and info.device.type == "cuda")
+        apply_fsdp(model, bf16=precision.bf16 and info.device.type == "cuda")
     torch.manual_seed(t.seed + 1000 * info.rank)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, t.max_steps)
@@ -121,9 +116,9 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
     loader.load_state_dict(data_state)
 
     if info.is_main:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_config(run_dir / "config.yaml", cfg, precision)
     metrics = MetricLogger(run_dir, enabled=info.is_main, start_step=step, max_steps=t.max_steps)
-    autocast = autocast_context(bf16, info)
+    in_precision = autocast_context(precision, info)
     timer, batches, loss_sum, loss_count, last_saved = StepTimer(), iter(loader), 0.0, 0, start
     started, first_step, final_loss = time.perf_counter(), step, float("nan")
     fresh_epoch, empty_epochs = True, 0
@@ -143,7 +138,7 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
             timer.data_ready()
             loss_value = 0.0
             for micro in split_batch(batch, t.grad_accum, info.device):
-                with autocast:
+                with in_precision:
                     loss = objective(model, micro) / t.grad_accum
                 loss.backward()
                 loss_value += loss.detach().float().item()
@@ -185,6 +180,13 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
               f"loss {final_loss:.4f}, checkpoint {last_saved}"
               + ("; run the same command again to continue" if status == "interrupted" else ""), flush=True)
     return TrainResult(status, step, last_saved, final_loss)
+
+
+def write_config(path: Path, cfg, precision: Precision) -> None:
+    """The resolved config, with the precision `auto` chose written in (so the file reruns the same way)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["trainer"]["precision"] = precision.name
+    path.write_text(f"# trainer.precision: {precision.name} ({precision.reason})\n" + OmegaConf.to_yaml(resolved))
 
 
 def split_batch(batch: dict, parts: int, device: torch.device):
