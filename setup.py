@@ -106,6 +106,9 @@ setup(
         "webdataset==1.0.2",
         "braceexpand",
         "tokenizers>=0.20",
+        "open_clip_torch>=3.3,<4",  # data.tokenizer=clip reads its BPE file; pretrain_mm never imports it
+        "ftfy>=6",  # CLIP's text cleaning
+        "regex",  # CLIP's word split, as open_clip makes it
         "scikit-learn",
         "tqdm",
         "hydra-core>=1.3,<1.4",
@@ -115,5 +118,5 @@ setup(
         "matplotlib",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest>=8", "expecttest"]},
+    extras_require={"test": ["pytest>=8", "expecttest", "open_clip_torch>=3.3,<4"]},  # tests compare with open_clip
 )

@@ -1,8 +1,12 @@
 """From a config to the parts it names: shards, tokenizer and model — one rule for train and eval."""
 
+import logging
 import os
 
-from pretrain_mm.data import BUILTINS, expand_urls, get_builtin, load_tokenizer
+from pretrain_mm.data import BUILTINS, CLIP, expand_urls, find_tokenizer_file, get_builtin, load_tokenizer
+
+log = logging.getLogger(__name__)
+_said_clip_default = False  # the fall-back to CLIP's BPE is logged once per process
 
 
 def builtin_names(data_cfg) -> list[str]:
@@ -26,11 +30,18 @@ def split_urls(data_cfg, split: str):
 
 def build_tokenizer(data_cfg):
     """The configured tokenizer, else the (first) built-in dataset's own; for shards, a
-    tokenizer.json beside them (as `python -m pretrain_mm.data write` saves it)."""
+    tokenizer.json beside them or in their parent (as `python -m pretrain_mm.data write` saves
+    it), else OpenAI CLIP's BPE (data.tokenizer=clip)."""
+    global _said_clip_default
     names = builtin_names(data_cfg)
     source = data_cfg.tokenizer or (names[0] if names else None)
     if source is None:
-        source = os.path.dirname(expand_urls(split_urls(data_cfg, "train"))[0])
+        shard_dir = os.path.dirname(expand_urls(split_urls(data_cfg, "train"))[0])
+        source = find_tokenizer_file(shard_dir) or CLIP
+        if source == CLIP and not _said_clip_default:
+            _said_clip_default = True
+            log.info("no tokenizer.json beside the shards in %s (nor in its parent): using OpenAI CLIP's BPE "
+                     "(data.tokenizer=clip, 49408 ids); set data.tokenizer to use another", shard_dir or ".")
     return load_tokenizer(source, context_length=data_cfg.context_length)
 
 

@@ -1,7 +1,7 @@
 """Data layer: WebDataset shards (write, check, read), built-in datasets, tokenizer, transforms.
 
     urls = get_builtin("shapes", "train")                  # made on first use, cached
-    tokenizer = load_tokenizer("shapes", context_length=32)
+    tokenizer = load_tokenizer("shapes", context_length=32)   # or "clip": OpenAI CLIP's BPE (open_clip_torch's file)
     loader = build_loader(urls, batch_size=256, tokenizer=tokenizer, image_size=64, train=True,
                           num_workers=4, resampled=True, samples_per_epoch=100_000)
     for batch in loader:  # {"image": B x 3 x H x W float, "text": B x 32 long, "caption", "key"[, "label"]}
@@ -19,13 +19,14 @@ from .decode import DEFAULT_CAPTION_KEY, DEFAULT_IMAGE_KEY
 from .pipeline import SKIP_REASONS, Loader, build_loader
 from .reader import ShardError, TruncatedShard, iter_shard
 from .shards import ShardWriter, expand_urls, read_sizes, write_sizes
-from .tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+from .tokenizer import (CLIP, TOKENIZER_FILE, Tokenizer, clip_tokenizer, find_tokenizer_file, load_tokenizer,
+                        train_tokenizer, train_tokenizer_on_shards)
 from .transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, image_transform
 
 __all__ = [
-    "BUILTINS", "CLIP_MEAN", "CLIP_STD", "DEFAULT_CAPTION_KEY", "DEFAULT_IMAGE_KEY", "IMAGENET_MEAN",
-    "IMAGENET_STD", "SKIP_REASONS", "Loader", "ShardError", "ShardWriter", "Tokenizer", "TruncatedShard",
-    "build_loader", "builtin_dir", "builtin_info", "check_shards", "expand_urls", "get_builtin",
-    "image_transform", "iter_shard", "load_tokenizer", "read_sizes", "train_tokenizer", "write_builtin",
-    "write_sizes",
+    "BUILTINS", "CLIP", "CLIP_MEAN", "CLIP_STD", "DEFAULT_CAPTION_KEY", "DEFAULT_IMAGE_KEY", "IMAGENET_MEAN",
+    "IMAGENET_STD", "SKIP_REASONS", "TOKENIZER_FILE", "Loader", "ShardError", "ShardWriter", "Tokenizer",
+    "TruncatedShard", "build_loader", "builtin_dir", "builtin_info", "check_shards", "clip_tokenizer",
+    "expand_urls", "find_tokenizer_file", "get_builtin", "image_transform", "iter_shard", "load_tokenizer",
+    "read_sizes", "train_tokenizer", "train_tokenizer_on_shards", "write_builtin", "write_sizes",
 ]

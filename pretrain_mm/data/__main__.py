@@ -1,9 +1,10 @@
-"""Command line: `python -m pretrain_mm.data write SOURCE OUT` and `python -m pretrain_mm.data check SHARDS`."""
+"""Command line: `python -m pretrain_mm.data write SOURCE OUT`, `check SHARDS` and `tokenizer SHARDS OUT`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .decode import DEFAULT_CAPTION_KEY, DEFAULT_IMAGE_KEY
@@ -13,11 +14,14 @@ EPILOG = """examples:
   python -m pretrain_mm.data write captions.csv shards/ --caption-col text --label-col class
   python -m pretrain_mm.data write builtin:shapes data/shapes --num-train 20000
   python -m pretrain_mm.data check 'shards/{00000..00009}.tar'
+  python -m pretrain_mm.data tokenizer shards/ shards/ --vocab-size 16384   # -> shards/tokenizer.json
+Training on shards that carry no tokenizer.json uses OpenAI CLIP's BPE (data.tokenizer=clip).
 """
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pretrain_mm.data", description="Write and check WebDataset shards.",
+    parser = argparse.ArgumentParser(prog="python -m pretrain_mm.data",
+                                     description="Write and check WebDataset shards; train a tokenizer on them.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -45,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-sizes", action="store_true", help="do not write sizes.json")
     c.add_argument("--workers", type=int, default=1, help="check shards in this many processes")
     c.add_argument("--json", action="store_true", help="print the totals as JSON after the table")
+
+    t = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer on the captions of shards")
+    t.add_argument("shards", help="directory, brace pattern or comma-separated list of .tar shards")
+    t.add_argument("out", help="tokenizer file to write; a directory (or a name not ending in .json) gets tokenizer.json")
+    t.add_argument("--vocab-size", type=int, default=8192, help="ids, special tokens included (default 8192)")
+    t.add_argument("--caption-key", default=DEFAULT_CAPTION_KEY, help="e.g. txt or json:caption (default txt)")
+    t.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to merge (default 2)")
+    t.add_argument("--force", action="store_true", help="overwrite an existing tokenizer file")
     return parser
 
 
@@ -81,13 +93,34 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if report.bad else 0
 
 
+def _tokenizer(args: argparse.Namespace) -> int:
+    from .tokenizer import TOKENIZER_FILE, train_tokenizer_on_shards
+
+    out = os.path.expanduser(args.out)
+    if os.path.isdir(out) or not (os.path.isfile(out) or out.endswith(".json")):
+        out = os.path.join(out, TOKENIZER_FILE)
+    if os.path.exists(out) and not args.force:
+        raise ValueError(f"{out} exists; pass --force to overwrite it")
+    if os.path.isdir(out):
+        raise ValueError(f"{out} is a directory, not a tokenizer file")
+    tokenizer, counts = train_tokenizer_on_shards(args.shards, args.vocab_size, caption_key=args.caption_key,
+                                                  min_frequency=args.min_frequency)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tokenizer.save(out)
+    skipped = [f"{counts[k]} {k.replace('_', ' ')}" for k in ("no_caption", "bad_shards") if counts[k]]
+    print(f"wrote {out}: {tokenizer.vocab_size} ids, trained on {counts['captions']} captions in "
+          f"{counts['shards']} shards" + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    command = {"write": _write, "check": _check, "tokenizer": _tokenizer}[args.command]
     try:
-        return _write(args) if args.command == "write" else _check(args)
+        return command(args)
     except ValueError as exn:
         print(f"error: {exn}", file=sys.stderr)
-        return 2
+        return 1 if args.command == "tokenizer" else 2
 
 
 if __name__ == "__main__":
