@@ -8,7 +8,8 @@ says otherwise, comes `launcher.signal_delay_s` before the time limit or with a 
 comes with preemption, cancellation and every requeue):
 - during training the trainer's own handler finishes the step, has every rank checkpoint and returns
   "interrupted". Rank 0 then requeues the job and all ranks leave without a result, so submitit waits
-  on; the requeued run finds the same run directory and resumes (trainer.resume=auto).
+  on; the requeued run finds the same run directory and resumes (trainer.resume=auto). A job that
+  `scancel` stopped is not requeued (Slurm would requeue even a cancelled job).
 - outside training (start-up, evaluation) there is nothing to save: on the stop signal rank 0 requeues
   at once. SIGTERM is logged and otherwise ignored, as submitit does, so that the SIGTERM the requeue
   itself sends cannot cut short the rank that is requeuing.
@@ -24,6 +25,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import submitit
@@ -44,6 +46,7 @@ def run(cfg, run_dir, stages=("train", "eval")) -> dict:
     """Runs the stages in this process (every process of the run calls it) and returns rank 0's summary
     of how training ended. In a submitit Slurm job an interrupted training requeues the job and the
     process exits instead of returning."""
+    check_eval_checkpoint(cfg)
     requeue_allowed = in_submitit_slurm_job()
     if requeue_allowed:
         _handle_signals_outside_training(cfg.launcher.max_requeues)
@@ -76,6 +79,15 @@ def run(cfg, run_dir, stages=("train", "eval")) -> dict:
     if requeued:
         leave_requeued_job()
     return summary
+
+
+def check_eval_checkpoint(cfg) -> None:
+    """+exp=eval: a ValueError naming eval.checkpoint when it does not exist, before anything starts (the
+    loader's own message speaks of "checkpoint", not of the key the user set)."""
+    path = cfg.eval.checkpoint
+    if cfg.mode == "eval" and path and not Path(path).expanduser().exists():
+        raise ValueError(f"checkpoint {path} does not exist (eval.checkpoint): give a training run's directory, "
+                         "e.g. eval.checkpoint=outputs/clip, or one of its checkpoints/step_<N>")
 
 
 def leave_requeued_job() -> None:
@@ -114,6 +126,9 @@ def requeue(max_requeues: int) -> bool:
     """Puts this Slurm job back in the queue (rank 0 calls it); False when it may not, or Slurm refused."""
     job_id = submitit.JobEnvironment().job_id  # 123, or 123_4 for a task of an array (a sweep)
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    if _cancelled(job_id):
+        log.warning("not requeuing job %s: it was cancelled (scancel)", job_id)
+        return False
     if restarts >= max_requeues:
         log.warning("not requeuing job %s: it was requeued %d times already (launcher.max_requeues=%d)",
                     job_id, restarts, max_requeues)
@@ -139,15 +154,41 @@ def requeue(max_requeues: int) -> bool:
 
 
 def _scontrol(*args) -> subprocess.CompletedProcess:
+    return _slurm_tool("scontrol", *args)
+
+
+def _slurm_tool(*cmd) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=60)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as error:
-        return subprocess.CompletedProcess(["scontrol", *args], 1, "", str(error))
+        return subprocess.CompletedProcess(cmd, 1, "", str(error))
+
+
+def _cancelled(job_id: str) -> bool:
+    """Whether `scancel` ended the job. Its SIGTERM stops the trainer as a preemption's does, and Slurm
+    would requeue even a cancelled job: that would undo the cancellation (and tests' clean-up)."""
+    # A stop signal (time limit, preemption's grace time) reaches a RUNNING job; scancel's a COMPLETING one.
+    if _job_field(job_id, "JobState") != "COMPLETING":
+        return False
+    # Only the accounting records why it is ending (CANCELLED, TIMEOUT, PREEMPTED, ...); it can trail
+    # the controller by a moment.
+    for _ in range(20):
+        out = _slurm_tool("sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State")
+        state = out.stdout.strip().split(" ")[0] if out.returncode == 0 else ""
+        if state and state != "RUNNING":
+            return state == "CANCELLED"
+        time.sleep(0.5)
+    return False
+
+
+def _job_field(job_id: str, name: str) -> str:
+    """One field of `scontrol show job` ("" when Slurm does not answer)."""
+    found = re.search(rf"\b{name}=(\S+)", _scontrol("show", "job", "-o", job_id).stdout)
+    return found.group(1) if found else ""
 
 
 def _restart_count(job_id: str) -> int:
-    found = re.search(r"\bRestarts=(\d+)", _scontrol("show", "job", "-o", job_id).stdout)
-    return int(found.group(1)) if found else -1
+    return int(_job_field(job_id, "Restarts") or -1)
 
 
 def _handle_signals_outside_training(max_requeues: int) -> None:
