@@ -117,6 +117,10 @@ class Products {
     const int64_t n = in.q.size(0), N = in.k.size(0), D = in.q.size(1);
     const auto acc = in.q.options().dtype(in.dtype);
     if (in.gemm != Gemm::kBf16) {
+      if (in.gemm == Gemm::kAvx2) {  // K^T packed once for every panel product
+        k_packed_ = at::empty({cpu::tiled_gemm::packed_floats(N, D)}, in.k.options());
+        cpu::tiled_gemm::pack_transposed(N, D, f32(in.k), D, f32(k_packed_));
+      }
       if (in.gemm == Gemm::kF32) {
         k_t_ = at::empty({D, bg::padded_ld(N, 4)}, in.k.options());
         k_t_.narrow(1, 0, N).copy_(in.k.t());
@@ -143,6 +147,9 @@ class Products {
   // exp(logit - lse) is exactly 1 where the forward's log-sum-exp was that logit alone.
   PanelPlan plan(int64_t workspace_bytes) const {
     const int64_t n = in_.q.size(0), N = in_.k.size(0), panel_bytes = c10::elementSize(in_.dtype);
+    if (in_.gemm == Gemm::kAvx2) {  // partial panels start where K^T's packed columns do
+      return plan_panels(n, N, workspace_bytes, panel_bytes, cpu::tiled_gemm::kPackedColumns);
+    }
     if (in_.gemm != Gemm::kBf16) return plan_panels(n, N, workspace_bytes, panel_bytes, 1);
     return plan_panels(n, N, workspace_bytes, panel_bytes + 4, 2);
   }
@@ -159,7 +166,7 @@ class Products {
         at::mm_out(panel, in_.q.narrow(0, r0, rows), in_.k.narrow(0, c0, cols).t());
         return;
       case Gemm::kAvx2:
-        cpu::tiled_gemm::gemm(rows, cols, D, {f32(in_.q) + r0 * D, D, false}, {f32(in_.k) + c0 * D, D, true}, out,
+        cpu::tiled_gemm::gemm(rows, cols, D, {f32(in_.q) + r0 * D, D, false}, {f32(k_packed_), D}, c0, out,
                               panel.stride(0), false);
         return;
       case Gemm::kF32:
@@ -223,6 +230,7 @@ class Products {
   Tensor dq_, dk_;
   // brgemm only: K^T (both dtypes); bf16: Q with an even row length, K and Q^T packed, scratch for G.
   Tensor k_t_, q_, k_v_, q_t_, g_, g_v_;
+  Tensor k_packed_;  // AVX2 tiles: K^T packed as the tiles read it
 };
 
 }  // namespace

@@ -59,8 +59,13 @@ def test_sigterm_checkpoints_and_the_run_continues(tmp_path):
            *FAST, f"hydra.run.dir={run}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
-    deadline = time.time() + 300
-    while time.time() < deadline and not ((run / "metrics.jsonl").exists() and len(metrics(run)) >= 3):
+    # The signal goes once 3 steps are logged, however long a step takes on this CPU; the limit
+    # only guards against a hung run.
+    deadline = time.time() + 1800
+    while not ((run / "metrics.jsonl").exists() and len(metrics(run)) >= 3):
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before step 3:\n{proc.stderr.read()[-3000:]}")
+        assert time.time() < deadline, "no 3 steps in 30 minutes: the run hangs"
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=300)

@@ -70,13 +70,9 @@ bool probe() {
 #endif
 }
 
-// The rule both dtypes follow: not switched off by `env_var` = `off`, oneDNN enabled (ATen's
-// brgemm checks the flag on every call and raises when it is off), and the probe passed.
-bool usable(const char* env_var, const char* off, bool probed) {
-  const char* force = std::getenv(env_var);
-  if (force != nullptr && std::strcmp(force, off) == 0) return false;
-  return at::globalContext().userEnabledMkldnn() && probed;
-}
+// oneDNN enabled (ATen's brgemm checks the flag on every call and raises when it is off)
+// and the probe passed.
+bool usable(bool probed) { return at::globalContext().userEnabledMkldnn() && probed; }
 
 // C (M x N) [+]= A . B over tiles of C in parallel: tile_a(m0, m, lda) gives the m rows of A
 // from row m0 (and sets their leading dimension), b_at(k0, n0) the B block at (k0, n0).
@@ -118,7 +114,8 @@ bool bf16_available() {
   static const bool probed = has_capability("avx512_bf16") || has_capability("amx_bf16") ? probe<c10::BFloat16>()
                                                                                            : false;
   // Without AVX512-BF16 or AMX, oneDNN emulates bf16 products: no faster than fp32.
-  return usable("PRETRAIN_MM_BF16_GEMM", "widen", probed);
+  const char* force = std::getenv("PRETRAIN_MM_BF16_GEMM");
+  return !(force != nullptr && std::strcmp(force, "widen") == 0) && usable(probed);
 }
 
 bool f32_available() {
@@ -126,7 +123,7 @@ bool f32_available() {
   // only on AVX-512, where its kernels beat MKL's (measured on AMD Zen 5; on Intel, whose
   // MKL runs AVX-512 too, not measured).
   static const bool probed = probe<float>();
-  return at::globalContext().userEnabledMkldnn() && probed;
+  return usable(probed);
 }
 
 void pack_vnni(int64_t K, int64_t N, const c10::BFloat16* src, int64_t ld, c10::BFloat16* dst, int64_t ldb) {

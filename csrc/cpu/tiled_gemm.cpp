@@ -21,9 +21,10 @@ using tiles::kMR;
 using tiles::kNR;
 
 // K steps per packed block (a 6 x 256 sliver of A and a 256 x 16 sliver of B fit in L1
-// together), rows of A per task (a 96 x 256 block stays in L2 while it meets every B
-// sliver of the task), columns of C per task, and columns of B packed at once (4 MiB).
-constexpr int64_t kKC = 256, kMC = 96, kJC = 128, kNC = 4096;
+// together), at most this many rows of A per task (a 144 x 256 block stays in L2 while it
+// meets every B sliver of the task), columns of C per task, and columns of B packed at once
+// (4 MiB).
+constexpr int64_t kKC = 256, kMaxMC = 144, kJC = 64, kNC = 4096;
 
 bool has_capability(const char* name) {
   const auto caps = at::cpu::get_cpu_capabilities();
@@ -55,10 +56,10 @@ void pack_a(const Operand& A, int64_t i0, int64_t m, int64_t k0, int64_t kc, flo
 // sliver dst[k][j]; columns past cols are zero.
 void pack_b(const Operand& B, int64_t k0, int64_t kc, int64_t j0, int64_t cols, float* dst) {
   if (cols < kNR) std::memset(dst, 0, sizeof(float) * kc * kNR);
-  if (B.transposed) {
-    for (int64_t j = 0; j < cols; ++j) {
-      const float* src = B.data + (j0 + j) * B.ld + k0;
-      for (int64_t k = 0; k < kc; ++k) dst[k * kNR + j] = src[k];
+  if (B.transposed) {  // row by row of the sliver, so that its writes run in order
+    const float* src = B.data + j0 * B.ld + k0;
+    for (int64_t k = 0; k < kc; ++k) {
+      for (int64_t j = 0; j < cols; ++j) dst[k * kNR + j] = src[j * B.ld + k];
     }
   } else {
     for (int64_t k = 0; k < kc; ++k) std::memcpy(dst + k * kNR, B.data + (k0 + k) * B.ld + j0, sizeof(float) * cols);
@@ -96,8 +97,12 @@ bool available() {
 #endif
 }
 
-void gemm(int64_t M, int64_t N, int64_t K, const Operand& A, const Operand& B, float* C, int64_t ldc,
-          bool accumulate) {
+namespace {
+
+// The loop nest. B's slivers come packed (packed != nullptr: sliver s of column block jc at
+// packed->data + ((j0 + jc) / kNR + s) * K * kNR + pc * kNR) or are packed here per block.
+void run(int64_t M, int64_t N, int64_t K, const Operand& A, const Operand* B, const PackedB* packed, int64_t j0,
+         float* C, int64_t ldc, bool accumulate) {
   TORCH_CHECK(available(), "tiled_gemm: this CPU (or ATEN_CPU_CAPABILITY) has no AVX2 and FMA");
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
@@ -109,26 +114,37 @@ void gemm(int64_t M, int64_t N, int64_t K, const Operand& A, const Operand& B, f
   static thread_local std::vector<float> b_buffer;
   for (int64_t jc = 0; jc < N; jc += kNC) {
     const int64_t nc = std::min(kNC, N - jc), slivers = (nc + kNR - 1) / kNR;
-    float* bp = scratch(b_buffer, slivers * kNR * std::min(kKC, K));
+    float* bp = packed ? nullptr : scratch(b_buffer, slivers * kNR * std::min(kKC, K));
     // K blocks in order, each added to C: an element's sum runs the same way in any call.
     for (int64_t pc = 0; pc < K; pc += kKC) {
       const int64_t kc = std::min(kKC, K - pc);
-      at::parallel_for(0, slivers, 8, [&](int64_t begin, int64_t end) {
-        for (int64_t s = begin; s < end; ++s) pack_b(B, pc, kc, jc + s * kNR, std::min(kNR, nc - s * kNR), bp + s * kNR * kc);
-      });
+      const float* b_block = bp;
+      int64_t sliver_stride = kNR * kc;
+      if (packed) {
+        b_block = packed->data + (j0 + jc) / kNR * K * kNR + pc * kNR;
+        sliver_stride = K * kNR;
+      } else {
+        at::parallel_for(0, slivers, 8, [&](int64_t begin, int64_t end) {
+          for (int64_t s = begin; s < end; ++s) {
+            pack_b(*B, pc, kc, jc + s * kNR, std::min(kNR, nc - s * kNR), bp + s * kNR * kc);
+          }
+        });
+      }
       const bool add = accumulate || pc > 0;
-      const int64_t blocks_m = (M + kMC - 1) / kMC, chunks_n = (nc + kJC - 1) / kJC;
+      // Row blocks of equal height (whole slivers), so that the threads' shares stay even.
+      const int64_t blocks_m = (M + kMaxMC - 1) / kMaxMC, chunks_n = (nc + kJC - 1) / kJC;
+      const int64_t mc = ((M + blocks_m - 1) / blocks_m + kMR - 1) / kMR * kMR;
       // Tasks row-block major: a thread's consecutive tasks share their block of A, packed once.
       at::parallel_for(0, blocks_m * chunks_n, 1, [&](int64_t begin, int64_t end) {
         static thread_local std::vector<float> a_buffer;
-        float* ap = scratch(a_buffer, kMC * kKC);
-        int64_t packed = -1;
+        float* ap = scratch(a_buffer, mc * kKC);
+        int64_t packed_block = -1;
         for (int64_t t = begin; t < end; ++t) {
-          const int64_t block = t / chunks_n, i0 = block * kMC, m = std::min(kMC, M - i0);
-          if (block != packed) pack_a(A, i0, m, pc, kc, ap), packed = block;
+          const int64_t block = t / chunks_n, i0 = block * mc, m = std::min(mc, M - i0);
+          if (block != packed_block) pack_a(A, i0, m, pc, kc, ap), packed_block = block;
           const int64_t j_end = std::min(nc, (t % chunks_n + 1) * kJC);
           for (int64_t j = t % chunks_n * kJC; j < j_end; j += kNR) {
-            const float* b = bp + j * kc;
+            const float* b = b_block + j / kNR * sliver_stride;
             const int64_t n = std::min(kNR, nc - j);
             for (int64_t i = 0; i < m; i += kMR) {
               float* c = C + (i0 + i) * ldc + jc + j;
@@ -144,6 +160,31 @@ void gemm(int64_t M, int64_t N, int64_t K, const Operand& A, const Operand& B, f
       });
     }
   }
+}
+
+}  // namespace
+
+void gemm(int64_t M, int64_t N, int64_t K, const Operand& A, const Operand& B, float* C, int64_t ldc,
+          bool accumulate) {
+  run(M, N, K, A, &B, nullptr, 0, C, ldc, accumulate);
+}
+
+void gemm(int64_t M, int64_t N, int64_t K, const Operand& A, const PackedB& B, int64_t j0, float* C, int64_t ldc,
+          bool accumulate) {
+  TORCH_CHECK(j0 % kPackedColumns == 0 && K == B.K, "tiled_gemm: packed B read from column ", j0, " with K ", K,
+              " (packed with K ", B.K, ")");
+  run(M, N, K, A, nullptr, &B, j0, C, ldc, accumulate);
+}
+
+int64_t packed_floats(int64_t N, int64_t K) { return (N + kNR - 1) / kNR * kNR * K; }
+
+void pack_transposed(int64_t N, int64_t K, const float* X, int64_t ld, float* dst) {
+  const int64_t slivers = (N + kNR - 1) / kNR;
+  at::parallel_for(0, slivers, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      pack_b({X, ld, true}, 0, K, s * kNR, std::min(kNR, N - s * kNR), dst + s * kNR * K);
+    }
+  });
 }
 
 }  // namespace pretrain_mm::cpu::tiled_gemm
