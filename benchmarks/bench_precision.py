@@ -14,7 +14,8 @@ import argparse
 import json
 import subprocess
 import sys
-import time
+
+from common import median_seconds, random_training_setup, train_step
 
 # The default experiments' models and batches (conf/exp/clip.yaml, conf/exp/mae.yaml).
 DEFAULT_CONFIGS = ["clip:tiny:32:256", "mae:tiny:64:256"]
@@ -23,19 +24,12 @@ DEFAULT_CONFIGS = ["clip:tiny:32:256", "mae:tiny:64:256"]
 def measure(kind, size, image_size, batch, precision, device_name, steps):
     import torch
 
-    from pretrain_mm.models import build_model
     from pretrain_mm.ops import contrastive_loss
     from pretrain_mm.precision import autocast, resolve_precision
 
     device = torch.device(device_name)
-    torch.manual_seed(0)
-    vocab = {"vocab_size": 1024, "context_length": 32} if kind == "clip" else {}
-    model = build_model(kind, size, image_size=image_size, **vocab).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    images = torch.randn(batch, 3, image_size, image_size, device=device)
-    text = torch.randint(1, 1024, (batch, 32), device=device)
+    model, optimizer, images, text = random_training_setup(kind, size, image_size, batch, device)
     in_precision = autocast(resolve_precision(precision, device), device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step():
         with in_precision:
@@ -44,19 +38,9 @@ def measure(kind, size, image_size, batch, precision, device_name, steps):
                 loss = contrastive_loss(out["image_features"], out["text_features"], out["logit_scale"])
             else:
                 loss = model(images)["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(loss, model, optimizer)
 
-    times = []
-    for _ in range(steps + 1):
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return sorted(times[1:])[len(times[1:]) // 2]
+    return median_seconds(step, steps, device)
 
 
 def main():

@@ -14,9 +14,8 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 
-from common import PeakMemory
+from common import PeakMemory, median_seconds, random_training_setup, train_step
 
 DEFAULT_CONFIGS = ["tiny:64:256", "tiny:32:1024", "small:64:128"]
 
@@ -24,38 +23,22 @@ DEFAULT_CONFIGS = ["tiny:64:256", "tiny:32:1024", "small:64:128"]
 def measure(size, image_size, batch, impl, device_name, steps, precision):
     import torch
 
-    from pretrain_mm.models import build_model
     from pretrain_mm.ops import contrastive_loss
     from pretrain_mm.precision import autocast, resolve_precision
 
     device = torch.device(device_name)
-    torch.manual_seed(0)
-    model = build_model("clip", size, image_size=image_size, vocab_size=1024, context_length=32).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    images = torch.randn(batch, 3, image_size, image_size, device=device)
-    text = torch.randint(1, 1024, (batch, 32), device=device)
+    model, optimizer, images, text = random_training_setup("clip", size, image_size, batch, device)
     in_precision = autocast(resolve_precision(precision, device), device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step():
         with in_precision:
             out = model(images, text)
             loss = contrastive_loss(out["image_features"], out["text_features"], out["logit_scale"], impl=impl)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(loss, model, optimizer)
 
     memory = PeakMemory(device)
     memory.start()
-    times = []
-    for _ in range(steps + 1):
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    median = sorted(times[1:])[len(times[1:]) // 2]
+    median = median_seconds(step, steps, device)
     return {"samples_per_s": batch / median, "peak_extra_bytes": memory.peak()}
 
 

@@ -1,4 +1,6 @@
-"""What the benchmarks share: peak memory above a starting point, measured in a fresh process."""
+"""What the benchmarks share: peak memory above a starting point in a fresh process, a training step, a timer."""
+
+import time
 
 
 def _rss_bytes(field):
@@ -31,3 +33,43 @@ class PeakMemory:
         if self.cuda:
             return self.torch.cuda.max_memory_allocated() - self.base
         return _rss_bytes("VmHWM") - self.base
+
+
+def train_step(loss, model, optimizer):
+    """What the trainer does after the loss: backward, clip the gradient norm at 1, AdamW, zero."""
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def median_seconds(fn, repeats, device):
+    """The median time of `repeats` calls of fn() after one warm-up call (synchronised on CUDA)."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for _ in range(repeats + 1):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def random_training_setup(kind, size, image_size, batch, device):
+    """A freshly initialised model (seed 0), its AdamW, and a random batch: images and, for CLIP, token ids."""
+    import torch
+
+    from pretrain_mm.models import build_model
+
+    torch.manual_seed(0)
+    vocab = {"vocab_size": 1024, "context_length": 32} if kind == "clip" else {}
+    model = build_model(kind, size, image_size=image_size, **vocab).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images = torch.randn(batch, 3, image_size, image_size, device=device)
+    text = torch.randint(1, 1024, (batch, 32), device=device)
+    return model, optimizer, images, text

@@ -25,7 +25,8 @@ class DataConfig:
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
     image_size: int = 64
-    tokenizer: Optional[str] = None         # a tokenizer file or built-in name; None: the dataset's own
+    tokenizer: Optional[str] = None         # a tokenizer file, a built-in name or clip; None: the dataset's own
+                                            # (shards without tokenizer.json: clip, OpenAI CLIP's BPE)
     context_length: int = 32
     image_key: str = "jpg;png;jpeg;webp"
     caption_key: str = "txt"
@@ -68,7 +69,7 @@ class TrainerConfig:
     max_steps: int = 300
     batch_size: int = 256                   # global; per rank = batch_size / world / grad_accum
     grad_accum: int = 1
-    precision: str = "auto"                 # auto (bf16 where fast) | bf16 | fp32
+    precision: str = "auto"                 # auto (bf16 only where native: pretrain_mm/precision.py) | bf16 | fp32
     checkpoint_every: int = 100             # steps; a checkpoint is also written at the end
     keep_checkpoints: int = 2
     resume: str = "auto"                    # auto: newest complete checkpoint in the run dir | never | a path
