@@ -156,6 +156,9 @@ def test_opcheck():
     torch.library.opcheck(ops.softmax_forward.default, (q, k, leaves[2], 10, 1024))
 
 
+@pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "default",
+                    reason="torch 2.14's inductor emits at::vec code that its own header lacks under "
+                           "ATEN_CPU_CAPABILITY=default (a C++ compile error in torch, not in this op)")
 @pytest.mark.parametrize("kind", KINDS)
 def test_torch_compile_fullgraph_matches_eager(kind):
     img, txt, scale, bias = make_batch(96, 32, seed=4)
