@@ -4,7 +4,6 @@
 #include <ATen/Config.h>
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/Utils.h>
 #include <ATen/native/CPUBlas.h>
 #include <c10/util/Exception.h>
 
@@ -13,6 +12,8 @@
 #include <cstring>
 #include <exception>
 #include <vector>
+
+#include "cpu_features.h"
 
 namespace pretrain_mm::cpu::brgemm {
 namespace {
@@ -41,12 +42,6 @@ constexpr int64_t kPackGrain = 16, kPackTile = 64;
 const uint16_t* bits(const c10::BFloat16* p) { return reinterpret_cast<const uint16_t*>(p); }
 uint32_t* pairs(c10::BFloat16* p) { return reinterpret_cast<uint32_t*>(p); }
 uint32_t pair(uint16_t lo, uint16_t hi) { return uint32_t(lo) | uint32_t(hi) << 16; }
-
-bool has_capability(const char* name) {
-  const auto caps = at::cpu::get_cpu_capabilities();
-  const auto it = caps.find(name);
-  return it != caps.end() && it->second.isBool() && it->second.toBool();
-}
 
 // Whether this torch's brgemm multiplies T on this processor: a 2 x 2 x 2 product with a
 // known answer (ATen raises where the ukernel is missing or oneDNN's ISA is below AVX-512).
@@ -111,7 +106,7 @@ void tiled_gemm(int64_t M, int64_t N, int64_t K, const BAt& b_at, int64_t ldb, f
 }  // namespace
 
 bool bf16_available() {
-  static const bool probed = has_capability("avx512_bf16") || has_capability("amx_bf16") ? probe<c10::BFloat16>()
+  static const bool probed = has_feature("avx512_bf16") || has_feature("amx_bf16") ? probe<c10::BFloat16>()
                                                                                            : false;
   // Without AVX512-BF16 or AMX, oneDNN emulates bf16 products: no faster than fp32.
   const char* force = std::getenv("PRETRAIN_MM_BF16_GEMM");

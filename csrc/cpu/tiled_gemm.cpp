@@ -1,10 +1,8 @@
 // fp32 products through our own tiles: BLIS's loop nest (pack, then 6 x 16 micro-kernels).
 #include "tiled_gemm.h"
 
-#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
-#include <ATen/cpu/Utils.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -12,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu_features.h"
 #include "simd/gemm_microkernel.h"
 
 namespace pretrain_mm::cpu::tiled_gemm {
@@ -25,12 +24,6 @@ using tiles::kNR;
 // meets every B sliver of the task), columns of C per task, and columns of B packed at once
 // (4 MiB).
 constexpr int64_t kKC = 256, kMaxMC = 144, kJC = 64, kNC = 4096;
-
-bool has_capability(const char* name) {
-  const auto caps = at::cpu::get_cpu_capabilities();
-  const auto it = caps.find(name);
-  return it != caps.end() && it->second.isBool() && it->second.toBool();
-}
 
 // Packs rows [i0, i0 + m) and columns [k0, k0 + kc) of op(A) as slivers of kMR rows,
 // dst[sliver][k][i]; rows past m are zero.
@@ -89,7 +82,7 @@ void partial_tile(int64_t kc, const float* a, const float* b, float* c, int64_t 
 
 bool available() {
 #if defined(__x86_64__) || defined(_M_X64)
-  static const bool cpu = has_capability("avx2") && has_capability("fma3");
+  static const bool cpu = has_feature("avx2") && has_feature("fma3");
   const std::string capability = at::get_cpu_capability();
   return cpu && (capability == "AVX2" || capability == "AVX512");
 #else
