@@ -14,6 +14,7 @@ from pretrain_mm.data import build_loader
 from pretrain_mm.eval.features import autocast, extract_features, world
 from pretrain_mm.eval.linear_probe import warmup_cosine
 from pretrain_mm.eval.metrics import accuracies
+from pretrain_mm.models import no_weight_decay_names
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,11 @@ class Classifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.tower(images))
 
+    def no_weight_decay(self) -> set[str]:
+        """The tower's own rule, and the same rule for the head (its bias)."""
+        return ({f"tower.{name}" for name in self.tower.no_weight_decay()}
+                | {f"head.{name}" for name in no_weight_decay_names(self.head)})
+
 
 def set_drop_path(tower: nn.Module, rate: float) -> None:
     """Stochastic depth rising linearly from 0 at the first block to `rate` at the last (as timm)."""
@@ -47,19 +53,20 @@ def set_drop_path(tower: nn.Module, rate: float) -> None:
 
 def layer_decay_groups(model: Classifier, lr: float, weight_decay: float, layer_decay: float) -> list[dict]:
     """AdamW parameter groups: layer i of the tower (tower.layer_id) gets lr * layer_decay^(last - i),
-    the head the full lr; no weight decay on the tower's no_weight_decay() names and on biases."""
+    the head the full lr; no weight decay on the model's no_weight_decay() names (as in pretraining)."""
     tower = model.tower
     last = tower.num_layers - 1
-    skip = tower.no_weight_decay()
+    skip = model.no_weight_decay()
     groups: dict[tuple, dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         if name.startswith("tower."):
             inner = name[len("tower."):]
-            layer, decay = tower.layer_id(inner), inner not in skip
+            layer = tower.layer_id(inner)
         else:
-            layer, decay = last, param.ndim > 1
+            layer = last
+        decay = name not in skip
         key = (layer, decay)
         if key not in groups:
             groups[key] = {"params": [], "lr": lr * layer_decay ** (last - layer),

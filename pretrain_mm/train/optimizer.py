@@ -1,27 +1,52 @@
-"""AdamW with weight decay only where it belongs, and a per-step warm-up + cosine schedule."""
+"""AdamW with weight decay by the model's rule, the gradient norm and its clipping, a warm-up + cosine schedule."""
 
 import math
 
 import torch
 import torch.nn as nn
-
-# Parameters that never decay, besides every vector (norms, biases, scalars): embeddings
-# and tokens, and the contrastive temperature and bias.
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "token_embed", "position_embed", "logit_scale",
-                  "logit_bias")
+from torch.distributed.tensor import DTensor
 
 
-def decays(name: str, param: torch.Tensor) -> bool:
-    return param.ndim >= 2 and not any(key in name for key in NO_DECAY_NAMES)
+def weight_decay_groups(model: nn.Module, weight_decay: float, **group_options) -> list[dict]:
+    """AdamW parameter groups by the model's own rule: `model.no_weight_decay()` names the parameters
+    that never decay (see pretrain_mm.models.layers), everything else decays. Pretraining and
+    fine-tuning both build their groups here, so there is one rule."""
+    skip = model.no_weight_decay()
+    names = {name for name, _ in model.named_parameters()}
+    assert skip <= names, f"no_weight_decay() names unknown parameters: {sorted(skip - names)[:5]}"
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and n not in skip]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and n in skip]
+    return [{"params": decay, "weight_decay": weight_decay, **group_options},
+            {"params": no_decay, "weight_decay": 0.0, **group_options}]
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (decay if decays(name, param) else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    return torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+                             eps=cfg.eps)
+
+
+@torch.no_grad()
+def grad_norm(parameters) -> float:
+    """The 2-norm of all gradients, the same on every rank: FSDP2's sharded (DTensor) gradients are
+    reduced over ranks; replicated ones (the scalars FSDP leaves out) count once."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    sharded = [g for g in grads if isinstance(g, DTensor)]
+    plain = [g for g in grads if not isinstance(g, DTensor)]
+    squares = 0.0
+    if sharded:
+        squares += float(torch.nn.utils.get_total_norm(sharded).full_tensor()) ** 2
+    if plain:
+        squares += float(torch.nn.utils.get_total_norm(plain)) ** 2
+    return math.sqrt(squares)
+
+
+@torch.no_grad()
+def clip_gradients(parameters, max_norm: float, norm: float) -> None:
+    """Scale the gradients so their norm (from grad_norm) is at most max_norm; 0 disables."""
+    if max_norm > 0 and norm > max_norm:
+        for p in parameters:
+            if p.grad is not None:
+                p.grad.mul_(max_norm / (norm + 1e-6))
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
