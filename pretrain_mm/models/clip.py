@@ -32,7 +32,8 @@ class CLIP(nn.Module):
             there is a logit_bias, and the kind `loss` computes.
         init_logit_scale: log of the initial scale; None: log(1/0.07) for softmax, log(10) for sigmoid.
         init_logit_bias: the sigmoid loss's initial bias; None: -10 (SigLIP).
-        max_logit_scale: forward clamps exp(logit_scale) to at most this (100, as open_clip).
+        max_logit_scale: the cap of exp(logit_scale) (100, as open_clip): `clamp_logit_scale_()`,
+            called after each optimiser step, clamps the parameter to [0, log(max_logit_scale)].
 
     logit_scale and logit_bias are 1-element 1-D parameters, not 0-d ones: FSDP2 cannot shard
     scalar parameters.
@@ -95,15 +96,20 @@ class CLIP(nn.Module):
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict:
         """Everything the loss needs, and nothing of the loss itself (the trainer may swap in a
         distributed loss): image_features, text_features (B, embed_dim, unit-norm),
-        logit_scale = min(exp(logit_scale), max_logit_scale) (1 element), logit_bias (or None)."""
+        logit_scale = exp(logit_scale) (1 element), logit_bias (or None)."""
         return {
             "image_features": self.encode_image(images),
             "text_features": self.encode_text(text),
-            # Clamping the exp'd value (open_clip clamps the parameter after each step instead):
-            # beyond the cap the gradient is zero, so the parameter stops growing.
-            "logit_scale": self.logit_scale.exp().clamp(max=self.max_logit_scale),
+            # Not clamped here: a clamp in the forward has zero gradient past the cap, where Adam's
+            # momentum can leave the scale for good. The trainer clamps the parameter after each step.
+            "logit_scale": self.logit_scale.exp(),
             "logit_bias": self.logit_bias,
         }
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Keep exp(logit_scale) in [1, max_logit_scale], as open_clip does after each optimiser step."""
+        self.logit_scale.clamp_(0.0, math.log(self.max_logit_scale))
 
     def loss(self, outputs: dict, impl: str = "auto") -> torch.Tensor:
         """The single-process loss of this model's kind (see clip_loss)."""

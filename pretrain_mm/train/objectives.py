@@ -1,24 +1,49 @@
-"""What one batch costs: the CLIP contrastive loss (exact across ranks) or the MAE reconstruction loss."""
+"""What one batch costs: the CLIP contrastive loss (exact across ranks) or the MAE reconstruction loss.
+
+An objective is called as `objective(model, batch) -> loss`. `couples_batch` says whether the loss
+couples the samples of a batch (contrastive: every pair is a negative), in which case it also
+exposes `forward` (the model's outputs) and `loss` (the loss of outputs) separately, so that
+gradient accumulation can compute the loss of the whole batch from cached features.
+`after_step(model)` runs after every optimiser step.
+"""
 
 from pretrain_mm.ops import distributed_contrastive_loss
 
 
-def clip_objective(loss_cfg):
-    def loss_fn(model, batch):
-        out = model(batch["image"], batch["text"])
-        bias = out.get("logit_bias") if loss_cfg.kind == "sigmoid" else None
+class ContrastiveObjective:
+    couples_batch = True
+
+    def __init__(self, loss_cfg):
+        self.kind, self.impl = loss_cfg.kind, loss_cfg.impl
+
+    def forward(self, model, batch) -> dict:
+        return model(batch["image"], batch["text"])
+
+    def loss(self, out: dict):
+        bias = out.get("logit_bias") if self.kind == "sigmoid" else None
         return distributed_contrastive_loss(out["image_features"], out["text_features"], out["logit_scale"], bias,
-                                            kind=loss_cfg.kind, impl=loss_cfg.impl)
-    return loss_fn
+                                            kind=self.kind, impl=self.impl)
+
+    def __call__(self, model, batch):
+        return self.loss(self.forward(model, batch))
+
+    def after_step(self, model) -> None:
+        model.clamp_logit_scale_()
 
 
-def mae_objective(model, batch):
-    return model(batch["image"])["loss"]
+class MaeObjective:
+    couples_batch = False
+
+    def __call__(self, model, batch):
+        return model(batch["image"])["loss"]
+
+    def after_step(self, model) -> None:
+        pass
 
 
 def build_objective(model_cfg, loss_cfg):
     if model_cfg.kind == "clip":
-        return clip_objective(loss_cfg)
+        return ContrastiveObjective(loss_cfg)
     if model_cfg.kind == "mae":
-        return mae_objective
+        return MaeObjective()
     raise ValueError(f"model.kind must be clip or mae, got {model_cfg.kind!r}")

@@ -1,0 +1,109 @@
+"""Contrastive accumulation (GradCache) gives the whole batch's loss and gradients, on 1 and 2 processes."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.distributed.tensor import DTensor
+
+from multiprocess import run_distributed
+from pretrain_mm.train.accumulation import accumulate_gradients
+from pretrain_mm.train.objectives import ContrastiveObjective
+from pretrain_mm.train.optimizer import grad_norm
+from tiny_models import captions, images, tiny_clip
+
+BATCH, MICRO = 16, 4
+KINDS = ("softmax", "sigmoid")
+
+
+def objective(kind):
+    return ContrastiveObjective(SimpleNamespace(kind=kind, impl="fused"))
+
+
+def model64(kind, **kwargs):
+    return tiny_clip(loss_kind=kind, **kwargs).double()
+
+
+def whole_batch(rows=slice(None)):
+    return {"image": images(BATCH).double()[rows], "text": captions(BATCH)[rows]}
+
+
+def split(batch, parts):
+    size = batch["image"].shape[0] // parts
+    return [{k: v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(parts)]
+
+
+def grads(model):
+    out = {}
+    for name, p in model.named_parameters():
+        g = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+        out[name] = g.detach().clone() if g is not None else torch.zeros(p.shape, dtype=p.dtype)
+    return out
+
+
+def assert_same_grads(actual, expected):
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_accumulated_gradients_equal_the_whole_batch(kind):
+    model = model64(kind)
+    loss_one = accumulate_gradients(model, objective(kind), [whole_batch()])
+    expected = grads(model)
+    model.zero_grad(set_to_none=True)
+    loss_four = accumulate_gradients(model, objective(kind), split(whole_batch(), MICRO))
+    assert loss_four == pytest.approx(loss_one, rel=1e-12)
+    assert_same_grads(grads(model), expected)
+
+    # What summing micro-batch losses trains instead (B/k negatives): a different loss and gradient.
+    model.zero_grad(set_to_none=True)
+    loss_summed = sum(objective(kind)(model, micro) / MICRO for micro in split(whole_batch(), MICRO))
+    loss_summed.backward()
+    assert loss_summed.item() != pytest.approx(loss_one, rel=1e-6)
+    assert not torch.allclose(grads(model)["visual.head.weight"], expected["visual.head.weight"], rtol=1e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_patch_dropout_and_drop_path_draw_the_same_in_both_passes(kind):
+    """With randomness in the towers, GradCache equals keeping every micro-batch's graph
+    (open_clip's --accum-freq) from the same RNG state: the second pass redraws the first's masks."""
+    model = model64(kind, patch_dropout=0.5, drop_path_rate=0.3).train()
+    torch.manual_seed(7)
+    outs = [model(m["image"], m["text"]) for m in split(whole_batch(), MICRO)]
+    cat = {k: torch.cat([o[k] for o in outs]) for k in ("image_features", "text_features")}
+    loss_graphs = objective(kind).loss({**outs[0], **cat})
+    loss_graphs.backward()
+    expected, after_graphs = grads(model), torch.get_rng_state()
+
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(7)
+    loss = accumulate_gradients(model, objective(kind), split(whole_batch(), MICRO))
+    assert loss == pytest.approx(loss_graphs.item(), rel=1e-12)
+    assert_same_grads(grads(model), expected)
+    assert torch.equal(torch.get_rng_state(), after_graphs)  # the stream goes on as after one pass
+
+
+def fsdp_accumulated(rank, world, kind):
+    from pretrain_mm.train.parallelize import apply_fsdp
+
+    model = model64(kind)
+    apply_fsdp(model, bf16=False)
+    per_rank = BATCH // world
+    mine = whole_batch(slice(rank * per_rank, (rank + 1) * per_rank))
+    loss = accumulate_gradients(model, objective(kind), split(mine, MICRO // world * 2))
+    return loss, grads(model), grad_norm(model.parameters())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_two_fsdp2_processes_accumulating_equal_one_process_on_the_whole_batch(tmp_path, kind):
+    model = model64(kind)
+    loss_one = accumulate_gradients(model, objective(kind), [whole_batch()])
+    expected = grads(model)
+    norm = math.sqrt(sum(float(g.pow(2).sum()) for g in expected.values()))
+    for loss, got, got_norm in run_distributed(fsdp_accumulated, 2, tmp_path, kind):
+        assert loss == pytest.approx(loss_one, rel=1e-12)
+        assert_same_grads(got, expected)
+        assert got_norm == pytest.approx(norm, rel=1e-12)
