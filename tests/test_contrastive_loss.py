@@ -1,5 +1,6 @@
 """The fused contrastive loss against float64 references written plainly in PyTorch."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -8,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import pretrain_mm.ops.contrastive as contrastive_module
 from pretrain_mm.ops import _extension, contrastive_loss, reference
+from pretrain_mm.ops.contrastive import REFERENCE_MAX_N, resolve_impl
 
 pytestmark = pytest.mark.skipif(not _extension.AVAILABLE, reason=f"extension not built: {_extension.LOAD_ERROR}")
 ops = torch.ops.pretrain_mm
@@ -252,3 +255,98 @@ def test_every_cpu_build_agrees(capability):
     assert info.lower().startswith(f"cpu={capability}")
     for got, want in zip(values, outputs[None][1]):
         assert got == pytest.approx(want, rel=1e-5)
+
+
+@pytest.fixture
+def fresh_log(monkeypatch, caplog):
+    """auto's once-per-process log, forgotten, and captured at INFO."""
+    monkeypatch.setattr(contrastive_module, "_LOGGED", set())
+    caplog.set_level(logging.INFO, logger="pretrain_mm.ops")
+    return caplog
+
+
+@pytest.fixture
+def reference_calls(monkeypatch):
+    """Counts the reference softmax loss's calls, recording each call's N."""
+    calls = []
+    real = reference.softmax_loss
+
+    def counting(img, txt, scale):
+        calls.append(img.shape[0])
+        return real(img, txt, scale)
+
+    monkeypatch.setattr(reference, "softmax_loss", counting)
+    return calls
+
+
+def test_auto_without_the_extension_is_the_reference_for_small_batches(monkeypatch, reference_calls, fresh_log):
+    monkeypatch.setattr(_extension, "AVAILABLE", False)
+    img, txt, scale, _ = make_batch(10, 4, dtype=torch.float64)
+    got = contrastive_loss(img, txt, scale)
+    assert reference_calls == [10]
+    assert torch.equal(got, reference.softmax_loss(img, txt, scale))
+    assert "reference (O(N^2)) on cpu because the extension is not built" in fresh_log.text
+
+
+def test_auto_without_the_extension_refuses_a_large_batch_before_any_n_by_n_work(monkeypatch, reference_calls):
+    monkeypatch.setattr(_extension, "AVAILABLE", False)
+    n = REFERENCE_MAX_N + 1
+    img, txt, scale, _ = make_batch(n, 2)
+    with pytest.raises(ValueError, match="loss.impl=reference") as raised:
+        contrastive_loss(img, txt, scale)
+    message = str(raised.value)
+    # Two N x N fp32 matrices: 2 * 8193^2 * 4 bytes = 0.50 GiB.
+    assert f"{n} x {n}" in message and "0.50 GiB" in message and "not built" in message
+    assert "pip install --no-build-isolation -e ." in message
+    assert reference_calls == []
+    # At the limit itself auto still falls back (the check is N > REFERENCE_MAX_N).
+    assert resolve_impl("auto", "cpu", REFERENCE_MAX_N) == "reference"
+
+
+def test_explicit_reference_is_allowed_at_any_batch(monkeypatch, reference_calls):
+    monkeypatch.setattr(_extension, "AVAILABLE", False)
+    assert resolve_impl("reference", "cpu", 10 * REFERENCE_MAX_N) == "reference"
+    assert resolve_impl("reference", "cuda", 10 * REFERENCE_MAX_N) == "reference"
+    img, txt, scale, _ = make_batch(7, 3, dtype=torch.float64)
+    contrastive_loss(img, txt, scale, impl="reference")
+    assert reference_calls == [7]
+
+
+def test_fused_where_it_is_not_built_is_a_runtime_error(monkeypatch):
+    monkeypatch.setattr(_extension, "CUDA_BUILT", False)
+    with pytest.raises(ValueError, match="built without CUDA.*loss.impl=reference"):
+        resolve_impl("fused", torch.device("cuda"), 8)
+    monkeypatch.setattr(_extension, "AVAILABLE", False)
+    img, txt, scale, _ = make_batch(8, 3)
+    with pytest.raises(ValueError, match="not built"):
+        contrastive_loss(img, txt, scale, impl="fused")
+
+
+def test_auto_on_cuda_follows_the_cuda_build(monkeypatch, fresh_log):
+    """Resolved from the device alone, so a CUDA-less machine can check the CUDA rule."""
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(_extension, "CUDA_BUILT", True)
+    assert resolve_impl("auto", cuda, 10 * REFERENCE_MAX_N) == "fused"
+    monkeypatch.setattr(_extension, "CUDA_BUILT", False)
+    assert resolve_impl("auto", cuda, 100) == "reference"
+    with pytest.raises(ValueError, match="built without CUDA.*16384 x 16384.*2.00 GiB.*loss.impl=reference"):
+        resolve_impl("auto", cuda, 2 * REFERENCE_MAX_N)
+    assert resolve_impl("auto", "cpu", 10 * REFERENCE_MAX_N) == "fused"
+    assert [r.getMessage() for r in fresh_log.records] == [
+        "contrastive loss: fused op on cuda (auto)",
+        "contrastive loss: reference (O(N^2)) on cuda because the extension was built without CUDA (auto)",
+        "contrastive loss: fused op on cpu (auto)"]
+
+
+def test_auto_logs_its_path_once_per_device_and_impl(monkeypatch, fresh_log):
+    img, txt, scale, _ = make_batch(16, 4)
+    for _ in range(3):
+        contrastive_loss(img, txt, scale)
+        contrastive_loss(img, txt, scale, impl="fused")  # explicit choices are not announced
+    monkeypatch.setattr(_extension, "AVAILABLE", False)
+    for _ in range(3):
+        contrastive_loss(img, txt, scale)
+    messages = [r.getMessage() for r in fresh_log.records if r.name == "pretrain_mm.ops"]
+    assert messages[0] == "contrastive loss: fused op on cpu (auto)"
+    assert len(messages) == 2 and messages[1].startswith("contrastive loss: reference (O(N^2)) on cpu because")
+    assert all(r.levelno == logging.INFO for r in fresh_log.records)

@@ -7,7 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from multiprocess import run_distributed
-from pretrain_mm.ops import contrastive_loss, distributed_contrastive_loss
+from pretrain_mm.ops import _extension, contrastive_loss, distributed_contrastive_loss
+from pretrain_mm.ops.contrastive import REFERENCE_MAX_N
 
 BATCH = 24
 KINDS = ("softmax", "sigmoid")
@@ -76,3 +77,38 @@ def test_one_process_without_a_group_is_the_plain_loss():
         got = loss_and_grads(kind, images, texts, distributed_contrastive_loss)
         want = loss_and_grads(kind, images, texts, contrastive_loss, impl="reference")
         torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
+
+
+def rank_auto_without_the_extension(rank, world_size):
+    """auto on a CPU machine whose extension did not load: the reference for a small global
+    batch, a refusal naming the global N once world * n exceeds REFERENCE_MAX_N."""
+    _extension.AVAILABLE = False  # this spawned process only
+    images, texts = batch()
+    n = BATCH // world_size
+    small = loss_and_grads("softmax", images[rank * n:(rank + 1) * n], texts[rank * n:(rank + 1) * n],
+                           distributed_contrastive_loss)[0]
+    # Each rank's n is under the limit, the global N = world * n is over it; D = 2 keeps it cheap.
+    n = REFERENCE_MAX_N // world_size + 1
+    try:
+        distributed_contrastive_loss(torch.randn(n, 2), torch.randn(n, 2), torch.tensor(1.0))
+        refusal = None
+    except ValueError as error:
+        refusal = str(error)
+    return small, refusal, world_size * n
+
+
+def test_distributed_auto_follows_the_single_process_rule(tmp_path):
+    images, texts = batch()
+    want = loss_and_grads("softmax", images, texts, contrastive_loss, impl="reference")[0]
+    for rank, (small, refusal, big_n) in enumerate(run_distributed(rank_auto_without_the_extension, 2, tmp_path)):
+        torch.testing.assert_close(small, want, rtol=1e-12, atol=1e-12, msg=lambda m: f"rank {rank}: {m}")
+        assert refusal is not None, f"rank {rank}: auto took the reference loss at global N = {big_n}"
+        assert f"{big_n} x {big_n}" in refusal and "loss.impl=reference" in refusal
+
+
+def test_one_process_auto_refuses_a_large_batch_without_the_extension(monkeypatch):
+    """Without a process group the distributed loss is contrastive_loss, under the same rule."""
+    monkeypatch.setattr(_extension, "AVAILABLE", False)
+    n = REFERENCE_MAX_N + 1
+    with pytest.raises(ValueError, match=f"{n} x {n}.*loss.impl=reference"):
+        distributed_contrastive_loss(torch.randn(n, 2), torch.randn(n, 2), torch.tensor(1.0))

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from pretrain_mm.ops import _extension
-from pretrain_mm.ops.contrastive import _check_arguments, contrastive_loss
+from pretrain_mm.ops.contrastive import _check_arguments, contrastive_loss, resolve_impl
 
 
 class _GatherRows(torch.autograd.Function):
@@ -90,23 +90,24 @@ def distributed_contrastive_loss(image_features, text_features, logit_scale, log
     (drop the last incomplete batch). With one process (or no process group) this is
     `contrastive_loss`. impl="reference" gathers both sides and lets every rank compute
     the whole N x N loss in plain PyTorch (open_clip's way; same value and gradients).
+    impl is resolved by `resolve_impl` on the global N = world * n, as `contrastive_loss`
+    resolves it on its N.
     """
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size(group) == 1:
         return contrastive_loss(image_features, text_features, logit_scale, logit_bias, kind=kind, impl=impl,
                                 workspace_bytes=workspace_bytes)
     _check_arguments(image_features, text_features, logit_scale, logit_bias, kind, impl)
     world, rank = dist.get_world_size(group), dist.get_rank(group)
-    all_text = _GatherRows.apply(text_features, group)
-    if impl == "reference" or (impl == "auto" and not _extension.AVAILABLE):
-        all_images = _GatherRows.apply(image_features, group)
-        return contrastive_loss(all_images, all_text, logit_scale, logit_bias, kind=kind, impl="reference")
-    if not _extension.AVAILABLE:
-        raise RuntimeError(f"distributed_contrastive_loss(impl='fused') needs the compiled ops: "
-                           f"{_extension.LOAD_ERROR}")
-    if kind == "sigmoid" and logit_bias is None:
-        logit_bias = torch.zeros((), device=image_features.device)
     n = image_features.shape[0]
     big_n, offset = world * n, rank * n
+    # Resolved before any exchange, on the global N: every rank then refuses (or not) alike.
+    resolved = resolve_impl(impl, image_features.device, big_n)
+    all_text = _GatherRows.apply(text_features, group)
+    if resolved == "reference":
+        all_images = _GatherRows.apply(image_features, group)
+        return contrastive_loss(all_images, all_text, logit_scale, logit_bias, kind=kind, impl="reference")
+    if kind == "sigmoid" and logit_bias is None:
+        logit_bias = torch.zeros((), device=image_features.device)
     workspace = _extension.DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else int(workspace_bytes)
 
     if kind == "softmax":
