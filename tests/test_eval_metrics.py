@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from pretrain_mm.eval.knn import knn_evaluate, knn_predict
 from pretrain_mm.eval.linear_probe import linear_probe
-from pretrain_mm.eval.retrieval import retrieval_recall
+from pretrain_mm.eval.retrieval import chance_recall, retrieval_recall
 from pretrain_mm.eval.zeroshot import fill_template, zeroshot_classifier, zeroshot_evaluate
 
 
@@ -114,11 +114,13 @@ def test_retrieval_recall_on_hand_made_embeddings():
     assert r["text_to_image_R@2"] == pytest.approx(1.0)
     assert r["image_to_text_R@1"] == pytest.approx(1.0)  # each image's best caption is its own
 
-    # Swap captions 2 and 3's owners: images 2 and 3 now find the wrong caption first, and second.
+    # Swap captions 2 and 3's owners: images 2 and 3 now find the wrong caption first, and their
+    # own caption scores 0, tied with three other captions: ties count against, so rank 4.
     swapped = torch.tensor([0, 1, 3, 2, 0])
-    r = retrieval_recall(images, texts, swapped, ks=(1, 2))
+    r = retrieval_recall(images, texts, swapped, ks=(1, 2, 5))
     assert r["image_to_text_R@1"] == pytest.approx(2 / 4)
-    assert r["image_to_text_R@2"] == pytest.approx(1.0)
+    assert r["image_to_text_R@2"] == pytest.approx(2 / 4)
+    assert r["image_to_text_R@5"] == pytest.approx(1.0)
     assert r["text_to_image_R@1"] == pytest.approx(2 / 5)
 
 
@@ -138,6 +140,86 @@ def test_chunked_retrieval_equals_unchunked():
     assert 0.2 < whole["text_to_image_R@5"] < 0.99  # neither trivial nor hopeless
     for chunk in (1, 16, 100):
         assert retrieval_recall(images, texts, owner, chunk_size=chunk) == whole
+
+
+def brute_force_recall(images, texts, owner, ks):
+    """Recall@K from the whole float64 similarity matrix, one query at a time: a query's rank is
+    the count of other candidates scoring >= its (best) positive."""
+    sims = F.normalize(texts.double(), dim=-1) @ F.normalize(images.double(), dim=-1).T  # (T, I)
+    text_ranks, image_ranks = [], []
+    for j in range(texts.shape[0]):
+        mine = int(owner[j])
+        text_ranks.append(sum(1 for i in range(images.shape[0]) if i != mine and sims[j, i] >= sims[j, mine]))
+    for i in range(images.shape[0]):
+        captions = [j for j in range(texts.shape[0]) if int(owner[j]) == i]
+        if not captions:
+            continue
+        best = max(sims[j, i] for j in captions)
+        image_ranks.append(sum(1 for j in range(texts.shape[0]) if int(owner[j]) != i and sims[j, i] >= best))
+    out = {}
+    for k in ks:
+        out[f"image_to_text_R@{k}"] = sum(r < k for r in image_ranks) / len(image_ranks)
+        out[f"text_to_image_R@{k}"] = sum(r < k for r in text_ranks) / len(text_ranks)
+    return out
+
+
+def tied_features(rows, dim, g):
+    """Unit rows of four +-0.5 entries: every cosine is a multiple of 1/4, exact in float32 and
+    float64 whatever order the matmul sums in, so exact ties are frequent and the same in both."""
+    out = torch.zeros(rows, dim, dtype=torch.float64)
+    for r in range(rows):
+        cols = torch.randperm(dim, generator=g)[:4]
+        out[r, cols] = 0.5 * (2 * torch.randint(0, 2, (4,), generator=g, dtype=torch.float64) - 1)
+    return out
+
+
+def test_retrieval_with_exact_ties_matches_brute_force():
+    g = torch.Generator().manual_seed(3)
+    images = tied_features(40, 6, g)
+    images[30:] = images[:10]  # duplicate images: every caption of 0-9 ties its image with another
+    owner = torch.cat([torch.arange(40), torch.randint(0, 40, (25,), generator=g)])
+    texts = tied_features(65, 6, g)
+    texts[40:50] = images[owner[40:50]]  # some captions equal to their image (a tied best score)
+    texts[50:55] = texts[:5]  # duplicate captions
+    ks = (1, 3, 10)
+    want = brute_force_recall(images, texts, owner, ks)
+    assert 0 < want["text_to_image_R@3"] < 1 and 0 < want["image_to_text_R@3"] < 1
+    for chunk in (1, 7, 64, 10_000):
+        got = retrieval_recall(images, texts, owner, ks=ks, chunk_size=chunk)
+        assert got.keys() == want.keys()
+        for name in want:
+            assert got[name] == pytest.approx(want[name], abs=1e-6), (chunk, name)
+
+
+def test_collapsed_towers_score_no_better_than_chance():
+    # Every score is equal, so every other candidate ties the positive and counts against it:
+    # a caption's image ranks I - 1 = 19 and an image's caption T - 1 = 19 (one caption each),
+    # a hit only for K > 19. Chance (K / 20) is never beaten; K < 20 scores exactly 0.
+    images = torch.randn(1, 8).expand(20, 8)
+    texts = torch.randn(1, 8).expand(20, 8)
+    ks = (1, 5, 10, 20)
+    got = retrieval_recall(images, texts, torch.arange(20), ks=ks)
+    chance = chance_recall(20, 20, ks=ks)
+    for name, value in got.items():
+        assert value <= chance[name] + 1e-9, (name, value, chance[name])
+    assert all(got[f"{d}_R@{k}"] == 0.0 for d in ("image_to_text", "text_to_image") for k in (1, 5, 10))
+    assert got["image_to_text_R@20"] == got["text_to_image_R@20"] == 1.0  # K = every candidate
+
+
+def test_perfect_features_score_everything():
+    images = torch.randn(50, 16, generator=torch.Generator().manual_seed(4))
+    owner = torch.arange(50).repeat(2)  # two identical captions per image: its own never count against it
+    r = retrieval_recall(images, images[owner].clone(), owner, ks=(1, 5), chunk_size=13)
+    assert r == {"image_to_text_R@1": 1.0, "image_to_text_R@5": 1.0, "text_to_image_R@1": 1.0,
+                 "text_to_image_R@5": 1.0}
+
+
+def test_nan_scores_are_misses():
+    images, texts = torch.eye(3), torch.eye(3)
+    images[1, 0] = float("nan")
+    r = retrieval_recall(images, texts, torch.arange(3), ks=(1,))
+    assert r["text_to_image_R@1"] == pytest.approx(0.0)  # every caption meets a NaN image score
+    assert r["image_to_text_R@1"] == pytest.approx(2 / 3)  # image 1's own score is NaN: a miss
 
 
 # ----------------------------------------------------------------------------- zero-shot

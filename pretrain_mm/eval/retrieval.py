@@ -14,9 +14,12 @@ def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, 
     its captions ranks in the top K of all captions) and 'text_to_image_R@K' (a caption's own image
     in the top K of all images). Cosine similarity; text_image[j] is caption j's image row.
 
-    A query's rank is the number of candidates scoring strictly higher than its best positive,
-    so ties count in its favour; only `chunk_size` query rows of the similarity matrix exist
-    at any time."""
+    A query's rank is the number of other candidates scoring higher than or equal to its positive,
+    so ties count against the model (a collapsed tower, every score equal, ranks every positive
+    last instead of first); a NaN score counts against it too. Text -> image: the other images
+    scoring >= the caption's own image. Image -> text: the captions of other images scoring >= the
+    image's best own caption (its other captions do not count against it). Only `chunk_size`
+    query rows of the similarity matrix exist at any time."""
     if chunk_size < 1:
         raise ValueError(f"eval.retrieval_chunk_size must be >= 1, got {chunk_size}")
     images = F.normalize(image_features.float(), dim=-1)
@@ -26,8 +29,12 @@ def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, 
 
     for start in range(0, texts.shape[0], chunk_size):
         scores = texts[start:start + chunk_size] @ images.T
-        positive = scores.gather(1, text_image[start:start + chunk_size, None])
-        rank = (scores > positive).sum(dim=1)
+        own = text_image[start:start + chunk_size, None]
+        positive = scores.gather(1, own)
+        # "not below" rather than ">=": a NaN score (either side) is then a miss, not a hit.
+        against = ~(scores < positive)
+        against.scatter_(1, own, False)  # the positive itself is not a competitor
+        rank = against.sum(dim=1)
         for k in ks:
             metrics[f"text_to_image_R@{k}"].update((rank < k).float())
 
@@ -38,7 +45,7 @@ def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, 
         scores = images[rows] @ texts.T
         own = text_image[None, :] == rows[:, None]
         best = scores.masked_fill(~own, float("-inf")).max(dim=1, keepdim=True).values
-        rank = (scores > best).sum(dim=1)[has_caption[rows]]  # images without captions are no query
+        rank = (~(scores < best) & ~own).sum(dim=1)[has_caption[rows]]  # images without captions are no query
         for k in ks:
             metrics[f"image_to_text_R@{k}"].update((rank < k).float())
     return {name: float(metric.compute()) for name, metric in metrics.items()}
