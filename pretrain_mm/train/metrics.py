@@ -1,11 +1,15 @@
 """Training metrics: metrics.jsonl and TensorBoard in the run directory, a progress bar on rank 0."""
 
 import json
+import logging
+import os
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -43,7 +47,8 @@ class StepTimer:
 
 class MetricLogger:
     """Rank 0 writes; other ranks keep quiet. Resuming at step S drops records after S (they
-    are about to be redone), so the curve in metrics.jsonl continues without a restart."""
+    are about to be redone), so the curve in metrics.jsonl continues without a restart; a
+    damaged line (a killed run's last line, cut mid-write) is dropped with a warning."""
 
     def __init__(self, run_dir, *, enabled: bool, start_step: int, max_steps: int):
         self.enabled = enabled
@@ -52,9 +57,7 @@ class MetricLogger:
         if not enabled:
             return
         if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            _rewrite_atomically(self.path, _records_up_to(self.path, start_step))
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1)
@@ -79,3 +82,47 @@ class MetricLogger:
         if self.enabled:
             self.bar.close()
             self.tb.close()
+
+
+def _records_up_to(path: Path, start_step: int) -> list[bytes]:
+    """The lines of a metrics.jsonl whose record has step <= start_step; damaged lines dropped.
+
+    Only the last line can be damaged by a killed run (it was being appended); a damaged line
+    before it means the file was changed otherwise, but it is dropped all the same (with a
+    warning saying so) rather than costing the resume and every good record after it.
+    """
+    # Bytes, not text: a cut inside a multi-byte character must damage one line, not the file.
+    lines = path.read_bytes().split(b"\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            where = ("its last line, cut mid-write when the run was killed" if number == len(lines)
+                     else "not its last line, so the file was damaged by something other than a killed run")
+            log.warning("%s: dropping damaged line %d (%s; %s)", path, number, where, error)
+            continue
+        if record.get("step", 0) <= start_step:
+            kept.append(line)
+    return kept
+
+
+def _rewrite_atomically(path: Path, lines: list[bytes]) -> None:
+    """path's new content, written beside it and swapped in, so an interruption leaves the old file."""
+    # A fixed name, not mkstemp: that file would be 0600 and metrics.jsonl is read by others.
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(b"".join(line + b"\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
