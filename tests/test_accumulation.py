@@ -107,3 +107,23 @@ def test_two_fsdp2_processes_accumulating_equal_one_process_on_the_whole_batch(t
         assert loss == pytest.approx(loss_one, rel=1e-12)
         assert_same_grads(got, expected)
         assert got_norm == pytest.approx(norm, rel=1e-12)
+
+
+def fsdp_bf16_scalars(rank, world):
+    from pretrain_mm.train.parallelize import apply_fsdp
+
+    model = tiny_clip(loss_kind="sigmoid")
+    apply_fsdp(model, bf16=True)  # MixedPrecisionPolicy(param_dtype=bf16) works on CPU with gloo too
+    batch = {"image": images(8, seed=rank), "text": captions(8, seed=rank + 10)}
+    out = model(batch["image"], batch["text"])
+    objective("sigmoid").loss(out).backward()
+    return (out["image_features"].dtype, out["logit_scale"].dtype, out["logit_bias"].dtype,
+            float(out["logit_scale"]), isinstance(model.logit_scale, DTensor), model.logit_scale.grad.clone())
+
+
+def test_fsdp2_mixed_precision_keeps_the_scale_and_bias_fp32(tmp_path):
+    results = run_distributed(fsdp_bf16_scalars, 2, tmp_path)
+    for features, scale, bias, value, sharded, _ in results:
+        assert features == torch.bfloat16 and scale == bias == torch.float32 and not sharded
+        assert value == pytest.approx(10.0, rel=1e-6)  # exp(log 10) exactly, not bf16's 10.0625 or 9.9375
+    assert torch.equal(results[0][5], results[1][5])  # averaged over ranks, so every rank steps alike

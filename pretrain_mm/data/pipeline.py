@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import random
@@ -16,6 +15,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from .decode import (DEFAULT_CAPTION_KEY, DEFAULT_IMAGE_KEY, SkipSample, decode_image, get_caption,
                      get_image_bytes, get_label, parse_key_spec, spec_exts)
+from .position import Resumable
 from .reader import EmptyShard, ShardError, iter_shard
 from .shards import describe, expand_urls, read_sizes
 from .tokenizer import Tokenizer, load_tokenizer
@@ -56,16 +56,23 @@ class SkipCounter:
 
 class StreamContext:
     """State shared by the stages of one pipeline copy (one per worker process): seeds, the epoch,
-    the rank, and the skip counter."""
+    the rank, the skip counter, and where a resumed epoch starts. The Loader sets epoch, resume
+    and offset before each iter() of the DataLoader, which copies them into its workers."""
 
     def __init__(self, seed: int, rank: int, world_size: int, limit: int | None):
         self.seed, self.rank, self.world_size, self.epoch = int(seed), int(rank), int(world_size), 0
         self.counter = SkipCounter(limit)
+        # resume: worker -> (batches, raw samples) already delivered this epoch; offset: the worker
+        # whose batch comes next, played by DataLoader worker 0 so the round-robin order carries on
+        self.resume: dict[int, tuple[int, int]] = {}
+        self.offset = 0
+        self.consumed = 0  # raw samples the decode stage has taken this epoch (in this worker)
 
-    @staticmethod
-    def worker() -> tuple[int, int]:
+    def worker(self) -> tuple[int, int]:
+        """(worker id, workers) of this pipeline copy within the rank: DataLoader worker k plays
+        worker (k + offset) % W, whose shards, samples and seeds it reads."""
         info = torch.utils.data.get_worker_info()
-        return (info.id, info.num_workers) if info is not None else (0, 1)
+        return ((info.id + self.offset) % info.num_workers, info.num_workers) if info is not None else (0, 1)
 
     def rng(self, tag: str, per_worker: bool = True) -> random.Random:
         """A generator seeded by (seed, epoch, tag) and, per_worker, the rank and worker: exact
@@ -174,27 +181,49 @@ class SampleDecoder:
 
 
 class DecodeStage:
+    """Decode the raw samples, counting them (ctx.consumed) so that a batch can say where its worker
+    stands. A resumed epoch first drops, undecoded, the raw samples its worker delivered before the
+    checkpoint; the augment generator of each sample is seeded by its raw index, so the samples
+    after them are augmented as in the uninterrupted run."""
+
     def __init__(self, ctx: StreamContext, decoder: SampleDecoder):
         self.ctx, self.decoder = ctx, decoder
 
     def __call__(self, src):
-        fn = functools.partial(self.decoder, rng=self.ctx.rng("augment"))
-        for sample in wds.map(fn, handler=self.ctx.counter)(src):
-            self.ctx.counter.consecutive = 0
-            yield sample
+        ctx, counter = self.ctx, self.ctx.counter
+        skip = ctx.resume.get(ctx.worker()[0], (0, 0))[1]
+        ctx.consumed = 0
+        for index, sample in enumerate(src):
+            ctx.consumed = index + 1
+            if index < skip:
+                if index == skip - 1:  # what reading counted so far went out with the delivered batches
+                    counter.take()
+                    counter.consecutive = 0
+                continue
+            rng = ctx.rng(f"augment/{index}") if self.decoder.augment.train else None
+            try:
+                out = self.decoder(sample, rng)
+            except Exception as exn:  # noqa: BLE001 - PIL and bad members raise many types; the handler decides
+                if not counter(exn):
+                    return
+                continue
+            counter.consecutive = 0
+            yield out
 
 
 class Batcher:
     """Collate samples into batch dicts; each batch carries the skip counts its worker gathered
-    since the previous batch (key '_skipped'), and a stream ends with a counts-only batch when
-    some were gathered after the last full one."""
+    since the previous batch (key '_skipped') and its worker's position after it (key '_position':
+    worker, batches emitted this epoch, raw samples consumed), and a stream ends with a
+    counts-only item ('_empty') when some were gathered after the last batch. A resumed epoch
+    continues the count and stops at the same max_batches."""
 
     def __init__(self, ctx: StreamContext, batch_size: int, tokenizer: Tokenizer | None, normalize: Normalize | None,
                  partial: bool, max_batches: int | None):
         self.ctx, self.batch_size, self.tokenizer, self.normalize = ctx, batch_size, tokenizer, normalize
         self.partial, self.max_batches = partial, max_batches
 
-    def collate(self, samples: list[dict]) -> dict[str, Any]:
+    def collate(self, samples: list[dict], position: tuple[int, int, int]) -> dict[str, Any]:
         images = stack_uint8([s["image"] for s in samples])
         batch: dict[str, Any] = {"image": self.normalize(images) if self.normalize else images,
                                  "key": [s["key"] for s in samples]}
@@ -204,53 +233,63 @@ class Batcher:
         if samples[0]["label"] is not None:
             batch["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
         batch["_skipped"] = self.ctx.counter.take()
+        batch["_position"] = position
         return batch
 
     def __call__(self, src):
-        buf, emitted = [], 0
+        worker = self.ctx.worker()[0]
+        emitted = self.ctx.resume.get(worker, (0, 0))[0]
+        if self.max_batches is not None and emitted >= self.max_batches:
+            return  # this worker's share of the resumed epoch was delivered: not even read again
+        buf = []
         for sample in src:
             buf.append(sample)
             if len(buf) == self.batch_size:
-                yield self.collate(buf)
-                buf, emitted = [], emitted + 1
+                emitted += 1
+                yield self.collate(buf, (worker, emitted, self.ctx.consumed))
+                buf = []
                 if self.max_batches is not None and emitted >= self.max_batches:
                     break
         if buf and self.partial:
-            yield self.collate(buf)
+            emitted += 1
+            yield self.collate(buf, (worker, emitted, self.ctx.consumed))
         pending = self.ctx.counter.take()
         if pending:
-            yield {"_skipped": pending, "_empty": True}
+            yield {"_skipped": pending, "_empty": True, "_position": (worker, emitted, self.ctx.consumed)}
 
 
-class Loader:
+class Loader(Resumable):
     """Iterable over batch dicts {'image', 'text', 'caption', 'label', 'key'} (text/caption with a
-    tokenizer, label with a label_key). Each iteration is one epoch (auto-incremented; set_epoch to
-    resume). `skipped` holds the skip counts per reason over all epochs and workers so far.
-    `num_batches` (also len()) is the batches per epoch of a resampled loader, else None;
-    `num_samples` the samples in the whole shard set per sizes.json, else None.
-    With a `device`, images arrive from the workers as uint8 and are moved and normalised there."""
+    tokenizer, label with a label_key). Each iteration is one epoch (auto-incremented; set_epoch
+    picks the next one). `skipped` holds the skip counts per reason over all epochs and workers so
+    far. `num_batches` (also len()) is the batches per epoch of a resampled loader, else None;
+    `num_samples` the samples in the whole shard set per sizes.json, else None. `normalize` is the
+    Normalize of the images: applied in the workers (no device), on the device (with one), or by
+    the caller when built with normalize=False (images stay uint8).
+
+    state_dict() is this rank's exact position in its stream, as of the batches handed to the
+    caller (not those prefetched): {"epoch": the epoch in progress (or the next to start),
+    "positions": {worker: {"batches": delivered this epoch, "samples": raw samples behind them}},
+    "next_worker": whose batch comes next, "layout": {rank, world_size, workers, batch_size},
+    "skipped": the counts so far}. A loader built with the same arguments that loads it delivers
+    what this one would have delivered next: the rest of that epoch (each worker replays its
+    stream, dropping the delivered raw samples undecoded), then the following epochs; skips
+    counted before the checkpoint are not counted again. A fully delivered resampled epoch is
+    saved as the start of the next; a finite epoch is only known to be over when its iteration
+    ends, so one saved just after its last batch resumes as an empty epoch. Each rank saves and
+    loads its own state. Iterating never draws from the global torch RNG, so that a resumed
+    run's model randomness (dropout, ...) is not shifted by the data."""
 
     def __init__(self, dataset: wds.DataPipeline, ctx: StreamContext, dataloader: DataLoader,
                  urls: list[str], num_batches: int | None, num_samples: int | None = None,
-                 device: torch.device | None = None, normalize: Normalize | None = None):
+                 device: torch.device | None = None, normalize: Normalize | None = None, *,
+                 batch_size: int | None = None, normalize_images: bool = True):
+        workers = max(1, dataloader.num_workers)  # W = 0 reads as one worker would
+        super().__init__({"rank": ctx.rank, "world_size": ctx.world_size, "workers": workers,
+                          "batch_size": batch_size}, num_batches)
         self.dataset, self.ctx, self.dataloader, self.urls = dataset, ctx, dataloader, urls
-        self.num_batches, self.num_samples, self.epoch = num_batches, num_samples, 0
-        self.device, self.normalize = device, normalize
-        self._skipped: Counter = Counter()
-
-    @property
-    def skipped(self) -> dict[str, int]:
-        return dict(self._skipped)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "skipped": dict(self._skipped)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
-        self._skipped = Counter(state.get("skipped", {}))
+        self.num_samples, self.device = num_samples, device
+        self.normalize, self.normalize_images = normalize, normalize_images
 
     def __len__(self) -> int:
         if self.num_batches is None:
@@ -258,22 +297,24 @@ class Loader:
         return self.num_batches
 
     def __iter__(self) -> Iterator[dict]:
-        self.ctx.epoch = self.epoch  # read by the stages (forked into the workers by iter() below)
-        self.epoch += 1
+        progress = self.begin_epoch()
+        resumed = bool(progress.workers)
+        # read by the stages (forked into the workers by iter() below; not changed while they run)
+        self.ctx.epoch, self.ctx.resume, self.ctx.offset = progress.epoch, dict(progress.workers), progress.next_worker
         delivered, skipped = 0, Counter()
         for batch in self.dataloader:
-            counts = batch.pop("_skipped", None) or {}
-            skipped.update(counts)
-            self._skipped.update(counts)
+            skipped.update(self.deliver(progress, batch))
             if batch.pop("_empty", False):
                 continue
             delivered += len(batch["key"])
             if self.device is not None:
                 batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                          for k, v in batch.items()}
-                batch["image"] = self.normalize(batch["image"])
+                if self.normalize_images:
+                    batch["image"] = self.normalize(batch["image"])
             yield batch
-        if delivered == 0:
+        self.end_epoch(progress)
+        if delivered == 0 and not resumed:
             if skipped:
                 raise ValueError(f"no usable sample in {describe(self.urls)} (rank {self.ctx.rank}); every one "
                                  f"was skipped: {dict(skipped)}; check the shards and image_key/caption_key/label_key")
@@ -297,8 +338,8 @@ def build_loader(urls, *, batch_size: int, tokenizer: Tokenizer | str | None = N
                  image_key: str = DEFAULT_IMAGE_KEY, caption_key: str | None = DEFAULT_CAPTION_KEY,
                  label_key: str | None = None, shuffle_buffer: int = 1000, crop_scale=(0.9, 1.0),
                  hflip: bool = True, mean=CLIP_MEAN, std=CLIP_STD, drop_last: bool = False,
-                 device: str | torch.device | None = None, pin_memory: bool | None = None,
-                 prefetch_factor: int | None = None) -> Loader:
+                 normalize: bool = True, device: str | torch.device | None = None,
+                 pin_memory: bool | None = None, prefetch_factor: int | None = None) -> Loader:
     """A loader over WebDataset shards (see Loader). With `tokenizer` (a Tokenizer, a built-in name
     or a path) captions are required and tokenised; without, the stream is image-only.
     train: shard + sample shuffling and random crop/flip; else fixed order, resize + centre crop.
@@ -306,7 +347,9 @@ def build_loader(urls, *, batch_size: int, tokenizer: Tokenizer | str | None = N
     (over all ranks; default: the sizes.json total, else no end). rank/world_size default to
     torch.distributed's when initialised. device: None keeps batches on the CPU, normalised in
     the workers; a device gets uint8 images from the workers (4x less traffic) and moves and
-    normalises them there (pinned memory for CUDA)."""
+    normalises them there (pinned memory for CUDA). normalize=False: images stay uint8
+    (B x 3 x S x S, on the device if one is given) and the caller applies `loader.normalize`,
+    e.g. one micro-batch at a time, holding a large batch at 1 byte per pixel instead of 4."""
     urls = expand_urls(urls)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -345,14 +388,16 @@ def build_loader(urls, *, batch_size: int, tokenizer: Tokenizer | str | None = N
     if train and shuffle_buffer > 1:
         stages.append(SampleShuffle(ctx, shuffle_buffer, min(shuffle_buffer, max(1, shuffle_buffer // 2))))
     stages.append(DecodeStage(ctx, SampleDecoder(image_spec, caption_spec, label_spec, augment)))
-    normalize = Normalize(mean, std)
+    norm = Normalize(mean, std)
     device = torch.device(device) if device is not None else None
-    stages.append(Batcher(ctx, batch_size, tokenizer, None if device is not None else normalize,
+    stages.append(Batcher(ctx, batch_size, tokenizer, norm if normalize and device is None else None,
                           partial=not (drop_last or resampled), max_batches=per_worker))
     dataset = wds.DataPipeline(*stages)
     if pin_memory is None:
         pin_memory = device is not None and device.type == "cuda"
     dataloader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
                             pin_memory=pin_memory, persistent_workers=False,
-                            prefetch_factor=(prefetch_factor or 2) if num_workers > 0 else None)
-    return Loader(dataset, ctx, dataloader, urls, num_batches, num_samples, device, normalize)
+                            prefetch_factor=(prefetch_factor or 2) if num_workers > 0 else None,
+                            generator=torch.Generator().manual_seed(ctx.seed % 2**63))  # its own: see Loader
+    return Loader(dataset, ctx, dataloader, urls, num_batches, num_samples, device, norm,
+                  batch_size=batch_size, normalize_images=normalize)

@@ -96,6 +96,7 @@ class Normalize:
         self.scale, self.shift = 1.0 / (255.0 * std_t), -mean_t / std_t
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        assert images.dtype == torch.uint8, f"Normalize takes uint8 images, got {images.dtype} (normalised twice?)"
         scale, shift = self.scale.to(images.device), self.shift.to(images.device)
         in_worker = images.device.type == "cpu" and torch.utils.data.get_worker_info() is not None
         out = _empty_shared(images.shape, torch.float32) if in_worker else None

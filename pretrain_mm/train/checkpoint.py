@@ -2,8 +2,10 @@
 
 A checkpoint is the directory `<run>/checkpoints/step_<N>/`: the model and optimiser
 (sharded, through get_state_dict / set_state_dict, so FSDP2 and one process read each
-other's), the schedule, the step and the data position, plus one `rank<r>.pt` of RNG
-states per rank. It is written to `step_<N>.tmp/` and renamed only when every rank has
+other's), the schedule and the step, plus one `rank<r>.pt` per rank with what is that rank's
+own: its RNG states and its data position (the loader's state: epoch, per-worker position, skip
+counts). Rank files hold only tensors, numbers and strings and are read with
+`torch.load(weights_only=True)`, so a checkpoint someone sent cannot run code. It is written to `step_<N>.tmp/` and renamed only when every rank has
 finished, so a crash mid-save never replaces or damages the last good one; `latest()`
 sees only complete ones. The newest `keep` are kept.
 """
@@ -31,7 +33,11 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every RNG this process draws from, as tensors and plain values (safe to load)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -39,8 +45,10 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -86,7 +94,8 @@ class Checkpointer:
         found = self.complete()
         return found[-1] if found else None
 
-    def save(self, step: int, model, optimizer, extra: dict) -> Path:
+    def save(self, step: int, model, optimizer, extra: dict, rank_state: dict | None = None) -> Path:
+        """extra: what every rank shares (step, schedule); rank_state: this rank's own (data position)."""
         final, tmp = self.directory / f"step_{step:08d}", self.directory / f"step_{step:08d}.tmp"
         if final.exists():
             raise RuntimeError(f"checkpoint {final} already exists; refusing to overwrite it")
@@ -98,7 +107,7 @@ class Checkpointer:
         model_state, optim_state = get_state_dict(model, optimizer)
         with one_process_quietly():
             dcp.save({"model": model_state, "optim": optim_state, "extra": dict(extra)}, checkpoint_id=str(tmp))
-        torch.save(rng_state(), tmp / f"rank{self.info.rank}.pt")
+        torch.save({"rng": rng_state(), **(rank_state or {})}, tmp / f"rank{self.info.rank}.pt")
         barrier(self.info)
         if self.info.is_main:
             os.replace(tmp, final)
@@ -107,21 +116,29 @@ class Checkpointer:
         barrier(self.info)
         return final
 
-    def load(self, path, model, optimizer, extra_template: dict) -> dict:
-        """Restores model, optimiser and this rank's RNG in place; returns the saved extras."""
+    def load(self, path, model, optimizer, extra_template: dict) -> tuple[dict, dict]:
+        """Restores model, optimiser and this rank's RNG in place; returns the saved extras and this
+        rank's own state ({} when the checkpoint has none for this rank: another world size)."""
         path = resolve_checkpoint(path)
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optim": optim_state, "extra": dict(extra_template)}
         with one_process_quietly():
             dcp.load(state, checkpoint_id=str(path))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-        rng_file = path / f"rank{self.info.rank}.pt"
-        if rng_file.exists():
-            set_rng_state(torch.load(rng_file, weights_only=False))
+        rank_file = path / f"rank{self.info.rank}.pt"
+        own = {}
+        if rank_file.exists():
+            try:
+                own = torch.load(rank_file, weights_only=True)
+            except Exception as error:  # noqa: BLE001 - e.g. a file of an older version, which pickled numpy
+                log.warning("cannot read %s safely (%s); continuing without its RNG state and data position",
+                            rank_file, str(error).splitlines()[0])
         else:
-            log.warning("%s has no RNG state for rank %d (different world size?); continuing without it",
-                        path, self.info.rank)
-        return state["extra"]
+            log.warning("%s has nothing for rank %d (different world size?); continuing without its RNG state "
+                        "and data position", path, self.info.rank)
+        if "rng" in own:
+            set_rng_state(own.pop("rng"))
+        return state["extra"], own
 
 
 def load_model_weights(path, model) -> Path:

@@ -2,8 +2,12 @@
 
 Stops cleanly on SIGTERM / SIGUSR1 / SIGUSR2 (what Slurm sends before preemption or the
 time limit): the step in flight finishes, every rank agrees, a checkpoint is written, and
-running the same command again continues from it. A loss that becomes NaN or Inf stops the
-run before the optimiser touches the weights, naming the step and the last good checkpoint.
+running the same command again continues from it, on exactly the samples the uninterrupted
+run would have seen. A loss or a gradient that becomes NaN or Inf stops the run before the
+optimiser touches the weights, naming the step and the last good checkpoint.
+
+`trainer.grad_accum = k` splits each rank's batch into k micro-batches; the contrastive loss is
+still that of the whole global batch (train/accumulation.py).
 """
 
 import contextlib
@@ -22,11 +26,12 @@ from omegaconf import OmegaConf
 from pretrain_mm.builders import model_from_config, model_vocab
 from pretrain_mm.precision import Precision, autocast, resolve_precision
 from pretrain_mm.train import distributed as dist_utils
+from pretrain_mm.train.accumulation import accumulate_gradients
 from pretrain_mm.train.checkpoint import Checkpointer
 from pretrain_mm.train.data import build_train_loader
 from pretrain_mm.train.metrics import MetricLogger, StepTimer, peak_memory_mb
 from pretrain_mm.train.objectives import build_objective
-from pretrain_mm.train.optimizer import build_optimizer, build_scheduler
+from pretrain_mm.train.optimizer import build_optimizer, build_scheduler, clip_gradients, grad_norm
 from pretrain_mm.train.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
 
 log = logging.getLogger(__name__)
@@ -34,7 +39,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """The loss or the gradient norm is NaN or Inf: the step is not taken."""
 
 
 @dataclass
@@ -104,16 +109,16 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
     if t.resume == "never" and checkpointer.latest() is not None:
         raise ValueError(f"{run_dir} already holds checkpoints and trainer.resume=never would overwrite the run; "
                          "use trainer.resume=auto to continue it, or another hydra.run.dir")
-    step, data_state = 0, {"epoch": 0, "skipped": {}}
+    step, data_state = 0, None
     if start is not None:
-        extra = checkpointer.load(start, model, optimizer, {"step": 0, "scheduler": scheduler.state_dict(),
-                                                             "data": data_state})
-        step, data_state = extra["step"], extra["data"]
+        extra, own = checkpointer.load(start, model, optimizer, {"step": 0, "scheduler": scheduler.state_dict()})
+        step, data_state = extra["step"], own.get("data")
         scheduler.load_state_dict(extra["scheduler"])
         if info.is_main:
             log.info("resumed from %s at step %d", start, step)
     loader = build_train_loader(cfg, info, per_rank * t.grad_accum)
-    loader.load_state_dict(data_state)
+    if data_state is not None:
+        loader.load_state_dict(data_state)
 
     if info.is_main:
         write_config(run_dir / "config.yaml", cfg, precision)
@@ -136,20 +141,19 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
                 continue
             fresh_epoch = False
             timer.data_ready()
-            loss_value = 0.0
-            for micro in split_batch(batch, t.grad_accum, info.device):
-                with in_precision:
-                    loss = objective(model, micro) / t.grad_accum
-                loss.backward()
-                loss_value += loss.detach().float().item()
-            if dist_utils.any_rank(not math.isfinite(loss_value), info):
-                raise NonFiniteLossError(
-                    f"the loss became {loss_value} at step {step + 1}; stopping before the update. The last good "
-                    f"checkpoint is {checkpointer.latest() or '(none yet)'}; lower optim.lr or check the data")
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            micro_batches = split_batch(batch, t.grad_accum, info.device)
+            loss_value = accumulate_gradients(model, objective, micro_batches, in_precision,
+                                              prepare=lambda micro: {**micro, "image": loader.normalize(micro["image"])})
+            norm = grad_norm(model.parameters())
+            for what, value in (("loss", loss_value), ("gradient norm", norm)):
+                if dist_utils.any_rank(not math.isfinite(value), info):
+                    raise NonFiniteLossError(
+                        f"the {what} became {value} at step {step + 1}; stopping before the update. The last good "
+                        f"checkpoint is {checkpointer.latest() or '(none yet)'}; lower optim.lr or check the data")
+            clip_gradients(model.parameters(), cfg.optim.grad_clip, norm)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
+            objective.after_step(model)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -159,13 +163,14 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
             if step % t.log_every == 0 or step == t.max_steps:
                 final_loss = dist_utils.all_reduce_mean(loss_sum / loss_count, info)
                 loss_sum, loss_count = 0.0, 0
-                metrics.log(step, {"loss": final_loss, "lr": lr, **timer.take(t.log_every),
+                metrics.log(step, {"loss": final_loss, "lr": lr, "grad_norm": norm, **timer.take(t.log_every),
                                    "peak_memory_mb": peak_memory_mb(info.device),
                                    **{f"skipped_{k}": v for k, v in loader.skipped.items()}})
             interrupted = dist_utils.any_rank(stop.signum is not None, info)
             if step % t.checkpoint_every == 0 or step == t.max_steps or interrupted:
-                last_saved = checkpointer.save(step, model, optimizer, {
-                    "step": step, "scheduler": scheduler.state_dict(), "data": loader.state_dict()})
+                last_saved = checkpointer.save(step, model, optimizer,
+                                               {"step": step, "scheduler": scheduler.state_dict()},
+                                               rank_state={"data": loader.state_dict()})
             if interrupted:
                 break
     metrics.close()
@@ -189,10 +194,12 @@ def write_config(path: Path, cfg, precision: Precision) -> None:
     path.write_text(f"# trainer.precision: {precision.name} ({precision.reason})\n" + OmegaConf.to_yaml(resolved))
 
 
-def split_batch(batch: dict, parts: int, device: torch.device):
-    """`parts` micro-batches of the tensors of `batch`, on the device."""
-    tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+def split_batch(batch: dict, parts: int, device: torch.device) -> list[dict]:
+    """`parts` micro-batches of the tensors of `batch`, on the device. Images stay uint8 until a
+    micro-batch goes through the model (a global batch of 32K images at 224 px is 4.9 GB so, 20 GB
+    as floats)."""
+    tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
     size = next(iter(tensors.values())).shape[0]
     step = size // parts
-    for i in range(parts):
-        yield {k: v[i * step:(i + 1) * step] for k, v in tensors.items()}
+    return [{k: v[i * step:(i + 1) * step].to(device, non_blocking=True) for k, v in tensors.items()}
+            for i in range(parts)]
