@@ -67,8 +67,9 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 300
-    batch_size: int = 256                   # global; per rank = batch_size / world / grad_accum
-    grad_accum: int = 1
+    batch_size: int = 256                   # global: the contrastive loss's N, whatever the split below
+    grad_accum: int = 1                     # micro-batches per rank and step (CLIP: GradCache, the whole batch's loss)
+    micro_batch_size: Optional[int] = None  # per rank; the friendlier knob: grad_accum = batch_size / world / this
     precision: str = "auto"                 # auto (bf16 only where native: pretrain_mm/precision.py) | bf16 | fp32
     checkpoint_every: int = 100             # steps; a checkpoint is also written at the end
     keep_checkpoints: int = 2

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -65,13 +66,27 @@ def test_an_interrupted_run_continues_on_the_same_samples_and_losses(tmp_path):
 
 def test_grad_accum_trains_the_whole_batch_loss(tmp_path):
     losses = {}
-    for accum in (1, 4):
-        run_dir = tmp_path / f"accum{accum}"
-        run_cli(run_dir, "+exp=clip", "trainer.max_steps=2", f"trainer.grad_accum={accum}", "trainer.precision=fp32",
-                "eval.enabled=false")
-        losses[accum] = [m["loss"] for m in metrics(run_dir)]
+    for split in ("trainer.grad_accum=1", "trainer.micro_batch_size=4"):
+        run_dir = tmp_path / split.split(".")[1].replace("=", "")
+        out = run_cli(run_dir, "+exp=clip", "trainer.max_steps=2", split, "trainer.precision=fp32",
+                      "eval.enabled=false")
+        losses[split] = [m["loss"] for m in metrics(run_dir)]
+    assert "global batch 16 = 1 rank(s) x 4 micro-batch(es) of 4; the contrastive loss is the whole batch's" in out.stdout + out.stderr
     # Step 1: the loss of the same 16 pairs (16 negatives each, not 4); step 2: after the same update.
-    assert losses[4] == pytest.approx(losses[1], abs=1e-5)
+    assert losses["trainer.micro_batch_size=4"] == pytest.approx(losses["trainer.grad_accum=1"], abs=1e-5)
+
+
+@pytest.mark.parametrize("batch, world, accum, micro, expected", [
+    (256, 2, 1, None, (128, 1)), (256, 2, 4, None, (32, 4)), (256, 2, 1, 32, (32, 4)), (256, 2, 4, 32, (32, 4)),
+    (256, 3, 1, None, "multiple of world size"), (256, 2, 1, 48, "multiple of trainer.micro_batch_size=48"),
+    (256, 2, 2, 32, "contradicts"), (256, 2, 3, None, "grad_accum \\(3\\)")])
+def test_how_the_global_batch_is_split(batch, world, accum, micro, expected):
+    t = SimpleNamespace(batch_size=batch, grad_accum=accum, micro_batch_size=micro)
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=expected):
+            loop.batch_split(t, world)
+    else:
+        assert loop.batch_split(t, world) == expected
 
 
 def config(*overrides):

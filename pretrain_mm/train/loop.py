@@ -81,13 +81,13 @@ def autocast_context(precision: Precision, info: dist_utils.DistInfo):
 def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
     run_dir = Path(run_dir)
     t = cfg.trainer
-    per_rank, rem = divmod(t.batch_size, info.world_size * t.grad_accum)
-    if rem or per_rank == 0:
-        raise ValueError(f"trainer.batch_size={t.batch_size} must be a positive multiple of world size "
-                         f"({info.world_size}) x trainer.grad_accum ({t.grad_accum})")
+    micro, accum = batch_split(t, info.world_size)
     precision = resolve_precision(t.precision, info.device)
     if info.is_main:
         log.info("computing in %s (%s)", precision.name, precision.reason)
+        log.info("global batch %d = %d rank(s) x %d micro-batch(es) of %d%s", t.batch_size, info.world_size, accum,
+                 micro, "; the contrastive loss is the whole batch's (GradCache)"
+                 if accum > 1 and cfg.model.kind == "clip" else "")
 
     # The model: identical initial weights on every rank, then each rank's own random stream.
     torch.manual_seed(t.seed)
@@ -116,7 +116,7 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
         scheduler.load_state_dict(extra["scheduler"])
         if info.is_main:
             log.info("resumed from %s at step %d", start, step)
-    loader = build_train_loader(cfg, info, per_rank * t.grad_accum)
+    loader = build_train_loader(cfg, info, micro * accum)
     if data_state is not None:
         loader.load_state_dict(data_state)
 
@@ -141,7 +141,7 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
                 continue
             fresh_epoch = False
             timer.data_ready()
-            micro_batches = split_batch(batch, t.grad_accum, info.device)
+            micro_batches = split_batch(batch, accum, info.device)
             loss_value = accumulate_gradients(model, objective, micro_batches, in_precision,
                                               prepare=lambda micro: {**micro, "image": loader.normalize(micro["image"])})
             norm = grad_norm(model.parameters())
@@ -185,6 +185,26 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
               f"loss {final_loss:.4f}, checkpoint {last_saved}"
               + ("; run the same command again to continue" if status == "interrupted" else ""), flush=True)
     return TrainResult(status, step, last_saved, final_loss)
+
+
+def batch_split(t, world_size: int) -> tuple[int, int]:
+    """(micro-batch size, micro-batches per step) of each rank, from trainer.batch_size (global) and
+    trainer.micro_batch_size or trainer.grad_accum."""
+    if t.micro_batch_size is not None:
+        per_rank, rem = divmod(t.batch_size, world_size)
+        if rem or t.micro_batch_size < 1 or per_rank % t.micro_batch_size:
+            raise ValueError(f"trainer.batch_size={t.batch_size} must be world size ({world_size}) x a multiple of "
+                             f"trainer.micro_batch_size={t.micro_batch_size}")
+        accum = per_rank // t.micro_batch_size
+        if t.grad_accum not in (1, accum):
+            raise ValueError(f"trainer.grad_accum={t.grad_accum} contradicts trainer.micro_batch_size="
+                             f"{t.micro_batch_size} (which means grad_accum={accum}); set one of them")
+        return t.micro_batch_size, accum
+    micro, rem = divmod(t.batch_size, world_size * t.grad_accum)
+    if rem or micro == 0:
+        raise ValueError(f"trainer.batch_size={t.batch_size} must be a positive multiple of world size "
+                         f"({world_size}) x trainer.grad_accum ({t.grad_accum})")
+    return micro, t.grad_accum
 
 
 def write_config(path: Path, cfg, precision: Precision) -> None:
