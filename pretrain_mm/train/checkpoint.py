@@ -5,9 +5,9 @@ A checkpoint is the directory `<run>/checkpoints/step_<N>/`: the model and optim
 other's), the schedule and the step, plus one `rank<r>.pt` per rank with what is that rank's
 own: its RNG states and its data position (the loader's state: epoch, per-worker position, skip
 counts). Rank files hold only tensors, numbers and strings and are read with
-`torch.load(weights_only=True)`, so a checkpoint someone sent cannot run code. It is written to `step_<N>.tmp/` and renamed only when every rank has
-finished, so a crash mid-save never replaces or damages the last good one; `latest()`
-sees only complete ones. The newest `keep` are kept.
+`torch.load(weights_only=True)` (DCP's own `.metadata` is still a pickle: see issue 13). A
+checkpoint is written to `step_<N>.tmp/` and renamed only when every rank has finished, so a
+crash mid-save never replaces or damages the last good one; `latest()` sees only complete ones. The newest `keep` are kept.
 """
 
 import contextlib

@@ -143,7 +143,7 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
             timer.data_ready()
             micro_batches = split_batch(batch, accum, info.device)
             loss_value = accumulate_gradients(model, objective, micro_batches, in_precision,
-                                              prepare=lambda micro: {**micro, "image": loader.normalize(micro["image"])})
+                                              prepare=lambda m: {**m, "image": loader.normalize(m["image"])})
             norm = grad_norm(model.parameters())
             for what, value in (("loss", loss_value), ("gradient norm", norm)):
                 if dist_utils.any_rank(not math.isfinite(value), info):
