@@ -61,14 +61,14 @@ def contrastive_accumulation(model, objective, micro_batches: list[dict], precis
     rng_after = torch_rng_state(device)
 
     # The whole batch's loss, on leaves that stop the backward at the features and the scalars.
+    sizes = [out["image_features"].shape[0] for out in cached]
     leaves = {k: torch.cat([out[k] for out in cached]).requires_grad_() for k in FEATURES}
     leaves.update({k: cached[0][k].detach().clone().requires_grad_() for k in SCALARS if cached[0].get(k) is not None})
+    del cached  # the concatenated copies are all the loss needs
     with precision:
         loss = objective.loss(leaves)
     loss.backward()
-    sizes = [out["image_features"].shape[0] for out in cached]
     feature_grads = {k: leaves[k].grad.split(sizes) for k in FEATURES}
-    del cached
 
     for m, micro in enumerate(micro_batches):
         set_torch_rng_state(rng_before[m], device)
