@@ -22,9 +22,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 
-from common import PeakMemory, random_training_setup
+from common import PeakMemory, median_seconds, random_training_setup
 
 GLOBAL_BATCHES = [1024, 2048, 4096, 8192, 16384, 32768]
 
@@ -63,16 +62,9 @@ def measure(mode, size, image_size, global_batch, micro, device_name, precision_
         step(global_batch)
         inputs = images.numel() * images.element_size() + text.numel() * text.element_size()
         return {"step_bytes": memory.peak(), "input_bytes": inputs}
-    times = []
-    for _ in range(max(1, 4096 // global_batch)):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step(global_batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return {"samples_per_s": global_batch / sorted(times)[len(times) // 2]}
+    # Warmed up above at two micro-batches: a second warm-up at 32K would cost minutes.
+    seconds = median_seconds(lambda: step(global_batch), max(1, 4096 // global_batch), device, warmup=False)
+    return {"samples_per_s": global_batch / seconds}
 
 
 def run_worker(args, global_batch, micro):

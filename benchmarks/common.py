@@ -45,19 +45,21 @@ def train_step(loss, model, optimizer):
     optimizer.zero_grad(set_to_none=True)
 
 
-def median_seconds(fn, repeats, device):
-    """The median time of `repeats` calls of fn() after one warm-up call (synchronised on CUDA)."""
+def median_seconds(fn, repeats, device, warmup=True):
+    """The median time of `repeats` calls of fn(), after one warm-up call unless warmup=False
+    (synchronised on CUDA)."""
     import torch
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
-    for _ in range(repeats + 1):
+    for _ in range(repeats + int(warmup)):
         sync()
         t0 = time.perf_counter()
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return sorted(times[1:])[len(times[1:]) // 2]
+    timed = times[int(warmup):]
+    return sorted(timed)[len(timed) // 2]
 
 
 def random_training_setup(kind, size, image_size, batch, device):
