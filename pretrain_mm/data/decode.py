@@ -1,16 +1,20 @@
-"""Safe decoding of shard members: images, text, JSON and class labels only, chosen by key specs."""
+"""Safe decoding of shard members (images, text, JSON and class labels only, chosen by key specs), and the counter of what is skipped."""
 
 from __future__ import annotations
 
 import io
+import logging
 import json
 import re
 import warnings
+from collections import Counter
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 from PIL import Image
+
+log = logging.getLogger("pretrain_mm.data")
 
 try:  # about twice as fast as Pillow on JPEGs; deprecated in torchvision 0.29, so optional
     from torchvision.io import ImageReadMode
@@ -197,3 +201,29 @@ def as_int(value: Any) -> int | None:
     if isinstance(value, str) and _INT.match(value.strip()):
         return int(value)
     return None
+
+
+class SkipCounter:
+    """A webdataset `handler=`: counts each exception by its `reason`, logs the first few, and
+    returns True (skip the sample or shard, go on). `take()` returns the counts since the last take."""
+
+    def __init__(self, limit: int | None = None):
+        self.limit, self.total, self.pending, self.consecutive = limit, Counter(), Counter(), 0
+
+    def __call__(self, exn: BaseException) -> bool:
+        reason = getattr(exn, "reason", "error")
+        self.total[reason] += 1
+        self.pending[reason] += 1
+        self.consecutive += 1
+        n = self.total[reason]
+        if n <= 3 or n % 1000 == 0:
+            log.warning("skipped (%s, %d so far in this worker): %s", reason, n, exn, exc_info=reason == "error")
+        if self.limit is not None and self.consecutive >= self.limit:
+            raise RuntimeError(f"{self.consecutive} samples/shards in a row were skipped "
+                               f"({dict(self.total)}); check the shards and image_key/caption_key") from exn
+        return True
+
+    def take(self) -> dict[str, int]:
+        out = dict(self.pending)
+        self.pending.clear()
+        return out

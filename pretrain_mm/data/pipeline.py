@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import warnings
@@ -13,7 +12,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from .decode import (DEFAULT_CAPTION_KEY, DEFAULT_IMAGE_KEY, SkipSample, decode_image, get_caption,
+from .decode import (DEFAULT_CAPTION_KEY, DEFAULT_IMAGE_KEY, SkipCounter, SkipSample, decode_image, get_caption,
                      get_image_bytes, get_label, parse_key_spec, spec_exts)
 from .position import Resumable
 from .reader import EmptyShard, ShardError, iter_shard
@@ -21,37 +20,10 @@ from .shards import describe, expand_urls, read_sizes
 from .tokenizer import Tokenizer, load_tokenizer
 from .transforms import CLIP_MEAN, CLIP_STD, ImageAugment, Normalize, stack_uint8
 
-log = logging.getLogger("pretrain_mm.data")
 
 SKIP_REASONS = ("no_image", "bad_image", "no_caption", "no_label",
                 "truncated_shard", "unreadable_shard", "empty_shard", "error")
 MAX_CONSECUTIVE_SKIPS = 10_000  # a resampled stream that only meets bad data stops instead of hanging
-
-
-class SkipCounter:
-    """A webdataset `handler=`: counts each exception by its `reason`, logs the first few, and
-    returns True (skip the sample or shard, go on). `take()` returns the counts since the last take."""
-
-    def __init__(self, limit: int | None = None):
-        self.limit, self.total, self.pending, self.consecutive = limit, Counter(), Counter(), 0
-
-    def __call__(self, exn: BaseException) -> bool:
-        reason = getattr(exn, "reason", "error")
-        self.total[reason] += 1
-        self.pending[reason] += 1
-        self.consecutive += 1
-        n = self.total[reason]
-        if n <= 3 or n % 1000 == 0:
-            log.warning("skipped (%s, %d so far in this worker): %s", reason, n, exn, exc_info=reason == "error")
-        if self.limit is not None and self.consecutive >= self.limit:
-            raise RuntimeError(f"{self.consecutive} samples/shards in a row were skipped "
-                               f"({dict(self.total)}); check the shards and image_key/caption_key") from exn
-        return True
-
-    def take(self) -> dict[str, int]:
-        out = dict(self.pending)
-        self.pending.clear()
-        return out
 
 
 class StreamContext:
