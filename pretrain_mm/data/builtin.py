@@ -1,4 +1,4 @@
-"""Built-in datasets made locally (no network): synthetic captioned `shapes` and scikit-learn `digits`."""
+"""Built-in datasets made on first use: synthetic captioned `shapes`, scikit-learn `digits`, and real `stamps` (Debian)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 from typing import Iterator
@@ -18,9 +19,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .shards import write_samples
+from .stamps import STAMPS_DEFAULTS, write_stamps
 from .tokenizer import TOKENIZER_FILE, train_tokenizer
 
-VERSION = 2
+VERSION = 3  # 3: shapes' compositional split, zero-shot prompts unseen in training captions
 INFO_FILE = "classes.json"
 SPLITS = ("train", "val")
 
@@ -50,6 +52,31 @@ PARTIAL_TEMPLATES = (
     "a {shape} on a {bg} background",
     "a picture of a {colour} {shape} on a {bg} background",
 )
+# Zero-shot prompts: templates no training caption uses (check_unseen_prompts asserts it at build
+# time), so zero-shot accuracy measures transfer to new wording, not recall of seen captions.
+PROMPT_TEMPLATES = (
+    "a drawing of a {shape}",
+    "a simple {colour} {shape} icon",
+    "the {shape} is coloured {colour}",
+    "an illustration showing one {size} {shape}",
+    "the {shape} looks {size} in this image",
+    "the {shape} sits in the {pos} part of the image",
+    "something {colour} drawn over a {bg} backdrop",
+    "an object painted {colour}",
+    "a {size} object in the {pos} region of the frame",
+    "a figure toward the {pos}",
+    "a plain {bg} backdrop behind the object",
+    "a figure resting on a {bg} backdrop",
+)
+# The compositional split: (shape, colour) index pairs that no training scene shows and that are
+# the only pairs val shows, so val asks for known shapes and known colours in unseen combinations.
+# Shape s loses colours s and s - 2 (mod 8): every shape 2 of its 8 colours, every colour 1 or 2
+# shapes, 12 of the 48 pairs; a fixed rule, so every build holds out the same pairs.
+HELD_OUT = tuple((s, c) for s in range(len(SHAPES)) for c in (s, (s - 2) % len(COLOURS)))
+SPLIT_PAIRS = {"train": tuple((s, c) for s in range(len(SHAPES)) for c in range(len(COLOURS))
+                              if (s, c) not in HELD_OUT), "val": HELD_OUT}
+assert all(sum(s == k for s, _ in HELD_OUT) == 2 for k in range(len(SHAPES)))
+assert all(1 <= sum(c == k for _, c in HELD_OUT) <= 2 for k in range(len(COLOURS)))
 SHAPES_DEFAULTS = {"num_train": 10_000, "num_val": 1_000, "image_size": 64, "seed": 0}
 
 
@@ -75,10 +102,16 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     raise ValueError(shape)
 
 
-def draw_scene(rng: random.Random, size: int) -> tuple[Image.Image, dict]:
+def draw_scene(rng: random.Random, size: int,
+               pairs: tuple[tuple[int, int], ...] | None = None) -> tuple[Image.Image, dict]:
     """One scene: a shape of random kind, colour, size and grid position on a jittered, shaded,
-    noisy background. Returns the image and the attribute indices."""
-    attrs = {"shape": rng.randrange(len(SHAPES)), "colour": rng.randrange(len(COLOURS)),
+    noisy background. Returns the image and the attribute indices. `pairs`: the (shape, colour)
+    index pairs to draw from (a split's, SPLIT_PAIRS), uniformly; None: any shape, any colour."""
+    if pairs is None:
+        shape_colour = (rng.randrange(len(SHAPES)), rng.randrange(len(COLOURS)))
+    else:
+        shape_colour = rng.choice(pairs)
+    attrs = {"shape": shape_colour[0], "colour": shape_colour[1],
              "size": rng.randrange(len(SIZES)), "position": rng.randrange(len(POSITIONS)),
              "background": rng.randrange(len(BACKGROUNDS))}
     ss = 4  # supersampling for smooth edges
@@ -122,7 +155,7 @@ def _jpeg(img: Image.Image) -> bytes:
 def _shapes_samples(split: str, num: int, image_size: int, seed: int) -> Iterator[tuple[str, dict]]:
     for i in range(num):
         rng = random.Random(f"shapes/{seed}/{split}/{i}")
-        img, attrs = draw_scene(rng, image_size)
+        img, attrs = draw_scene(rng, image_size, SPLIT_PAIRS[split])
         caption = shapes_caption(rng.choice(FULL_TEMPLATES if rng.random() < 0.5 else PARTIAL_TEMPLATES), attrs)
         meta = dict(attrs, caption=caption, full_caption=shapes_caption(FULL_TEMPLATES[0], attrs), label=attrs["shape"])
         yield f"{i:08d}", {"jpg": _jpeg(img), "txt": caption, "cls": str(attrs["shape"]),
@@ -133,10 +166,12 @@ _FIELDS = {"shape": "shape", "colour": "colour", "size": "size", "position": "po
 
 
 def _prompts(attr: str, count: int = 16) -> list[str]:
-    """Zero-shot prompt ensemble for one attribute: caption templates that name it, the other
-    attributes filled in at random (seeded), the attribute left as '{}' for the class name."""
+    """Zero-shot prompt ensemble for one attribute: the PROMPT_TEMPLATES that name it (never a
+    training caption's), the other attributes they name filled in at random (seeded: averaged over
+    the ensemble they favour no class, and captions always name a shape, so a prompt that does too
+    reads like the text the tower learnt from), the attribute left as '{}' for the class name."""
     rng = random.Random(f"prompts/{attr}")
-    templates = [t for t in FULL_TEMPLATES + PARTIAL_TEMPLATES if "{" + _FIELDS[attr] + "}" in t]
+    templates = [t for t in PROMPT_TEMPLATES if "{" + _FIELDS[attr] + "}" in t]
     out = []
     for i in range(count):
         values = {"shape": rng.randrange(len(SHAPES)), "colour": rng.randrange(len(COLOURS)),
@@ -147,7 +182,34 @@ def _prompts(attr: str, count: int = 16) -> list[str]:
     return out
 
 
+def fixed_text(template: str) -> list[str]:
+    """The literal pieces of a caption or prompt template between its {fields}, stripped."""
+    return [piece.strip() for piece in re.split(r"\{[^{}]*\}", template) if piece.strip()]
+
+
+def check_unseen_prompts(prompts, training) -> None:
+    """Assert that no zero-shot prompt template is a training caption template (fields renamed
+    or not) and that none of its literal pieces of two or more words occurs in one. Single words
+    ('a', 'the', 'background') are allowed: no English sentence avoids them all."""
+    def form(t):
+        return re.sub(r"\{[^{}]*\}", "{}", t)
+
+    seen = {form(t) for t in training}
+    pieces = [f" {p} " for t in training for p in fixed_text(t)]
+    for prompt in prompts:
+        assert form(prompt) not in seen, f"zero-shot prompt template {prompt!r} is a training caption template"
+        for piece in fixed_text(prompt):
+            assert len(piece.split()) < 2 or not any(f" {piece} " in p for p in pieces), \
+                f"zero-shot prompt template {prompt!r}: {piece!r} occurs in a training caption template"
+
+
+SHAPES_EVAL_NOTE = (f"val holds only the {len(HELD_OUT)} shape-colour pairs never seen in training (every shape "
+                    "and every colour is seen, never together); zero-shot prompts are templates never used in "
+                    "training captions")
+
+
 def _shapes_info(params: dict) -> dict:
+    check_unseen_prompts(PROMPT_TEMPLATES, FULL_TEMPLATES + PARTIAL_TEMPLATES)
     return {
         "name": "shapes", "params": params, "label": "shape",
         "classes": {"shape": list(SHAPES), "colour": list(COLOURS), "size": list(SIZES),
@@ -157,14 +219,24 @@ def _shapes_info(params: dict) -> dict:
         "prompts": {a: _prompts(a) for a in _FIELDS},
         "notes": "captions name left/right positions: a horizontal flip makes them wrong (hflip=False); "
                  "json:full_caption describes every attribute, for retrieval without ambiguous captions",
+        "split": {"kind": "compositional", "held_out": [[SHAPES[s], list(COLOURS)[c]] for s, c in HELD_OUT],
+                  "note": "train never shows a held-out (shape, colour) pair; val shows only those"},
+        # said beside the evaluation's results (eval/report.py)
+        "eval_note": SHAPES_EVAL_NOTE,
     }
 
 
 # ----------------------------------------------------------------------------- digits
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# Training captions use DIGIT_TEMPLATES; zero-shot prompts DIGIT_PROMPT_TEMPLATES, which no caption
+# uses (checked at build time), so zero-shot accuracy is not the recall of seen captions.
 DIGIT_TEMPLATES = ("a handwritten digit {}", "a scan of a handwritten {}", "the number {}, written by hand",
-                   "a photo of the digit {}", "a small scan of the handwritten number {}")
+                   "a small scan of the handwritten number {}")
+DIGIT_PROMPT_TEMPLATES = ("a photo of the digit {}", "a picture of the numeral {}", "a pixelated drawing of {}",
+                          "the figure {} in dark ink", "a blurry picture showing {}")
+DIGITS_EVAL_NOTE = ("val: a stratified random split of the scans; zero-shot prompts are templates never used in "
+                    "training captions")
 DIGITS_DEFAULTS = {"image_size": 32, "val_fraction": 0.2, "seed": 0}
 
 
@@ -191,13 +263,15 @@ def _digits_samples(d: dict, split: str, image_size: int, seed: int) -> Iterator
 
 
 def _digits_info(params: dict) -> dict:
+    check_unseen_prompts(DIGIT_PROMPT_TEMPLATES, DIGIT_TEMPLATES)
     return {"name": "digits", "params": params, "label": "label", "classes": {"label": list(DIGIT_NAMES)},
-            "label_keys": {"label": "cls"}, "prompts": {"label": list(DIGIT_TEMPLATES)}}
+            "label_keys": {"label": "cls"}, "prompts": {"label": list(DIGIT_PROMPT_TEMPLATES)},
+            "eval_note": DIGITS_EVAL_NOTE}
 
 
 # ----------------------------------------------------------------------------- building and caching
 
-BUILTINS = {"shapes": SHAPES_DEFAULTS, "digits": DIGITS_DEFAULTS}
+BUILTINS = {"shapes": SHAPES_DEFAULTS, "digits": DIGITS_DEFAULTS, "stamps": STAMPS_DEFAULTS}
 
 
 def _params(name: str, overrides: dict) -> dict:
@@ -213,6 +287,8 @@ def write_builtin(name: str, out_dir: str, shard_size: int = 500, vocab_size: in
     """Write a built-in dataset: out_dir/{train,val}/*.tar + sizes.json, tokenizer.json (BPE trained
     on the train captions) and classes.json (class names, label keys, zero-shot prompts)."""
     params = _params(name, overrides)
+    if name == "stamps":  # real images read from a Debian package: its own reader and split (stamps.py)
+        return write_stamps(out_dir, params, shard_size, vocab_size, INFO_FILE)
     captions: list[str] = []
     digits = _digits_split(params["seed"], params["val_fraction"]) if name == "digits" else {}
     for split in SPLITS:
