@@ -127,6 +127,10 @@ def test_clip_checkpoint_evaluation_writes_the_report(tmp_path):
                     "Retrieval examples: shapes"):
         assert section in page
     assert (report / "training_curves.png").exists() and (report / "knn_digits.png").exists()
+    # what the built-in sets' splits and prompts test, from their classes.json, beside the numbers
+    assert set(results["notes"]) == {"shapes", "digits"}
+    assert "shapes: val holds only the 12 shape-colour pairs never seen in training" in page
+    assert "digits: val: a stratified random split of the scans; zero-shot prompts are templates never" in page
 
 
 def test_mae_checkpoint_evaluation_has_reconstructions(tmp_path):

@@ -43,6 +43,7 @@ class EvalSet:
     split_captions: bool = False              # one caption per line (CLIP_benchmark retrieval sets)
     zeroshot: dict[str, ZeroShotTask] = field(default_factory=dict)
     json_labels: list[str] = field(default_factory=list)  # JSON fields read by sample key as extra labels
+    note: Optional[str] = None                # what its split and prompts test (eval_note), for the report
 
     @property
     def classification(self) -> bool:
@@ -54,7 +55,7 @@ def builtin_set(name: str, e, root: Optional[str] = None) -> EvalSet:
     info = builtin_info(name, root)
     primary = info["label"]
     out = EvalSet(name=name, test_urls=get_builtin(name, "val", root), label_key=info["label_keys"][primary],
-                  classnames=info["classes"][primary])
+                  classnames=info["classes"][primary], note=info.get("eval_note"))
     if name in e.classification:
         out.train_urls = get_builtin(name, "train", root)
     if name in e.retrieval:

@@ -74,6 +74,9 @@ def build_blocks(results: dict, extras: dict, metrics_file: Path) -> list[tuple]
               "of the same architecture, 'chance' what guessing scores."),
         ("table", ["task", "dataset", "metric", "trained", "random", "chance"], result_rows(results)),
     ]
+    # What each set's split and zero-shot prompts test (a built-in's eval_note in classes.json),
+    # right under the numbers, so a high zero-shot score is read as what it is.
+    blocks += [("p", f"{dataset}: {note}") for dataset, note in results.get("notes", {}).items()]
     curves = plots.training_curves(read_metrics(metrics_file))
     if curves:
         blocks += [("h2", "Training curves"), ("image", "training_curves.png", curves, "training loss and lr")]

@@ -42,7 +42,8 @@ class Evaluation:
         if self.e.random_baseline:
             self.towers["random"] = random_model(cfg, self.e.seed, device)
         self.tokenizer = build_tokenizer(cfg.data) if self.kind == "clip" else None
-        self.results: dict = {"metrics": {name: {} for name in self.towers}, "chance": {}, "samples": {}}
+        self.results: dict = {"metrics": {name: {} for name in self.towers}, "chance": {}, "samples": {},
+                              "notes": {}}
         self.extras: dict = {"confusion": [], "retrieval_examples": {}, "reconstructions": None}
 
     def record(self, tower: str, task: str, dataset: str, values: dict) -> None:
@@ -72,6 +73,8 @@ class Evaluation:
         test = self.extract(ds, ds.test_urls, labels=needs_label, captions=retrieval)
         attach_json_labels(test, ds.test_urls, ds.json_labels if zeroshot else [])
         self.results["samples"][ds.name] = {"test": len(test)}
+        if ds.note:  # what the set's numbers measure (a built-in's eval_note), said beside them in the report
+            self.results["notes"][ds.name] = ds.note
         for attr, task in zeroshot.items():
             self.run_zeroshot(f"{ds.name}/{attr}", test, task)
         if retrieval:
