@@ -56,6 +56,6 @@ def model_from_config(cfg, vocab_size: int, **overrides):
     m = cfg.model
     extra = ({"patch_dropout": m.patch_dropout, "loss_kind": cfg.loss.kind} if m.kind == "clip"
              else {"mask_ratio": m.mask_ratio, "norm_pix_loss": m.norm_pix_loss})
-    extra.update(drop_path_rate=m.drop_path, **overrides)
+    extra.update(drop_path_rate=m.drop_path, **dict(m.get("args") or {}), **overrides)
     return build_model(m.kind, m.size, image_size=cfg.data.image_size, vocab_size=vocab_size or None,
                        context_length=cfg.data.context_length, **extra)

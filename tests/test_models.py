@@ -169,6 +169,13 @@ def test_text_features_ignore_padding():
         torch.testing.assert_close(features[row : row + 1], alone, atol=1e-5, rtol=1e-5)
 
 
+def test_text_cuts_the_padding_after_the_longest_text_without_changing_features():
+    model, text = tiny_text(), captions(4, min_len=2)
+    text[:, CONTEXT // 2:] = 0  # every row ends before the middle: half the columns are padding
+    full = model.proj(model.pool(model.forward_tokens(text), text))  # the blocks on every column
+    torch.testing.assert_close(model(text), full, atol=1e-6, rtol=1e-6)
+
+
 def test_text_is_causal():
     model, text, t = tiny_text(), captions(2, min_len=CONTEXT), 6
     changed = text.clone()
@@ -305,3 +312,21 @@ def test_build_model_arguments():
                 dict(kind="mae", size="tiny", text_width=3), dict(kind="clip", size="tiny")):
         with pytest.raises(ValueError):
             build_model(**bad)
+
+
+def test_model_args_from_the_config_reach_the_constructor():
+    from omegaconf import OmegaConf
+
+    from pretrain_mm.builders import model_from_config
+    from pretrain_mm.config import Config
+
+    cfg = OmegaConf.structured(Config)
+    cfg.data.image_size = 32
+    cfg.model.args = {"patch_size": 16, "vision_norm_pre": True}
+    model = model_from_config(cfg, VOCAB)
+    assert model.visual.num_patches == 4 and isinstance(model.visual.norm_pre, torch.nn.LayerNorm)  # CLIP's ln_pre
+    cfg.model.args = {}
+    assert isinstance(model_from_config(cfg, VOCAB).visual.norm_pre, torch.nn.Identity)
+    cfg.model.args = {"patch_sise": 16}
+    with pytest.raises(ValueError, match="patch_sise"):
+        model_from_config(cfg, VOCAB)

@@ -77,7 +77,13 @@ class TextTransformer(nn.Module):
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), self.eot_positions(text)]
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
-        """Projected text features (B, output_dim), not normalised."""
+        """Projected text features (B, output_dim), not normalised.
+
+        Causality makes the pooled end-of-text features blind to the columns after it, so the
+        padding after the batch's longest text is cut before the blocks: the same features, at
+        a cost that follows the captions' length instead of context_length."""
+        if text.device.type != "meta":  # (shapes-only runs on meta tensors have no ids to look at)
+            text = text[:, : int(self.eot_positions(text).max()) + 1]
         return self.proj(self.pool(self.forward_tokens(text), text))
 
     def no_weight_decay(self) -> set[str]:

@@ -30,6 +30,7 @@ class VisionTransformer(nn.Module):
         output_dim: a linear head from width to output_dim after pooling (0: none, forward
             returns the pooled features); CLIP's image projection, or a classifier.
         head_bias: whether that head has a bias (CLIP's projection has none).
+        norm_pre: a LayerNorm on the tokens before the first block (CLIP's ln_pre).
 
     Attributes the trainer relies on: `blocks` (nn.ModuleList of self-contained Blocks, for
     per-block fully_shard / activation checkpointing), no_weight_decay(), layer_id(name).
@@ -39,7 +40,7 @@ class VisionTransformer(nn.Module):
     def __init__(self, image_size: int = 224, patch_size: int = 16, in_chans: int = 3, width: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, pos_embed: str = "learned",
                  pool: str = "cls", class_token: bool = True, patch_dropout: float = 0.0,
-                 drop_path_rate: float = 0.0, output_dim: int = 0, head_bias: bool = True):
+                 drop_path_rate: float = 0.0, output_dim: int = 0, head_bias: bool = True, norm_pre: bool = False):
         super().__init__()
         if pos_embed not in POS_EMBEDS:
             raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}")
@@ -64,6 +65,8 @@ class VisionTransformer(nn.Module):
             self.pos_embed = nn.Parameter(torch.empty(pos_shape))
         else:  # fixed: not a parameter, not in the checkpoint, recomputed by init_weights
             self.register_buffer("pos_embed", torch.empty(pos_shape), persistent=False)
+        # CLIP's ln_pre: the embedded tokens are normalised before the first block.
+        self.norm_pre = nn.LayerNorm(width, eps=1e-6) if norm_pre else nn.Identity()
         self.blocks = make_blocks(width, depth, num_heads, mlp_ratio, drop_path_rate)
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.head = nn.Linear(width, output_dim, bias=head_bias) if output_dim else nn.Identity()
@@ -107,6 +110,7 @@ class VisionTransformer(nn.Module):
         if self.cls_token is not None:
             cls = (self.cls_token + self.pos_embed[:, :1]).to(x.dtype).expand(x.shape[0], -1, -1)
             x = torch.cat([cls, x], dim=1)
+        x = self.norm_pre(x)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
