@@ -143,7 +143,7 @@ def openclip_model_dir(out, args, vocab_size=49408):
     cfg = {"model_cfg": {
         "embed_dim": s["embed_dim"],
         "vision_cfg": {"image_size": args.image_size, "layers": s["vision_depth"], "width": s["vision_width"],
-                       "head_width": s["vision_width"] // s["vision_heads"], "patch_size": s["patch_size"]},
+                       "head_width": s["vision_width"] // s["vision_heads"], "patch_size": args.patch_size},
         "text_cfg": {"context_length": args.context_length, "vocab_size": vocab_size, "width": s["text_width"],
                      "heads": s["text_heads"], "layers": s["text_depth"]}},
         "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)}}
@@ -182,6 +182,7 @@ def train_openclip(python, seed, args, train_urls, work):
 def train_ours(seed, args, work):
     run = work / f"ours-seed{seed}"
     cmd = [sys.executable, "-m", "pretrain_mm", "+exp=clip", f"data={args.data}", f"model.size={args.size}",
+           f"++model.args.patch_size={args.patch_size}",
            f"data.image_size={args.image_size}", f"data.context_length={args.context_length}",
            f"data.num_workers={args.workers}", f"trainer.max_steps={args.steps}",
            f"trainer.batch_size={args.batch_size}", f"trainer.seed={seed}", "trainer.precision=fp32",
@@ -205,6 +206,7 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--patch-size", type=int, default=8)
     parser.add_argument("--context-length", type=int, default=32)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=64)

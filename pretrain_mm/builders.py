@@ -9,10 +9,23 @@ log = logging.getLogger(__name__)
 _said_clip_default = False  # the fall-back to CLIP's BPE is logged once per process
 
 
+def builtin_mixture(data_cfg) -> list[tuple[str, int]]:
+    """(name, weight) of the built-in datasets data.name names: 'shapes', or a mixture
+    'shapes+digits*3' whose training draws digits' shards 3 times as often; [] for shards."""
+    out = []
+    for part in data_cfg.name.split("+"):
+        name, star, weight = part.partition("*")
+        if name not in BUILTINS:
+            return []
+        if star and not (weight.isdigit() and int(weight) >= 1):
+            raise ValueError(f"data.name={data_cfg.name}: the weight after '{name}*' must be a whole number >= 1")
+        out.append((name, int(weight) if star else 1))
+    return out
+
+
 def builtin_names(data_cfg) -> list[str]:
-    """The built-in datasets named by data.name ('shapes', or a mixture 'shapes+digits'); [] for shards."""
-    names = data_cfg.name.split("+")
-    return names if all(n in BUILTINS for n in names) else []
+    """The built-in datasets named by data.name, in order; [] for shards."""
+    return [name for name, _ in builtin_mixture(data_cfg)]
 
 
 def split_urls(data_cfg, split: str):
@@ -20,12 +33,14 @@ def split_urls(data_cfg, split: str):
     urls = getattr(data_cfg, split).urls
     if urls:
         return urls
-    names = builtin_names(data_cfg)
-    if not names:
+    mixture = builtin_mixture(data_cfg)
+    if not mixture:
         raise ValueError(f"data={data_cfg.name} needs shards: set data.{split}.urls to a directory, a brace pattern "
                          f"('/data/cc3m/{{00000..00331}}.tar') or a comma-separated list (built-in sets: "
                          f"{', '.join(BUILTINS)}, or a mixture such as shapes+digits)")
-    return [url for name in names for url in get_builtin(name, split, root=data_cfg.root)]
+    # A weight repeats the set's training shards: the trainer draws shards with replacement.
+    return [url for name, weight in mixture
+            for url in get_builtin(name, split, root=data_cfg.root) * (weight if split == "train" else 1)]
 
 
 def build_tokenizer(data_cfg):

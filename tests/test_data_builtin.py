@@ -101,3 +101,21 @@ def test_tokenizer_round_trip(tmp_path):
     assert again(texts).equal(tok(texts)) and load_tokenizer(str(tmp_path), 12)(texts).equal(tok(texts))
     assert pickle.loads(pickle.dumps(tok))(texts).equal(tok(texts))
     assert train_tokenizer(texts, vocab_size=400).hf.to_str() == tok.hf.to_str()  # deterministic
+
+
+def test_a_mixture_weight_repeats_that_sets_training_shards(tmp_path):
+    from types import SimpleNamespace
+
+    from pretrain_mm.builders import builtin_names, split_urls
+
+    def data(name):
+        return SimpleNamespace(name=name, root=str(tmp_path), train=SimpleNamespace(urls=None),
+                               val=SimpleNamespace(urls=None))
+
+    digits = {split: get_builtin("digits", split, root=str(tmp_path)) for split in ("train", "val")}
+    assert split_urls(data("digits*3"), "train") == digits["train"] * 3
+    assert split_urls(data("digits*3"), "val") == digits["val"]  # evaluation reads each sample once
+    assert builtin_names(data("digits*3")) == ["digits"] and builtin_names(data("/d/x.tar")) == []
+    for bad in ("digits*0", "digits*x", "digits*"):
+        with pytest.raises(ValueError, match="whole number"):
+            split_urls(data(bad), "train")

@@ -28,6 +28,9 @@ from pretrain_mm.eval.zeroshot import zeroshot_classifier, zeroshot_evaluate
 log = logging.getLogger(__name__)
 
 
+PROBED = "probe:"  # Features.image key prefix of what a tower's probes and k-NN read
+
+
 def chance_accuracy(classes: int) -> dict[str, float]:
     return {"top1": 1 / classes, "top5": min(1.0, 5 / classes)}
 
@@ -50,8 +53,18 @@ class Evaluation:
         self.results["metrics"][tower].setdefault(task, {})[dataset] = values
 
     def image_encoders(self) -> dict:
-        # Unnormalised tower outputs: zero-shot, retrieval and k-NN normalise, the probe standardises.
-        return {name: (lambda x, m=m: m.encode_image(x, normalize=False)) for name, m in self.towers.items()}
+        """Per tower, its image features (zero-shot, retrieval) and, under PROBED + tower, what probes
+        and k-NN read (`model.representation`; the same for MAE). Unnormalised: zero-shot,
+        retrieval and k-NN normalise, the probe standardises."""
+        encoders = {}
+        for name, m in self.towers.items():
+            encoders[name] = lambda x, m=m: m.encode_image(x, normalize=False)
+            if self.kind == "clip":
+                encoders[PROBED + name] = m.representation
+        return encoders
+
+    def probed(self, tower: str) -> str:
+        return PROBED + tower if self.kind == "clip" else tower
 
     def extract(self, ds: EvalSet, urls: list[str], *, labels: bool, captions: bool) -> Features:
         tokenizer = self.tokenizer if captions else None
@@ -111,16 +124,17 @@ class Evaluation:
         classes = len(ds.classnames) if ds.classnames else int(max(y_train.max(), y_test.max())) + 1
         p = self.e.probe
         for tower in self.towers:
+            x_train, x_test = train.image[self.probed(tower)], test.image[self.probed(tower)]
             metrics, predictions = linear_probe(
-                train.image[tower], y_train, test.image[tower], y_test, classes, epochs=p.epochs,
+                x_train, y_train, x_test, y_test, classes, epochs=p.epochs,
                 batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, warmup_epochs=p.warmup_epochs,
                 seed=self.e.seed)
             self.record(tower, "linear_probe", ds.name, metrics)
             if tower == "trained":
                 self.extras["confusion"].append((f"linear probe {ds.name}",
                                                  confusion_matrix(predictions, y_test, classes), ds.classnames))
-            self.record(tower, "knn", ds.name, knn_evaluate(train.image[tower], y_train, test.image[tower], y_test,
-                                                            classes, list(self.e.knn_k), self.e.knn_temperature))
+            self.record(tower, "knn", ds.name, knn_evaluate(x_train, y_train, x_test, y_test, classes,
+                                                            list(self.e.knn_k), self.e.knn_temperature))
             if self.e.finetune.enabled:
                 metrics, _, _ = finetune(self.towers[tower], ds, classes, len(train), self.e.finetune, self.e,
                                          self.image_size, self.device)

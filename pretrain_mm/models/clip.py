@@ -91,6 +91,11 @@ class CLIP(nn.Module):
         features = self.visual(images)
         return F.normalize(features, dim=-1) if normalize else features
 
+    def representation(self, images: torch.Tensor) -> torch.Tensor:
+        """What linear probes and k-NN read (B, vision_width): the pooled image tower before the
+        projection to the shared space, as the CLIP paper's linear probes do for its ViTs."""
+        return self.visual.pool(self.visual.forward_features(images))
+
     def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Text features (B, embed_dim) of token ids (B, T), unit-norm unless normalize=False."""
         features = self.text(text)
