@@ -79,7 +79,7 @@ def test_shapes_prompts_are_not_training_captions(shapes):
     meta, info = shapes
     captions = [m["caption"] for m in meta["train"]]
     for attr, prompts in info["prompts"].items():
-        assert len(prompts) == 16 and all(p.count("{}") == 1 for p in prompts)
+        assert len(prompts) >= 3 and all(p.count("{}") == 1 and "{" not in p.replace("{}", "") for p in prompts)
         check_prompts(prompts, info["classes"][attr], builtin.PROMPT_TEMPLATES, captions)
     # the captions do come from the training templates, whose pieces the check would have found
     assert unseen(["at the", "background with a"], captions) == ["at the", "background with a"]

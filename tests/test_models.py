@@ -204,6 +204,10 @@ def test_clip_outputs_and_init(kind):
         assert out["logit_bias"].item() == -10.0
     torch.testing.assert_close(model.encode_image(images(4)), out["image_features"])
     torch.testing.assert_close(model.encode_text(captions(4)), out["text_features"])
+    # probes read the pooled tower before the projection (the CLIP paper's I_f)
+    representation = model.representation(images(4))
+    assert representation.shape == (4, model.visual.width)
+    torch.testing.assert_close(model.visual.head(representation), model.encode_image(images(4), normalize=False))
 
 
 def test_logit_scale_is_clamped_at_100_as_a_parameter():
@@ -330,3 +334,17 @@ def test_model_args_from_the_config_reach_the_constructor():
     cfg.model.args = {"patch_sise": 16}
     with pytest.raises(ValueError, match="patch_sise"):
         model_from_config(cfg, VOCAB)
+
+
+def test_the_clip_style_vision_init_is_open_clips():
+    model = tiny_clip(vision_init="clip")
+    visual, width = model.visual, model.visual.width
+    block = visual.blocks[0]
+    assert block.attn.qkv.weight.std().item() == pytest.approx((2 / (width + 3 * width)) ** 0.5, rel=0.1)  # xavier
+    assert block.mlp.fc1.weight.std().item() == pytest.approx((3 * width) ** -0.5, rel=0.1)  # PyTorch's default
+    assert block.attn.qkv.bias.abs().max() == 0 and block.attn.proj.bias.abs().max() == 0
+    assert block.mlp.fc1.bias.abs().max() > 0  # default biases are not zero
+    assert visual.pos_embed.std().item() == pytest.approx(width ** -0.5, rel=0.1)
+    assert tiny_clip().visual.pos_embed.std().item() == pytest.approx(0.02, rel=0.15)  # timm's, the default
+    with pytest.raises(ValueError, match="init"):
+        tiny_clip(vision_init="lecun")

@@ -148,6 +148,22 @@ def init_vit_weights(module: nn.Module) -> None:
 
 
 @torch.no_grad()
+def init_clip_vit_weights(module: nn.Module) -> None:
+    """What open_clip's ViT gets (it defines no init of its own): PyTorch's default init of every
+    linear and conv, then, as nn.MultiheadAttention, xavier-uniform qkv with zero biases and a
+    zero output bias. LayerNorm (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.LayerNorm)):
+            m.reset_parameters()
+    for m in module.modules():  # after the layers inside it have been reset
+        if isinstance(m, Attention):
+            nn.init.xavier_uniform_(m.qkv.weight)
+            for bias in (m.qkv.bias, m.proj.bias):
+                if bias is not None:
+                    nn.init.zeros_(bias)
+
+
+@torch.no_grad()
 def init_sincos_(buffer: torch.Tensor, grid_size: int, cls_token: bool) -> None:
     """Fill a (1, T, D) position buffer with sincos_pos_embed_2d (works on meta and any device)."""
     buffer.copy_(sincos_pos_embed_2d(buffer.shape[-1], grid_size, cls_token).unsqueeze(0))

@@ -5,11 +5,13 @@ import re
 import torch
 import torch.nn as nn
 
-from pretrain_mm.models.layers import (gather_tokens, init_sincos_, init_vit_weights, make_blocks, no_weight_decay_names,
+from pretrain_mm.models.layers import (gather_tokens, init_clip_vit_weights, init_sincos_, init_vit_weights, make_blocks,
+                                       no_weight_decay_names,
                                        random_masking)
 
 POS_EMBEDS = ("learned", "sincos")
 POOLS = ("cls", "mean")
+INITS = ("timm", "clip")
 
 
 class VisionTransformer(nn.Module):
@@ -31,6 +33,9 @@ class VisionTransformer(nn.Module):
             returns the pooled features); CLIP's image projection, or a classifier.
         head_bias: whether that head has a bias (CLIP's projection has none).
         norm_pre: a LayerNorm on the tokens before the first block (CLIP's ln_pre).
+        init: "timm" (trunc-normal 0.02 linears, as timm / MAE) or "clip" (what open_clip's ViT gets:
+            PyTorch's default layer init, attention in/out biases zero, class token and positions
+            normal with std width ** -0.5).
 
     Attributes the trainer relies on: `blocks` (nn.ModuleList of self-contained Blocks, for
     per-block fully_shard / activation checkpointing), no_weight_decay(), layer_id(name).
@@ -40,7 +45,8 @@ class VisionTransformer(nn.Module):
     def __init__(self, image_size: int = 224, patch_size: int = 16, in_chans: int = 3, width: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, pos_embed: str = "learned",
                  pool: str = "cls", class_token: bool = True, patch_dropout: float = 0.0,
-                 drop_path_rate: float = 0.0, output_dim: int = 0, head_bias: bool = True, norm_pre: bool = False):
+                 drop_path_rate: float = 0.0, output_dim: int = 0, head_bias: bool = True, norm_pre: bool = False,
+                 init: str = "timm"):
         super().__init__()
         if pos_embed not in POS_EMBEDS:
             raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}")
@@ -52,6 +58,9 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         if not 0.0 <= patch_dropout < 1.0:
             raise ValueError(f"patch_dropout must be in [0, 1), got {patch_dropout}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self.init = init
         self.image_size, self.patch_size, self.in_chans = image_size, patch_size, in_chans
         self.grid_size = image_size // patch_size
         self.num_patches = self.grid_size ** 2
@@ -75,14 +84,18 @@ class VisionTransformer(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """(Re)initialise every parameter and the fixed position buffer, as timm / MAE do."""
-        init_vit_weights(self)
-        # MAE: the patch embedding is initialised like a linear layer (xavier on the flattened kernel).
-        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.width, -1))
+        if self.init == "clip":
+            init_clip_vit_weights(self)
+        else:
+            init_vit_weights(self)
+            # MAE: the patch embedding is initialised like a linear layer (xavier on the flattened kernel).
+            nn.init.xavier_uniform_(self.patch_embed.weight.view(self.width, -1))
         nn.init.zeros_(self.patch_embed.bias)
+        std = self.width ** -0.5 if self.init == "clip" else 0.02
         if self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=0.02)
+            nn.init.normal_(self.cls_token, std=std)
         if isinstance(self.pos_embed, nn.Parameter):
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            (nn.init.normal_ if self.init == "clip" else nn.init.trunc_normal_)(self.pos_embed, std=std)
         else:
             init_sincos_(self.pos_embed, self.grid_size, cls_token=self.num_prefix_tokens > 0)
 
