@@ -147,3 +147,16 @@ def test_mae_checkpoint_evaluation_has_reconstructions(tmp_path):
     page = (out / "report" / "report.html").read_text()
     assert "MAE reconstructions" in page and "Training curves" in page  # curves from the run's metrics.jsonl
     assert not (tmp_path / "run" / "report").exists()
+
+
+def test_clip_probes_read_the_tower_before_the_projection():
+    from pretrain_mm.eval.runner import PROBED, Evaluation
+
+    cfg = make_cfg(random_baseline=False)
+    model = model_from_config(cfg, model_vocab(cfg)).eval()
+    evaluation = Evaluation(cfg, model, torch.device("cpu"))
+    encoders = evaluation.image_encoders()
+    x = torch.randn(2, 3, 32, 32)
+    assert encoders["trained"](x).shape == (2, model.visual.head.out_features)  # zero-shot, retrieval
+    assert evaluation.probed("trained") == PROBED + "trained"
+    torch.testing.assert_close(encoders[PROBED + "trained"](x), model.representation(x))  # probes, k-NN

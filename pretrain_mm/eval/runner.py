@@ -53,9 +53,9 @@ class Evaluation:
         self.results["metrics"][tower].setdefault(task, {})[dataset] = values
 
     def image_encoders(self) -> dict:
-        """Per tower, its image features (zero-shot, retrieval) and, under PROBED + tower, what probes
-        and k-NN read (`model.representation`; the same for MAE). Unnormalised: zero-shot,
-        retrieval and k-NN normalise, the probe standardises."""
+        """Per tower, its image features (zero-shot, retrieval) and, for CLIP, under PROBED + tower,
+        what probes and k-NN read (`CLIP.representation`; MAE's probes read its image features).
+        Unnormalised: zero-shot, retrieval and k-NN normalise, the probe standardises."""
         encoders = {}
         for name, m in self.towers.items():
             encoders[name] = lambda x, m=m: m.encode_image(x, normalize=False)

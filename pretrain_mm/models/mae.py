@@ -125,10 +125,6 @@ class MAE(nn.Module):
         features = self.encoder.pool(self.encoder.forward_features(images))
         return F.normalize(features, dim=-1) if normalize else features
 
-    def representation(self, images: torch.Tensor) -> torch.Tensor:
-        """What linear probes and k-NN read: encode_image's unnormalised features."""
-        return self.encode_image(images)
-
     def no_weight_decay(self) -> set[str]:
         """ndim <= 1 parameters, cls_token and mask_token (positions are fixed buffers)."""
         return no_weight_decay_names(self)
