@@ -272,12 +272,8 @@ def _params(name: str, overrides: dict) -> dict:
     return {**BUILTINS[name], **overrides}
 
 
-def write_builtin(name: str, out_dir: str, shard_size: int = 500, vocab_size: int = 1024, **overrides) -> dict:
-    """Write a built-in dataset: out_dir/{train,val}/*.tar + sizes.json, tokenizer.json (BPE trained
-    on the train captions) and classes.json (class names, label keys, zero-shot prompts)."""
-    params = _params(name, overrides)
-    if name == "stamps":  # real images read from a Debian package: its own reader and split (stamps.py)
-        return write_stamps(out_dir, params, shard_size, vocab_size, INFO_FILE)
+def _write_synthetic(name: str, params: dict, out_dir: str, shard_size: int) -> tuple[dict, list[str]]:
+    """shapes or digits: out_dir/{train,val}/*.tar; returns (classes.json's info, the train captions)."""
     captions: list[str] = []
     digits = _digits_split(params["seed"], params["val_fraction"]) if name == "digits" else {}
     for split in SPLITS:
@@ -295,8 +291,18 @@ def write_builtin(name: str, out_dir: str, shard_size: int = 500, vocab_size: in
                 yield key, members
 
         write_samples(keep(samples), os.path.join(out_dir, split), shard_size, total=num, desc=f"{name}/{split}")
+    return (_shapes_info(params) if name == "shapes" else _digits_info(params)), captions
+
+
+def write_builtin(name: str, out_dir: str, shard_size: int = 500, vocab_size: int = 1024, **overrides) -> dict:
+    """Write a built-in dataset: out_dir/{train,val}/*.tar + sizes.json, tokenizer.json (BPE trained
+    on the train captions) and classes.json (class names, label keys, zero-shot prompts)."""
+    params = _params(name, overrides)
+    if name == "stamps":  # real images read from a Debian package: its own reader and split (stamps.py)
+        info, captions = write_stamps(out_dir, params, shard_size)
+    else:
+        info, captions = _write_synthetic(name, params, out_dir, shard_size)
     train_tokenizer(captions, vocab_size=vocab_size).save(os.path.join(out_dir, TOKENIZER_FILE))
-    info = _shapes_info(params) if name == "shapes" else _digits_info(params)
     with open(os.path.join(out_dir, INFO_FILE), "w") as f:
         f.write(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info

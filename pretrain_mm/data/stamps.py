@@ -20,7 +20,6 @@ from typing import BinaryIO
 from PIL import Image
 
 from .shards import ShardWriter, write_samples
-from .tokenizer import TOKENIZER_FILE, train_tokenizer
 
 PACKAGE = "tuxpaint-stamps-default"
 DEB_ENV = "PRETRAIN_MM_STAMPS_DEB"
@@ -230,9 +229,10 @@ def unseen_prompts(templates, captions) -> list[str]:
     return kept
 
 
-def write_stamps(out_dir: str, params: dict, shard_size: int, vocab_size: int, info_file: str) -> dict:
-    """Write the built-in stamps set into out_dir: {train,val}/*.tar (+ sizes.json), tokenizer.json,
-    info_file (classes.json) and clip_benchmark/ (val as a CLIP_benchmark classification set)."""
+def write_stamps(out_dir: str, params: dict, shard_size: int) -> tuple[dict, list[str]]:
+    """Write the stamps set's shards into out_dir: {train,val}/*.tar (+ sizes.json) and clip_benchmark/
+    (val as a CLIP_benchmark classification set). Returns (classes.json's info, the train captions):
+    builtin.write_builtin saves both, with the tokenizer, as for every built-in set."""
     tmp = tempfile.mkdtemp(prefix="stamps-deb-")
     try:
         deb = obtain_deb(tmp)
@@ -264,7 +264,6 @@ def write_stamps(out_dir: str, params: dict, shard_size: int, vocab_size: int, i
     for name, indices in split.items():
         write_samples(samples(indices), os.path.join(out_dir, name), shard_size, total=len(indices),
                       desc=f"stamps/{name}")
-    train_tokenizer(train_captions, vocab_size=vocab_size).save(os.path.join(out_dir, TOKENIZER_FILE))
 
     # The val split again in CLIP_benchmark's webdataset layout (eval.clip_benchmark_dirs).
     bench = os.path.join(out_dir, CLIP_BENCHMARK_DIR)
@@ -294,6 +293,4 @@ def write_stamps(out_dir: str, params: dict, shard_size: int, vocab_size: int, i
                      "together (no val caption is a train caption); zero-shot prompts are templates whose "
                      "wording no training caption holds",
     }
-    with open(os.path.join(out_dir, info_file), "w") as f:
-        f.write(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return info
+    return info, train_captions
