@@ -64,6 +64,30 @@ def model_vocab(cfg) -> int:
     return build_tokenizer(cfg.data).vocab_size if cfg.model.kind == "clip" else 0
 
 
+# CLIP arguments whose defaults changed (session 6: open_clip's image tower) and what a run's
+# config.yaml that does not name them was trained with. The trainer writes the current defaults
+# into every config.yaml (pin_model_args), so a later change of default cannot rebuild an old run
+# into another architecture.
+LEGACY_CLIP_ARGS = {"vision_norm_pre": False, "vision_init": "timm"}
+
+
+def pin_model_args(resolved: dict, legacy: bool = False) -> dict:
+    """A resolved config (a dict) with model.args naming every argument in LEGACY_CLIP_ARGS: the
+    model's current default, or with legacy=True (reading an older run's config.yaml) the old one."""
+    import inspect
+
+    from pretrain_mm.models import CLIP
+
+    model = resolved.get("model") or {}
+    if model.get("kind") == "clip":
+        params = inspect.signature(CLIP).parameters
+        args = dict(model.get("args") or {})
+        for name, old in LEGACY_CLIP_ARGS.items():
+            args.setdefault(name, old if legacy else params[name].default)
+        model["args"] = args
+    return resolved
+
+
 def model_from_config(cfg, vocab_size: int, **overrides):
     """A new, initialised model of the config's kind, size and input shapes."""
     from pretrain_mm.models import build_model

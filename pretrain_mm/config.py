@@ -46,7 +46,7 @@ class ModelConfig:
     mask_ratio: float = 0.75                # MAE
     norm_pix_loss: bool = True              # MAE: per-patch normalised targets
     # Any other constructor argument of CLIP / MAE by name, over the size's row:
-    # +model.args.patch_size=16 +model.args.vision_norm_pre=false (an unknown name is an error).
+    # +model.args.patch_size=16 +model.args.vision_init=timm (an unknown name is an error).
     args: dict[str, Any] = field(default_factory=dict)
 
 

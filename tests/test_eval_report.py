@@ -6,9 +6,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pretrain_mm.builders import model_from_config, model_vocab
+from pretrain_mm.builders import LEGACY_CLIP_ARGS, model_from_config, model_vocab, pin_model_args
 from pretrain_mm.config import Config
 from pretrain_mm.eval import EvalConfig, evaluate_checkpoint
+from pretrain_mm.eval.loading import load_checkpoint_model
 from pretrain_mm.eval.report import write_report
 from pretrain_mm.train.checkpoint import Checkpointer
 from pretrain_mm.train.distributed import DistInfo
@@ -36,7 +37,7 @@ def save_run(run_dir, cfg):
     torch.manual_seed(1)
     model = model_from_config(cfg, model_vocab(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(pin_model_args(OmegaConf.to_container(cfg, resolve=True))))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 5.0 / s, "lr": 1e-3}) + "\n"
                                                    for s in range(1, 6)) + '{"step": 6, "lo')  # a torn last line
     optimizer = torch.optim.AdamW(model.parameters())
@@ -98,6 +99,29 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "corrupt" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     with pytest.raises(ValueError, match=f"cannot read model weights from {corrupt}"):
         evaluate_checkpoint(cfg, INFO, checkpoint=tmp_path / "corrupt")
+
+
+def test_a_run_from_before_pinned_defaults_rebuilds_its_own_architecture(tmp_path):
+    """A config.yaml that does not name vision_norm_pre / vision_init was written when the image tower
+    had no ln_pre and timm's init: it rebuilds that, not today's default, and a checkpoint that does
+    not match the config it is read with is an error naming the weights, not a quiet partial load."""
+    cfg = make_cfg("clip")
+    old = tmp_path / "old_run"
+    old.mkdir()
+    (old / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # no model.args, as runs wrote then
+    model = model_from_config(cfg, model_vocab(cfg), **LEGACY_CLIP_ARGS)
+    Checkpointer(old / "checkpoints", INFO).save(1, model, torch.optim.AdamW(model.parameters()), {"step": 1})
+    loaded, _, _ = load_checkpoint_model(old, torch.device("cpu"))
+    assert isinstance(loaded.visual.norm_pre, torch.nn.Identity)
+    assert torch.equal(loaded.visual.pos_embed, model.visual.pos_embed)
+
+    new = tmp_path / "new_run"
+    save_run(new, cfg)
+    assert "vision_norm_pre: true" in (new / "config.yaml").read_text()  # pinned at training time
+    assert isinstance(load_checkpoint_model(new, torch.device("cpu"))[0].visual.norm_pre, torch.nn.LayerNorm)
+    (new / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # the wrong config for that checkpoint
+    with pytest.raises(ValueError, match=r"does not match the model its config.yaml builds.*visual.norm_pre"):
+        load_checkpoint_model(new, torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------- whole evaluations

@@ -259,7 +259,9 @@ def test_tiny_clip_memorises_a_fixed_batch(kind):
     x, text = images(16), captions(16)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     losses = []
-    for _ in range(30):
+    # 60 steps: with CLIP's ln_pre (the default) the sigmoid loss on noise images needs ~45 to fall
+    # below a quarter (without it, ~20); 30 steps was this test's budget before ln_pre was on.
+    for _ in range(60):
         loss = model.loss(model(x, text))
         optimiser.zero_grad()
         loss.backward()
@@ -326,18 +328,18 @@ def test_model_args_from_the_config_reach_the_constructor():
 
     cfg = OmegaConf.structured(Config)
     cfg.data.image_size = 32
-    cfg.model.args = {"patch_size": 16, "vision_norm_pre": True}
+    cfg.model.args = {"patch_size": 16, "vision_norm_pre": False}
     model = model_from_config(cfg, VOCAB)
-    assert model.visual.num_patches == 4 and isinstance(model.visual.norm_pre, torch.nn.LayerNorm)  # CLIP's ln_pre
+    assert model.visual.num_patches == 4 and isinstance(model.visual.norm_pre, torch.nn.Identity)
     cfg.model.args = {}
-    assert isinstance(model_from_config(cfg, VOCAB).visual.norm_pre, torch.nn.Identity)
+    assert isinstance(model_from_config(cfg, VOCAB).visual.norm_pre, torch.nn.LayerNorm)  # CLIP's ln_pre, the default
     cfg.model.args = {"patch_sise": 16}
     with pytest.raises(ValueError, match="patch_sise"):
         model_from_config(cfg, VOCAB)
 
 
 def test_the_clip_style_vision_init_is_open_clips():
-    model = tiny_clip(vision_init="clip")
+    model = tiny_clip()  # the default
     visual, width = model.visual, model.visual.width
     block = visual.blocks[0]
     assert block.attn.qkv.weight.std().item() == pytest.approx((2 / (width + 3 * width)) ** 0.5, rel=0.1)  # xavier
@@ -345,6 +347,6 @@ def test_the_clip_style_vision_init_is_open_clips():
     assert block.attn.qkv.bias.abs().max() == 0 and block.attn.proj.bias.abs().max() == 0
     assert block.mlp.fc1.bias.abs().max() > 0  # default biases are not zero
     assert visual.pos_embed.std().item() == pytest.approx(width ** -0.5, rel=0.1)
-    assert tiny_clip().visual.pos_embed.std().item() == pytest.approx(0.02, rel=0.15)  # timm's, the default
+    assert tiny_clip(vision_init="timm").visual.pos_embed.std().item() == pytest.approx(0.02, rel=0.15)  # timm's
     with pytest.raises(ValueError, match="init"):
         tiny_clip(vision_init="lecun")

@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 # builders: the one rule (shared with the trainer) from a config to its tokenizer and model.
-from pretrain_mm.builders import model_from_config, model_vocab
+from pretrain_mm.builders import model_from_config, model_vocab, pin_model_args
 # The one import from train (design.md allows it): checkpoints are found and read one way only.
 from pretrain_mm.train.checkpoint import load_model_weights, resolve_checkpoint
 
@@ -32,9 +32,10 @@ def load_run_config(checkpoint: Path) -> DictConfig:
         raise ValueError(f"{path} does not exist: evaluating {checkpoint} needs the config.yaml of its run "
                          "(written by the trainer next to checkpoints/) to rebuild the model")
     try:
-        return OmegaConf.load(path)
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as error:  # a damaged file: say which
         raise ValueError(f"cannot read {path}: {error}") from error
+    return OmegaConf.create(pin_model_args(loaded, legacy=True))  # a run from before they were written in
 
 
 def load_checkpoint_model(path, device: torch.device) -> tuple[torch.nn.Module, DictConfig, Path]:

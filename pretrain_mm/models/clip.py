@@ -24,9 +24,10 @@ class CLIP(nn.Module):
         vision_width, vision_depth, vision_heads: the image tower's shape.
         vision_pos_embed: "learned" (CLIP) or "sincos".
         vision_pool: "cls" (CLIP) or "mean".
-        vision_norm_pre: CLIP's ln_pre, a LayerNorm before the image tower's first block (off: with
-            this ViT's timm init it slowed learning here; see the README's recipe notes).
-        vision_init: the image tower's init, "timm" or "clip" (open_clip's; see VisionTransformer).
+        vision_norm_pre: CLIP's ln_pre, a LayerNorm before the image tower's first block.
+        vision_init: the image tower's init, "clip" (open_clip's) or "timm" (see VisionTransformer).
+            ln_pre with the "clip" init is open_clip's image tower; on held-out stamps recall it
+            beat timm's init without ln_pre (README, Benchmarks: the recipe experiments).
         patch_dropout: FLIP's patch dropout ratio for the image tower, training mode only.
         text_width, text_depth, text_heads: the text tower's shape.
         mlp_ratio: both towers' MLP hidden width / width.
@@ -44,8 +45,8 @@ class CLIP(nn.Module):
 
     def __init__(self, vocab_size: int, embed_dim: int = 512, image_size: int = 224, patch_size: int = 16,
                  in_chans: int = 3, vision_width: int = 768, vision_depth: int = 12, vision_heads: int = 12,
-                 vision_pos_embed: str = "learned", vision_pool: str = "cls", vision_norm_pre: bool = False,
-                 vision_init: str = "timm",
+                 vision_pos_embed: str = "learned", vision_pool: str = "cls", vision_norm_pre: bool = True,
+                 vision_init: str = "clip",
                  patch_dropout: float = 0.0,
                  context_length: int = 77, text_width: int = 512, text_depth: int = 12, text_heads: int = 8,
                  pad_id: int = 0, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0, loss_kind: str = "softmax",

@@ -149,7 +149,15 @@ def load_model_weights(path, model) -> Path:
     try:
         with one_process_quietly():
             dcp.load(state, checkpoint_id=str(path))
+        saved = {key.removeprefix("model.") for key in dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+                 if key.startswith("model.")}
     except (Exception, CheckpointException) as error:  # corrupt or foreign files (CheckpointException is a BaseException)
         raise ValueError(f"cannot read model weights from {path}: {error}") from error
+    # dcp.load fills the keys it is asked for and ignores the rest: a model built differently from
+    # the one saved (an architecture default changed, a wrong config.yaml) must not load quietly.
+    extra, missing = sorted(saved - set(model_state)), sorted(set(model_state) - saved)
+    if extra or missing:
+        raise ValueError(f"{path} does not match the model its config.yaml builds: weights only in the checkpoint "
+                         f"{extra[:4]}, only in the model {missing[:4]}; evaluate it with the config it was trained with")
     set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={})
     return path

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
-from pretrain_mm.builders import model_from_config, model_vocab
+from pretrain_mm.builders import model_from_config, model_vocab, pin_model_args
 from pretrain_mm.precision import Precision, autocast, resolve_precision
 from pretrain_mm.train import distributed as dist_utils
 from pretrain_mm.train.accumulation import accumulate_gradients
@@ -208,8 +208,9 @@ def batch_split(t, world_size: int) -> tuple[int, int]:
 
 
 def write_config(path: Path, cfg, precision: Precision) -> None:
-    """The resolved config, with the precision `auto` chose written in (so the file reruns the same way)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    """The resolved config, with the precision `auto` chose and the model's changeable defaults
+    written in (so the file rebuilds and reruns the same way)."""
+    resolved = pin_model_args(OmegaConf.to_container(cfg, resolve=True))
     resolved["trainer"]["precision"] = precision.name
     path.write_text(f"# trainer.precision: {precision.name} ({precision.reason})\n" + OmegaConf.to_yaml(resolved))
 
