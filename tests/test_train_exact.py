@@ -64,6 +64,26 @@ def test_an_interrupted_run_continues_on_the_same_samples_and_losses(tmp_path):
     assert summary(interrupted)["skipped_samples"] == summary(straight)["skipped_samples"]
 
 
+def test_a_scheduled_checkpoint_ends_a_data_epoch_and_resuming_from_it_is_exact(tmp_path):
+    """The training stream's epoch is checkpoint_every steps: its workers live from one checkpoint to
+    the next, and a run resumed from a scheduled checkpoint (a new epoch, nothing to replay) sees
+    the samples and losses the uninterrupted run saw."""
+    straight = tmp_path / "straight"
+    short = ["+exp=clip", *FAST, "trainer.max_steps=12", "trainer.checkpoint_every=4", "trainer.batch_size=32",
+             "data.num_workers=2", "trainer.precision=fp32", "eval.enabled=false"]
+    run_cli(straight, *short)
+    assert checkpoints(straight) == ["step_00000008", "step_00000012"]
+    data = torch.load(straight / "checkpoints" / "step_00000008" / "rank0.pt", weights_only=True)["data"]
+    assert data["epoch"] == 2 and not data.get("positions"), data  # epochs 0 and 1 (4 steps each) delivered whole
+    continued = tmp_path / "continued"
+    run_cli(continued, *short, f"trainer.resume={straight / 'checkpoints' / 'step_00000008'}")
+    expected = {m["step"]: m["loss"] for m in metrics(straight)}
+    resumed = {m["step"]: m["loss"] for m in metrics(continued)}
+    assert sorted(resumed) == [9, 10, 11, 12]
+    for step in resumed:
+        assert resumed[step] == pytest.approx(expected[step], abs=1e-5), f"step {step}"
+
+
 def test_grad_accum_trains_the_whole_batch_loss(tmp_path):
     losses = {}
     for split in ("trainer.grad_accum=1", "trainer.micro_batch_size=4"):
