@@ -114,13 +114,16 @@ def test_a_run_from_before_pinned_defaults_rebuilds_its_own_architecture(tmp_pat
     loaded, _, _ = load_checkpoint_model(old, torch.device("cpu"))
     assert isinstance(loaded.visual.norm_pre, torch.nn.Identity)
     assert torch.equal(loaded.visual.pos_embed, model.visual.pos_embed)
+    today = model_from_config(cfg, model_vocab(cfg))  # resuming it with today's defaults: says what to add
+    with pytest.raises(ValueError, match=r"only in the model \['visual.norm_pre.bias'.*vision_norm_pre=false"):
+        Checkpointer(old / "checkpoints", INFO).load(old, today, torch.optim.AdamW(today.parameters()), {"step": 0})
 
     new = tmp_path / "new_run"
     save_run(new, cfg)
     assert "vision_norm_pre: true" in (new / "config.yaml").read_text()  # pinned at training time
     assert isinstance(load_checkpoint_model(new, torch.device("cpu"))[0].visual.norm_pre, torch.nn.LayerNorm)
     (new / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # the wrong config for that checkpoint
-    with pytest.raises(ValueError, match=r"does not match the model its config.yaml builds.*visual.norm_pre"):
+    with pytest.raises(ValueError, match=r"does not match the model this config builds.*visual.norm_pre"):
         load_checkpoint_model(new, torch.device("cpu"))
 
 

@@ -121,6 +121,9 @@ class Checkpointer:
         rank's own state ({} when the checkpoint has none for this rank: another world size)."""
         path = resolve_checkpoint(path)
         model_state, optim_state = get_state_dict(model, optimizer)
+        check_model_keys(path, model_state, "resume it with the model arguments it was trained with (its run's "
+                         "config.yaml; a run from before CLIP took open_clip's image tower needs "
+                         "+model.args.vision_init=timm +model.args.vision_norm_pre=false)")
         state = {"model": model_state, "optim": optim_state, "extra": dict(extra_template)}
         with one_process_quietly():
             dcp.load(state, checkpoint_id=str(path))
@@ -145,19 +148,27 @@ def load_model_weights(path, model) -> Path:
     """Only the model's weights (for evaluation), from a checkpoint or a run directory."""
     path = resolve_checkpoint(path)
     model_state, _ = get_state_dict(model, [])
+    check_model_keys(path, model_state, "evaluate it with the config it was trained with")
     state = {"model": model_state}
     try:
         with one_process_quietly():
             dcp.load(state, checkpoint_id=str(path))
-        saved = {key.removeprefix("model.") for key in dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
-                 if key.startswith("model.")}
     except (Exception, CheckpointException) as error:  # corrupt or foreign files (CheckpointException is a BaseException)
         raise ValueError(f"cannot read model weights from {path}: {error}") from error
-    # dcp.load fills the keys it is asked for and ignores the rest: a model built differently from
-    # the one saved (an architecture default changed, a wrong config.yaml) must not load quietly.
-    extra, missing = sorted(saved - set(model_state)), sorted(set(model_state) - saved)
-    if extra or missing:
-        raise ValueError(f"{path} does not match the model its config.yaml builds: weights only in the checkpoint "
-                         f"{extra[:4]}, only in the model {missing[:4]}; evaluate it with the config it was trained with")
     set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={})
     return path
+
+
+def check_model_keys(path: Path, model_state: dict, advice: str) -> None:
+    """A ValueError naming the weights unless the checkpoint holds exactly the model's. dcp.load fills
+    the keys it is asked for and ignores the rest, so a model built differently from the one saved
+    (an architecture default changed, the wrong config) would otherwise load partially, quietly."""
+    try:
+        metadata = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    except (Exception, CheckpointException) as error:  # corrupt or foreign files (CheckpointException is a BaseException)
+        raise ValueError(f"cannot read model weights from {path}: {error}") from error
+    saved = {key.removeprefix("model.") for key in metadata if key.startswith("model.")}
+    extra, missing = sorted(saved - set(model_state)), sorted(set(model_state) - saved)
+    if extra or missing:
+        raise ValueError(f"{path} does not match the model this config builds: weights only in the checkpoint "
+                         f"{extra[:4]}, only in the model {missing[:4]}; {advice}")
