@@ -6,8 +6,7 @@ import torch
 import torch.nn as nn
 
 from pretrain_mm.models.layers import (gather_tokens, init_clip_vit_weights, init_sincos_, init_vit_weights, make_blocks,
-                                       no_weight_decay_names,
-                                       random_masking)
+                                       no_weight_decay_names, random_masking)
 
 POS_EMBEDS = ("learned", "sincos")
 POOLS = ("cls", "mean")
@@ -83,7 +82,7 @@ class VisionTransformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """(Re)initialise every parameter and the fixed position buffer, as timm / MAE do."""
+        """(Re)initialise every parameter and the fixed position buffer, by `init` (timm / MAE, or open_clip)."""
         if self.init == "clip":
             init_clip_vit_weights(self)
         else:

@@ -5,8 +5,10 @@ Images come as uint8: the trainer normalises one micro-batch at a time (`loader.
 Shards are drawn with replacement, so an "epoch" of the stream is only the unit its workers are
 started and seeded for. It lasts `trainer.checkpoint_every` steps: the workers live from one
 checkpoint to the next (on a small set, an epoch of its own size restarted them every few steps,
-3% of the step time on 2 cores), and a scheduled checkpoint falls on an epoch's end, so resuming
-from it replays nothing. A checkpoint written on a stop signal resumes mid-epoch, exactly.
+3% of the step time on 2 cores). An epoch is dealt to the workers in whole rounds, so when
+checkpoint_every is a multiple of data.num_workers a scheduled checkpoint falls on an epoch's end
+and resuming from it replays nothing; otherwise, and from a checkpoint written on a stop signal,
+a run resumes mid-epoch (exactly, by replaying the epoch's raw samples undecoded).
 """
 
 from pretrain_mm.builders import build_tokenizer, split_urls
