@@ -183,6 +183,7 @@ def train_ours(seed, args, work):
     run = work / f"ours-seed{seed}"
     cmd = [sys.executable, "-m", "pretrain_mm", "+exp=clip", f"data={args.data}", f"model.size={args.size}",
            f"++model.args.patch_size={args.patch_size}",
+           "++model.args.vision_stem=patch",  # open_clip's ViT embeds patches with one conv: the same shape
            f"data.image_size={args.image_size}", f"data.context_length={args.context_length}",
            f"data.num_workers={args.workers}", f"trainer.max_steps={args.steps}",
            f"trainer.batch_size={args.batch_size}", f"trainer.seed={seed}", "trainer.precision=fp32",

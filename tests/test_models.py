@@ -350,3 +350,25 @@ def test_the_clip_style_vision_init_is_open_clips():
     assert tiny_clip(vision_init="timm").visual.pos_embed.std().item() == pytest.approx(0.02, rel=0.15)  # timm's
     with pytest.raises(ValueError, match="init"):
         tiny_clip(vision_init="lecun")
+
+
+def test_the_conv_stem_makes_one_token_per_patch_and_is_initialised_on_meta():
+    vit = tiny_vit(stem="conv")  # 32 px in 8 px patches: 3 stride-2 convs, channels 16, 32, 64, then a 1x1 conv
+    convs = [m for m in vit.patch_embed if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 64, 64] and [c.stride for c in convs[:3]] == [(2, 2)] * 3
+    assert vit.embed_patches(images(2)).shape == tiny_vit().embed_patches(images(2)).shape == (2, 16, 64)
+    no_decay = vit.no_weight_decay()
+    assert {"patch_embed.1.weight", "patch_embed.1.bias", "patch_embed.9.bias"} <= no_decay  # BatchNorm, the 1x1's bias
+    assert "patch_embed.0.weight" not in no_decay and vit.layer_id("patch_embed.4.weight") == 0
+    with torch.device("meta"):
+        clip = tiny_clip(vision_stem="conv")
+    clip.to_empty(device="cpu")
+    clip.init_weights()
+    stem = clip.visual.patch_embed
+    assert torch.equal(stem[1].running_var, torch.ones(stem[1].num_features))  # reset, not to_empty's garbage
+    assert all(torch.isfinite(t).all() for t in [*clip.parameters(), *clip.buffers()])
+    assert torch.isfinite(clip.encode_image(images(2))).all()
+    with pytest.raises(ValueError, match="power of 2"):
+        tiny_vit(image_size=36, patch_size=12, stem="conv")
+    with pytest.raises(ValueError, match="stem"):
+        tiny_vit(stem="resnet")

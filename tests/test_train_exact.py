@@ -85,15 +85,24 @@ def test_a_scheduled_checkpoint_ends_a_data_epoch_and_resuming_from_it_is_exact(
 
 
 def test_grad_accum_trains_the_whole_batch_loss(tmp_path):
+    """Exact for a model without BatchNorm (the plain ViT patch embedding); +exp=clip's conv stem
+    normalises each micro-batch on its own, and the trainer says so."""
     losses = {}
     for split in ("trainer.grad_accum=1", "trainer.micro_batch_size=4"):
         run_dir = tmp_path / split.split(".")[1].replace("=", "")
-        out = run_cli(run_dir, "+exp=clip", "trainer.max_steps=2", split, "trainer.precision=fp32",
-                      "eval.enabled=false")
+        out = run_cli(run_dir, "+exp=clip", "model.args.vision_stem=patch", "trainer.max_steps=2", split,
+                      "trainer.precision=fp32", "eval.enabled=false")
         losses[split] = [m["loss"] for m in metrics(run_dir)]
-    assert "global batch 16 = 1 rank(s) x 4 micro-batch(es) of 4; the contrastive loss is the whole batch's" in out.stdout + out.stderr
+    assert ("global batch 16 = 1 rank(s) x 4 micro-batch(es) of 4; the contrastive loss is the whole batch's"
+            in out.stdout + out.stderr)
+    assert "BatchNorm" not in out.stdout + out.stderr
     # Step 1: the loss of the same 16 pairs (16 negatives each, not 4); step 2: after the same update.
     assert losses["trainer.micro_batch_size=4"] == pytest.approx(losses["trainer.grad_accum=1"], abs=1e-5)
+
+    out = run_cli(tmp_path / "stem", "+exp=clip", "trainer.max_steps=1", "trainer.micro_batch_size=4",
+                  "trainer.precision=fp32", "eval.enabled=false")
+    assert "the model has BatchNorm (model.args.vision_stem=conv): its statistics are each micro-batch's of 4" \
+        in out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("batch, world, accum, micro, expected", [

@@ -1,4 +1,4 @@
-"""Vision Transformer: conv patch embedding, class token, pre-norm blocks, runs on any subset of patches."""
+"""Vision Transformer: patch embedding (one conv, or a conv stem), class token, pre-norm blocks, on any subset of patches."""
 
 import re
 
@@ -11,6 +11,39 @@ from pretrain_mm.models.layers import (gather_tokens, init_clip_vit_weights, ini
 POS_EMBEDS = ("learned", "sincos")
 POOLS = ("cls", "mean")
 INITS = ("timm", "clip")
+STEMS = ("patch", "conv")
+
+
+class ConvStem(nn.Sequential):
+    """Xiao et al. 2021 ("Early convolutions help transformers see better"): log2(patch_size)
+    3x3 stride-2 conv-BatchNorm-ReLU layers, channels doubling up to `width` at the last, then a
+    1x1 conv; one token per patch_size x patch_size patch, as the single patchifying conv.
+
+    Why: a linear patch embedding must learn an outline separately at every offset inside a
+    patch; the convs see it wherever it falls. A tiny ViT at 64 px in 16 px patches trained on
+    shapes' labels reached 99% (train) / 72% (unseen shape-colour pairs) in 200 steps with this
+    stem, 38% / 2% without (README, Evaluation). Each token sees 31 px, past its patch: MAE's
+    masking would leak, so only CLIP offers it.
+    """
+
+    def __init__(self, in_chans: int, width: int, patch_size: int):
+        num_convs = patch_size.bit_length() - 1
+        if patch_size < 2 or 2 ** num_convs != patch_size:
+            raise ValueError(f"a conv stem needs patch_size a power of 2 (>= 2), got {patch_size}")
+        channels = [in_chans] + [width >> (num_convs - 1 - i) for i in range(num_convs)]
+        if min(channels[1:]) < 1:
+            raise ValueError(f"a conv stem of {num_convs} convs needs width >= {2 ** (num_convs - 1)}, got {width}")
+        layers: list[nn.Module] = []
+        for cin, cout in zip(channels, channels[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        super().__init__(*layers, nn.Conv2d(width, width, 1))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """PyTorch's default init of each conv and BatchNorm (running statistics included)."""
+        for m in self:
+            if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+                m.reset_parameters()
 
 
 class VisionTransformer(nn.Module):
@@ -35,6 +68,8 @@ class VisionTransformer(nn.Module):
         init: "timm" (trunc-normal 0.02 linears, as timm / MAE) or "clip" (what open_clip's ViT gets:
             PyTorch's default layer init, attention in/out biases zero, class token and positions
             normal with std width ** -0.5).
+        stem: "patch" (one patch_size-strided conv, as ViT) or "conv" (ConvStem; its BatchNorm
+            normalises over each micro-batch, on each rank).
 
     Attributes the trainer relies on: `blocks` (nn.ModuleList of self-contained Blocks, for
     per-block fully_shard / activation checkpointing), no_weight_decay(), layer_id(name).
@@ -45,7 +80,7 @@ class VisionTransformer(nn.Module):
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, pos_embed: str = "learned",
                  pool: str = "cls", class_token: bool = True, patch_dropout: float = 0.0,
                  drop_path_rate: float = 0.0, output_dim: int = 0, head_bias: bool = True, norm_pre: bool = False,
-                 init: str = "timm"):
+                 init: str = "timm", stem: str = "patch"):
         super().__init__()
         if pos_embed not in POS_EMBEDS:
             raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}")
@@ -59,6 +94,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"patch_dropout must be in [0, 1), got {patch_dropout}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         self.init = init
         self.image_size, self.patch_size, self.in_chans = image_size, patch_size, in_chans
         self.grid_size = image_size // patch_size
@@ -66,7 +103,10 @@ class VisionTransformer(nn.Module):
         self.width, self.depth, self.pool_type, self.patch_dropout = width, depth, pool, patch_dropout
         self.num_prefix_tokens = int(class_token)
 
-        self.patch_embed = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
+        if stem == "conv":
+            self.patch_embed = ConvStem(in_chans, width, patch_size)
+        else:
+            self.patch_embed = nn.Conv2d(in_chans, width, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.empty(1, 1, width)) if class_token else None
         pos_shape = (1, self.num_prefix_tokens + self.num_patches, width)
         if pos_embed == "learned":
@@ -87,9 +127,12 @@ class VisionTransformer(nn.Module):
             init_clip_vit_weights(self)
         else:
             init_vit_weights(self)
-            # MAE: the patch embedding is initialised like a linear layer (xavier on the flattened kernel).
-            nn.init.xavier_uniform_(self.patch_embed.weight.view(self.width, -1))
-        nn.init.zeros_(self.patch_embed.bias)
+        if isinstance(self.patch_embed, ConvStem):
+            self.patch_embed.reset_parameters()
+        else:
+            if self.init != "clip":  # MAE: the patch embedding is initialised like a linear layer
+                nn.init.xavier_uniform_(self.patch_embed.weight.view(self.width, -1))
+            nn.init.zeros_(self.patch_embed.bias)
         std = self.width ** -0.5 if self.init == "clip" else 0.02
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=std)

@@ -92,6 +92,10 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
     # The model: identical initial weights on every rank, then each rank's own random stream.
     torch.manual_seed(t.seed)
     model = model_from_config(cfg, model_vocab(cfg)).to(info.device)
+    if accum > 1 and info.is_main and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        log.warning("the model has BatchNorm (model.args.vision_stem=conv): its statistics are each micro-batch's "
+                    "of %d, so an accumulated step is close to, not exactly, the whole batch's; vision_stem=patch "
+                    "has none", micro)
     if t.activation_checkpointing:
         apply_activation_checkpointing(model)
     if t.compile:
