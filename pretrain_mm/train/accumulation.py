@@ -12,7 +12,10 @@ keeps the objective of the whole batch at the activation memory of one micro-bat
    draw the same), and backpropagate its slice of the feature gradient.
 
 The parameter gradients are those of the unaccumulated batch; the cost is one more forward of
-the towers. Under FSDP2 the gradients are reduced once, after the last micro-batch.
+the towers. Under FSDP2 the gradients are reduced once, after the last micro-batch. Not for
+a model with BatchNorm (CLIP's conv stem): it normalises each micro-batch by its own statistics,
+so the step is close to the whole batch's, and both forwards move its running statistics (the
+trainer warns).
 """
 
 import contextlib
