@@ -34,6 +34,9 @@ class DataConfig:
     num_workers: int = 2
     shuffle_buffer: int = 2000
     hflip: bool = True                      # random horizontal flips; off where captions say left/right
+    # Word groups for hard-negative captions (data/negatives.py): [[circle, square, triangle]] swaps a
+    # caption's shape word for another shape; the loss then asks each image to prefer its own caption.
+    hard_negatives: list[list[str]] = field(default_factory=list)
     root: Optional[str] = None              # cache of built-in data; None: $PRETRAIN_MM_DATA or ~/.cache
 
 
@@ -54,6 +57,7 @@ class ModelConfig:
 class LossConfig:
     kind: str = "softmax"                   # softmax (CLIP) | sigmoid (SigLIP)
     impl: str = "auto"                      # auto | fused | reference
+    hard_negative_weight: float = 1.0       # with data.hard_negatives: weight of the image-prefers-its-caption term
 
 
 @dataclass

@@ -1,13 +1,13 @@
 """Contrastive accumulation (GradCache) gives the whole batch's loss and gradients, on 1 and 2 processes."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.distributed.tensor import DTensor
 
 from multiprocess import run_distributed
+from pretrain_mm.config import LossConfig
 from pretrain_mm.train.accumulation import accumulate_gradients
 from pretrain_mm.train.objectives import ContrastiveObjective
 from pretrain_mm.train.optimizer import grad_norm
@@ -18,15 +18,20 @@ KINDS = ("softmax", "sigmoid")
 
 
 def objective(kind):
-    return ContrastiveObjective(SimpleNamespace(kind=kind, impl="fused"))
+    return ContrastiveObjective(LossConfig(kind=kind, impl="fused", hard_negative_weight=0.7))
 
 
 def model64(kind, **kwargs):
     return tiny_clip(loss_kind=kind, **kwargs).double()
 
 
-def whole_batch(rows=slice(None)):
-    return {"image": images(BATCH).double()[rows], "text": captions(BATCH)[rows]}
+def whole_batch(rows=slice(None), negatives=False):
+    """BATCH pairs; with negatives, hard-negative captions for the rows neg_mask marks (not all of them)."""
+    batch = {"image": images(BATCH).double(), "text": captions(BATCH)}
+    if negatives:
+        batch["neg_text"] = captions(BATCH, seed=3)
+        batch["neg_mask"] = torch.arange(BATCH) % 3 != 0
+    return {k: v[rows] for k, v in batch.items()}
 
 
 def split(batch, parts):
@@ -48,19 +53,20 @@ def assert_same_grads(actual, expected):
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-9, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("negatives", [False, True], ids=["pairs", "hard_negatives"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_accumulated_gradients_equal_the_whole_batch(kind):
+def test_accumulated_gradients_equal_the_whole_batch(kind, negatives):
     model = model64(kind)
-    loss_one = accumulate_gradients(model, objective(kind), [whole_batch()])
+    loss_one = accumulate_gradients(model, objective(kind), [whole_batch(negatives=negatives)])
     expected = grads(model)
     model.zero_grad(set_to_none=True)
-    loss_four = accumulate_gradients(model, objective(kind), split(whole_batch(), MICRO))
+    loss_four = accumulate_gradients(model, objective(kind), split(whole_batch(negatives=negatives), MICRO))
     assert loss_four == pytest.approx(loss_one, rel=1e-12)
     assert_same_grads(grads(model), expected)
 
     # What summing micro-batch losses trains instead (B/k negatives): a different loss and gradient.
     model.zero_grad(set_to_none=True)
-    loss_summed = sum(objective(kind)(model, micro) / MICRO for micro in split(whole_batch(), MICRO))
+    loss_summed = sum(objective(kind)(model, micro) / MICRO for micro in split(whole_batch(negatives=negatives), MICRO))
     loss_summed.backward()
     assert loss_summed.item() != pytest.approx(loss_one, rel=1e-6)
     assert not torch.allclose(grads(model)["visual.head.weight"], expected["visual.head.weight"], rtol=1e-3)
@@ -86,24 +92,24 @@ def test_patch_dropout_and_drop_path_draw_the_same_in_both_passes(kind):
     assert torch.equal(torch.get_rng_state(), after_graphs)  # the stream goes on as after one pass
 
 
-def fsdp_accumulated(rank, world, kind):
+def fsdp_accumulated(rank, world, kind, negatives):
     from pretrain_mm.train.parallelize import apply_fsdp
 
     model = model64(kind)
     apply_fsdp(model, bf16=False)
     per_rank = BATCH // world
-    mine = whole_batch(slice(rank * per_rank, (rank + 1) * per_rank))
+    mine = whole_batch(slice(rank * per_rank, (rank + 1) * per_rank), negatives)
     loss = accumulate_gradients(model, objective(kind), split(mine, MICRO // world * 2))
     return loss, grads(model), grad_norm(model.parameters())
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_two_fsdp2_processes_accumulating_equal_one_process_on_the_whole_batch(tmp_path, kind):
+@pytest.mark.parametrize("kind,negatives", [("softmax", False), ("sigmoid", False), ("softmax", True)])
+def test_two_fsdp2_processes_accumulating_equal_one_process_on_the_whole_batch(tmp_path, kind, negatives):
     model = model64(kind)
-    loss_one = accumulate_gradients(model, objective(kind), [whole_batch()])
+    loss_one = accumulate_gradients(model, objective(kind), [whole_batch(negatives=negatives)])
     expected = grads(model)
     norm = math.sqrt(sum(float(g.pow(2).sum()) for g in expected.values()))
-    for loss, got, got_norm in run_distributed(fsdp_accumulated, 2, tmp_path, kind):
+    for loss, got, got_norm in run_distributed(fsdp_accumulated, 2, tmp_path, kind, negatives):
         assert loss == pytest.approx(loss_one, rel=1e-12)
         assert_same_grads(got, expected)
         assert got_norm == pytest.approx(norm, rel=1e-12)

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from pretrain_mm.config import LossConfig
 from pretrain_mm.eval.finetune import Classifier, layer_decay_groups
 from pretrain_mm.train.objectives import ContrastiveObjective
 from pretrain_mm.train.optimizer import build_optimizer, clip_gradients, grad_norm, weight_decay_groups
@@ -84,13 +85,13 @@ def test_logit_scale_is_clamped_after_the_step_and_its_gradient_lives_at_the_cap
     cap = math.log(model.max_logit_scale)
     with torch.no_grad():
         model.logit_scale.fill_(cap)
-    loss = ContrastiveObjective(SimpleNamespace(kind="softmax", impl="fused"))(model, {"image": images(8),
+    loss = ContrastiveObjective(LossConfig(kind="softmax", impl="fused"))(model, {"image": images(8),
                                                                                     "text": captions(8)})
     loss.backward()
     assert model.logit_scale.grad.abs().item() > 0  # a forward clamp would give exactly 0 here
     with torch.no_grad():
         model.logit_scale.fill_(cap + 0.5)
-    ContrastiveObjective(SimpleNamespace(kind="softmax", impl="fused")).after_step(model)
+    ContrastiveObjective(LossConfig(kind="softmax", impl="fused")).after_step(model)
     assert model.logit_scale.item() == pytest.approx(cap)
 
 

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from .decode import (DEFAULT_CAPTION_KEY, DEFAULT_IMAGE_KEY, SkipCounter, SkipSample, decode_image, get_caption,
                      get_image_bytes, get_label, parse_key_spec, spec_exts)
+from .negatives import WordSwapNegatives
 from .position import Resumable
 from .reader import EmptyShard, ShardError, iter_shard
 from .shards import describe, expand_urls, read_sizes
@@ -134,10 +135,13 @@ class SampleShuffle:
 
 
 class SampleDecoder:
-    """Raw sample -> {'image': 3 x S x S uint8 tensor, 'caption', 'label', 'key'}; raises SkipSample."""
+    """Raw sample -> {'image': 3 x S x S uint8 tensor, 'caption', 'label', 'key'[, 'negative']}; raises
+    SkipSample. 'negative' (with `negatives` and in training): a hard-negative caption or None."""
 
-    def __init__(self, image_spec, caption_spec, label_spec, augment: ImageAugment):
+    def __init__(self, image_spec, caption_spec, label_spec, augment: ImageAugment,
+                 negatives: WordSwapNegatives | None = None):
         self.image_spec, self.caption_spec, self.label_spec, self.augment = image_spec, caption_spec, label_spec, augment
+        self.negatives = negatives
 
     def __call__(self, sample: dict, rng: random.Random | None = None) -> dict:
         key = sample["__key__"]
@@ -149,7 +153,10 @@ class SampleDecoder:
             img = decode_image(data)
         except Exception as exn:  # PIL raises many types for bad data
             raise SkipSample("bad_image", f"{key} in {sample.get('__url__')}: {exn}") from exn
-        return {"image": self.augment(img, rng), "caption": caption, "label": label, "key": key}
+        out = {"image": self.augment(img, rng), "caption": caption, "label": label, "key": key}
+        if self.negatives is not None and rng is not None and caption is not None:
+            out["negative"] = self.negatives(caption, rng)  # drawn after the augmentation: it draws as without
+        return out
 
 
 class DecodeStage:
@@ -202,6 +209,11 @@ class Batcher:
         if self.tokenizer is not None:
             batch["caption"] = [s["caption"] for s in samples]
             batch["text"] = self.tokenizer(batch["caption"])
+            if "negative" in samples[0]:
+                # Every row gets one (its own caption where it has none) and neg_mask says which are real.
+                negatives = [s["negative"] for s in samples]
+                batch["neg_text"] = self.tokenizer([n if n is not None else c for n, c in zip(negatives, batch["caption"])])
+                batch["neg_mask"] = torch.tensor([n is not None for n in negatives])
         if samples[0]["label"] is not None:
             batch["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
         batch["_skipped"] = self.ctx.counter.take()
@@ -311,7 +323,8 @@ def build_loader(urls, *, batch_size: int, tokenizer: Tokenizer | str | None = N
                  label_key: str | None = None, shuffle_buffer: int = 1000, crop_scale=(0.9, 1.0),
                  hflip: bool = True, mean=CLIP_MEAN, std=CLIP_STD, drop_last: bool = False,
                  normalize: bool = True, device: str | torch.device | None = None,
-                 pin_memory: bool | None = None, prefetch_factor: int | None = None) -> Loader:
+                 pin_memory: bool | None = None, prefetch_factor: int | None = None,
+                 hard_negatives: Sequence[Sequence[str]] = ()) -> Loader:
     """A loader over WebDataset shards (see Loader). With `tokenizer` (a Tokenizer, a built-in name
     or a path) captions are required and tokenised; without, the stream is image-only.
     train: shard + sample shuffling and random crop/flip; else fixed order, resize + centre crop.
@@ -321,7 +334,9 @@ def build_loader(urls, *, batch_size: int, tokenizer: Tokenizer | str | None = N
     the workers; a device gets uint8 images from the workers (4x less traffic) and moves and
     normalises them there (pinned memory for CUDA). normalize=False: images stay uint8
     (B x 3 x S x S, on the device if one is given) and the caller applies `loader.normalize`,
-    e.g. one micro-batch at a time, holding a large batch at 1 byte per pixel instead of 4."""
+    e.g. one micro-batch at a time, holding a large batch at 1 byte per pixel instead of 4.
+    hard_negatives: word groups (see negatives.WordSwapNegatives); in training with a tokenizer,
+    batches then also hold 'neg_text' (B x T) and 'neg_mask' (B, bool: the caption had a group word)."""
     urls = expand_urls(urls)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -359,7 +374,8 @@ def build_loader(urls, *, batch_size: int, tokenizer: Tokenizer | str | None = N
     stages.append(ReadShards(ctx, spec_exts(image_spec, caption_spec, label_spec)))
     if train and shuffle_buffer > 1:
         stages.append(SampleShuffle(ctx, shuffle_buffer, min(shuffle_buffer, max(1, shuffle_buffer // 2))))
-    stages.append(DecodeStage(ctx, SampleDecoder(image_spec, caption_spec, label_spec, augment)))
+    negatives = WordSwapNegatives(hard_negatives) if hard_negatives and train and tokenizer is not None else None
+    stages.append(DecodeStage(ctx, SampleDecoder(image_spec, caption_spec, label_spec, augment, negatives)))
     norm = Normalize(mean, std)
     device = torch.device(device) if device is not None else None
     stages.append(Batcher(ctx, batch_size, tokenizer, norm if normalize and device is None else None,

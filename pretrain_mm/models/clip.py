@@ -106,18 +106,23 @@ class CLIP(nn.Module):
         features = self.text(text)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict:
+    def forward(self, images: torch.Tensor, text: torch.Tensor, neg_text: torch.Tensor | None = None) -> dict:
         """Everything the loss needs, and nothing of the loss itself (the trainer may swap in a
         distributed loss): image_features, text_features (B, embed_dim, unit-norm),
-        logit_scale = exp(logit_scale) (1 element), logit_bias (or None)."""
-        return {
+        logit_scale = exp(logit_scale) (1 element), logit_bias (or None); with neg_text (B, T),
+        hard-negative captions (see hard_negative_terms), also neg_text_features (B, embed_dim)."""
+        text_features = self.encode_text(text if neg_text is None else torch.cat([text, neg_text]))
+        out = {
             "image_features": self.encode_image(images),
-            "text_features": self.encode_text(text),
+            "text_features": text_features,
             # Not clamped here: a clamp in the forward has zero gradient past the cap, where Adam's
             # momentum can leave the scale for good. The trainer clamps the parameter after each step.
             "logit_scale": self.logit_scale.exp(),
             "logit_bias": self.logit_bias,
         }
+        if neg_text is not None:  # one pass of the text tower for both
+            out["text_features"], out["neg_text_features"] = text_features.split(text.shape[0])
+        return out
 
     @torch.no_grad()
     def clamp_logit_scale_(self) -> None:
@@ -139,3 +144,17 @@ def clip_loss(outputs: dict, kind: str = "softmax", impl: str = "auto") -> torch
     bias = outputs["logit_bias"] if kind == "sigmoid" else None
     return contrastive_loss(outputs["image_features"], outputs["text_features"], outputs["logit_scale"], bias,
                             kind=kind, impl=impl)
+
+
+def hard_negative_terms(image_features: torch.Tensor, text_features: torch.Tensor, neg_text_features: torch.Tensor,
+                        logit_scale: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """NegCLIP's extra term, per row (B,): each image's cross-entropy between its own caption and
+    its hard negative (a caption with one word swapped, data/negatives.py),
+    -log softmax([s_pos, s_neg])[0] = softplus(scale * (s_neg - s_pos)) with s the cosine; 0 where
+    `mask` is False (no negative). Its mean over all rows, not only the masked ones, is the loss:
+    so a batch's is the mean of its micro-batches' and of its ranks' (exact under accumulation and
+    data parallelism, as the contrastive loss). In float32 at least, like the fused op."""
+    dtype = torch.promote_types(image_features.dtype, torch.float32)
+    image, pos, neg = (t.to(dtype) for t in (image_features, text_features, neg_text_features))
+    margin = (image * neg).sum(-1) - (image * pos).sum(-1)
+    return F.softplus(logit_scale.to(dtype) * margin) * mask.to(dtype)

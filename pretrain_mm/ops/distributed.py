@@ -121,3 +121,12 @@ def distributed_contrastive_loss(image_features, text_features, logit_scale, log
             image_features, all_text, logit_scale, logit_bias, offset, workspace)
         local = row_loss.sum() / big_n
     return _SumOverRanks.apply(local, group)
+
+
+def distributed_row_mean(rows: torch.Tensor, group=None) -> torch.Tensor:
+    """The mean of a per-row loss (n,) over all ranks' rows, on every rank, with the gradient
+    convention of the module doc (every rank backpropagates the global value). Every rank must
+    pass the same n."""
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return rows.mean()
+    return _SumOverRanks.apply(rows.sum(), group) / (dist.get_world_size(group) * rows.shape[0])

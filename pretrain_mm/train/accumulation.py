@@ -23,7 +23,8 @@ import contextlib
 import torch
 from torch.distributed.fsdp import FSDPModule
 
-FEATURES = ("image_features", "text_features")
+FEATURES = ("image_features", "text_features", "neg_text_features")  # per-row, with gradient (the last optional)
+ROW_DATA = ("neg_mask",)  # per-row, without gradient
 SCALARS = ("logit_scale", "logit_bias")
 
 
@@ -65,13 +66,15 @@ def contrastive_accumulation(model, objective, micro_batches: list[dict], precis
 
     # The whole batch's loss, on leaves that stop the backward at the features and the scalars.
     sizes = [out["image_features"].shape[0] for out in cached]
-    leaves = {k: torch.cat([out[k] for out in cached]).requires_grad_() for k in FEATURES}
+    features = [k for k in FEATURES if k in cached[0]]
+    leaves = {k: torch.cat([out[k] for out in cached]).requires_grad_() for k in features}
+    leaves.update({k: torch.cat([out[k] for out in cached]) for k in ROW_DATA if k in cached[0]})
     leaves.update({k: cached[0][k].detach().clone().requires_grad_() for k in SCALARS if cached[0].get(k) is not None})
     del cached  # the concatenated copies are all the loss needs
     with precision:
         loss = objective.loss(leaves)
     loss.backward()
-    feature_grads = {k: leaves[k].grad.split(sizes) for k in FEATURES}
+    feature_grads = {k: leaves[k].grad.split(sizes) for k in features}
 
     for m, micro in enumerate(micro_batches):
         set_torch_rng_state(rng_before[m], device)
@@ -79,7 +82,7 @@ def contrastive_accumulation(model, objective, micro_batches: list[dict], precis
         with precision:
             out = objective.forward(model, prepare(micro))
         # d(surrogate)/d(parameters) = sum over the slice of dL/df * df/d(parameters).
-        surrogate = sum(dot(out[k], feature_grads[k][m]) for k in FEATURES)
+        surrogate = sum(dot(out[k], feature_grads[k][m]) for k in features)
         if m == 0:  # the scale and bias are the same tensors in every micro-batch: their gradient goes once
             surrogate = surrogate + sum(dot(out[k], leaves[k].grad)
                                         for k in SCALARS if k in leaves and leaves[k].grad is not None)

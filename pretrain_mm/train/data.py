@@ -23,4 +23,5 @@ def build_train_loader(cfg, info, per_rank_batch: int):
         image_size=d.image_size, train=True, num_workers=d.num_workers, seed=t.seed, resampled=True,
         samples_per_epoch=t.checkpoint_every * per_rank_batch * info.world_size,
         rank=info.rank, world_size=info.world_size, image_key=d.image_key, caption_key=d.caption_key,
-        label_key=d.label_key, shuffle_buffer=d.shuffle_buffer, hflip=d.hflip, drop_last=True, normalize=False)
+        label_key=d.label_key, shuffle_buffer=d.shuffle_buffer, hflip=d.hflip, drop_last=True, normalize=False,
+        hard_negatives=d.hard_negatives)

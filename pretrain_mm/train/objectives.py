@@ -7,22 +7,33 @@ gradient accumulation can compute the loss of the whole batch from cached featur
 `after_step(model)` runs after every optimiser step.
 """
 
-from pretrain_mm.ops import distributed_contrastive_loss
+from pretrain_mm.models.clip import hard_negative_terms
+from pretrain_mm.ops import distributed_contrastive_loss, distributed_row_mean
 
 
 class ContrastiveObjective:
+    """The contrastive loss of the batch; where the batch has hard-negative captions (data.hard_negatives),
+    plus loss.hard_negative_weight times NegCLIP's term (models.clip.hard_negative_terms)."""
     couples_batch = True
 
     def __init__(self, loss_cfg):
         self.kind, self.impl = loss_cfg.kind, loss_cfg.impl
+        self.hard_negative_weight = loss_cfg.hard_negative_weight
 
     def forward(self, model, batch) -> dict:
-        return model(batch["image"], batch["text"])
+        if "neg_text" not in batch or not self.hard_negative_weight:
+            return model(batch["image"], batch["text"])
+        return dict(model(batch["image"], batch["text"], batch["neg_text"]), neg_mask=batch["neg_mask"])
 
     def loss(self, out: dict):
         bias = out.get("logit_bias") if self.kind == "sigmoid" else None
-        return distributed_contrastive_loss(out["image_features"], out["text_features"], out["logit_scale"], bias,
+        loss = distributed_contrastive_loss(out["image_features"], out["text_features"], out["logit_scale"], bias,
                                             kind=self.kind, impl=self.impl)
+        if "neg_text_features" in out and self.hard_negative_weight:
+            loss = loss + self.hard_negative_weight * distributed_row_mean(hard_negative_terms(
+                out["image_features"], out["text_features"], out["neg_text_features"], out["logit_scale"],
+                out["neg_mask"]))
+        return loss
 
     def __call__(self, model, batch):
         return self.loss(self.forward(model, batch))
