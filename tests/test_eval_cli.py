@@ -1,7 +1,8 @@
-"""The real CLI: a training run ends with its report; +exp=eval evaluates a run alone; a bad path fails clearly."""
+"""The real CLI: a training run ends with its report; +exp=eval evaluates a run alone, never through a pickle; a bad path fails clearly."""
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -26,7 +27,7 @@ def test_training_ends_with_a_report_and_exp_eval_reruns_it(tmp_path):
     out = run_cli("+exp=mae", *TRAIN, *FAST_EVAL, f"hydra.run.dir={run}")
     assert "evaluation (" in out.stdout and "MAE reconstruction" in out.stdout
     results = json.loads((run / "report" / "results.json").read_text())
-    assert results["checkpoint"] == str(run / "checkpoints" / "step_00000002")
+    assert results["checkpoint"] == str(run / "model.safetensors")  # the finished run's consolidated weights
     assert {"linear_probe", "knn", "reconstruction"} <= set(results["metrics"]["trained"])
     assert (run / "report" / "report.html").exists() and (run / "report" / "mae_reconstructions.png").exists()
 
@@ -43,3 +44,33 @@ def test_exp_eval_names_a_missing_checkpoint(tmp_path):
     out = run_cli("+exp=eval", f"eval.checkpoint={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'job'}",
                   check=False)
     assert out.returncode != 0 and f"checkpoint {tmp_path / 'nowhere'} does not exist" in out.stderr
+
+
+class RunsCode:
+    """What a crafted pickle does when loaded: run a shell command."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_evaluating_a_run_someone_sent_reads_its_safetensors_never_its_pickles(tmp_path):
+    run, marker = tmp_path / "sent", tmp_path / "code_ran"
+    run_cli("+exp=clip", *TRAIN, "eval.enabled=false", f"hydra.run.dir={run}")
+    assert (run / "model.safetensors").is_file()
+    step = next((run / "checkpoints").glob("step_*"))
+    crafted = pickle.dumps(RunsCode(f"touch {marker}"))
+    (step / ".metadata").write_bytes(crafted)  # DCP reads this file with pickle
+    (step / "rank0.pt").write_bytes(crafted)
+
+    run_cli("+exp=eval", f"eval.checkpoint={run}", "eval.random_baseline=false", *FAST_EVAL,
+            f"hydra.run.dir={tmp_path / 'job'}")
+    assert not marker.exists()
+    assert json.loads((run / "report" / "results.json").read_text())["checkpoint"] == str(run / "model.safetensors")
+
+    # What the README's trust note warns of: a checkpoint directory is read through DCP's pickle.
+    run_cli("+exp=eval", f"eval.checkpoint={step}", "eval.random_baseline=false", *FAST_EVAL,
+            f"hydra.run.dir={tmp_path / 'job2'}", check=False)
+    assert marker.exists()

@@ -1,7 +1,8 @@
-"""The model to evaluate: rebuilt from a run's config.yaml and its checkpoint, unsharded, or freshly initialised."""
+"""The model to evaluate: from a safetensors file, a run (its model.safetensors, else its newest checkpoint), or freshly initialised."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -9,8 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 
 # builders: the one rule (shared with the trainer) from a config to its tokenizer and model.
 from pretrain_mm.builders import model_from_config, model_vocab, pin_model_args
+from pretrain_mm.interop.weights import MODEL_FILE, load_weights_model
 # The one import from train (design.md allows it): checkpoints are found and read one way only.
 from pretrain_mm.train.checkpoint import load_model_weights, resolve_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def random_model(cfg, seed: int, device: torch.device) -> torch.nn.Module:
@@ -38,14 +42,44 @@ def load_run_config(checkpoint: Path) -> DictConfig:
     return OmegaConf.create(pin_model_args(loaded, legacy=True))  # a run from before they were written in
 
 
+def weights_file_of(path: Path) -> Path | None:
+    """The safetensors file to read for `path`: itself, or a run directory's model.safetensors
+    (written when its training finished); None for a checkpoint directory (trusted DCP files)."""
+    if path.is_file() and path.suffix == ".safetensors":
+        return path
+    if path.is_dir() and (path / MODEL_FILE).is_file():
+        return path / MODEL_FILE
+    return None
+
+
 def load_checkpoint_model(path, device: torch.device) -> tuple[torch.nn.Module, DictConfig, Path]:
-    """(model with the checkpoint's weights, in eval mode, the run's config, the checkpoint dir) from a
-    run directory or a checkpoint directory. A missing or damaged one is a ValueError naming it."""
+    """(model with its weights, in eval mode, its config, the file or checkpoint dir read) from a
+    .safetensors file, a run directory (its model.safetensors when training finished, else its
+    newest checkpoint) or a checkpoint directory. Safetensors never run code; a checkpoint
+    directory's DCP .metadata is a pickle (trusted runs only). A missing or damaged one is a
+    ValueError naming it."""
+    path = Path(path).expanduser()
+    weights = weights_file_of(path)
+    if weights is not None:
+        model, cfg, step = load_weights_model(weights, device)
+        newest = newest_checkpoint_step(path)
+        if newest is not None and step is not None and newest > step:
+            log.warning("%s is from step %d, but %s holds a newer checkpoint (step %d), from training that did not "
+                        "finish: evaluating the file; pass the checkpoint directory to evaluate that (trusted runs "
+                        "only: its DCP metadata is a pickle)", weights, step, path, newest)
+        return model, cfg, weights
     checkpoint = resolve_checkpoint(path)
     run_cfg = load_run_config(checkpoint)
     model = model_from_config(run_cfg, model_vocab(run_cfg))
     load_model_weights(checkpoint, model)  # a damaged checkpoint: ValueError naming it
     return model.to(device).eval(), run_cfg, checkpoint
+
+
+def newest_checkpoint_step(run: Path) -> int | None:
+    try:
+        return int(resolve_checkpoint(run).name.removeprefix("step_")) if run.is_dir() else None
+    except ValueError:  # no checkpoint (a directory holding only exported weights)
+        return None
 
 
 def unsharded(model: torch.nn.Module, cfg, device: torch.device) -> torch.nn.Module:

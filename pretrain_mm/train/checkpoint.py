@@ -5,7 +5,9 @@ A checkpoint is the directory `<run>/checkpoints/step_<N>/`: the model and optim
 other's), the schedule and the step, plus one `rank<r>.pt` per rank with what is that rank's
 own: its RNG states and its data position (the loader's state: epoch, per-worker position, skip
 counts). Rank files hold only tensors, numbers and strings and are read with
-`torch.load(weights_only=True)` (DCP's own `.metadata` is still a pickle: see issue 13). A
+`torch.load(weights_only=True)`, but DCP's own `.metadata` is a pickle: a checkpoint directory
+is for resuming your own runs only. A finished run also writes `<run>/model.safetensors`
+(`write_model_file`), which is safe to read from anyone and what evaluation prefers. A
 checkpoint is written to `step_<N>.tmp/` and renamed only when every rank has finished, so a
 crash mid-save never replaces or damages the last good one; `latest()` sees only complete ones. The newest `keep` are kept.
 """
@@ -24,7 +26,10 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
+
+from pretrain_mm.interop.weights import save_weights
 
 from pretrain_mm.train.distributed import DistInfo, barrier
 
@@ -142,6 +147,15 @@ class Checkpointer:
         if "rng" in own:
             set_rng_state(own.pop("rng"))
         return state["extra"], own
+
+
+def write_model_file(path: Path, model, config: dict, step: int, info: DistInfo) -> None:
+    """The model's whole weights as one safetensors file (interop/weights.py), for evaluation and
+    sharing: what every rank holds is gathered (a collective: every rank calls this), the main rank writes."""
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if info.is_main:
+        save_weights(path, state, config, step)
+    barrier(info)
 
 
 def load_model_weights(path, model) -> Path:

@@ -24,10 +24,11 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain_mm.builders import model_from_config, model_vocab, pin_model_args
+from pretrain_mm.interop.weights import MODEL_FILE
 from pretrain_mm.precision import Precision, autocast, resolve_precision
 from pretrain_mm.train import distributed as dist_utils
 from pretrain_mm.train.accumulation import accumulate_gradients
-from pretrain_mm.train.checkpoint import Checkpointer
+from pretrain_mm.train.checkpoint import Checkpointer, write_model_file
 from pretrain_mm.train.data import build_train_loader
 from pretrain_mm.train.metrics import MetricLogger, StepTimer, peak_memory_mb
 from pretrain_mm.train.objectives import build_objective
@@ -179,6 +180,8 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
                 break
     metrics.close()
     status = "finished" if step >= t.max_steps else "interrupted"
+    if status == "finished":
+        write_model_file(run_dir / MODEL_FILE, model, resolved_config(cfg, precision), step, info)
     if info.is_main:
         elapsed = time.perf_counter() - started
         summary = {"status": status, "step": step, "steps_this_run": step - first_step, "final_loss": final_loss,
@@ -211,12 +214,17 @@ def batch_split(t, world_size: int) -> tuple[int, int]:
     return micro, t.grad_accum
 
 
-def write_config(path: Path, cfg, precision: Precision) -> None:
+def resolved_config(cfg, precision: Precision) -> dict:
     """The resolved config, with the precision `auto` chose and the model's changeable defaults
-    written in (so the file rebuilds and reruns the same way)."""
+    written in (so it rebuilds and reruns the same way): config.yaml and model.safetensors' header."""
     resolved = pin_model_args(OmegaConf.to_container(cfg, resolve=True))
     resolved["trainer"]["precision"] = precision.name
-    path.write_text(f"# trainer.precision: {precision.name} ({precision.reason})\n" + OmegaConf.to_yaml(resolved))
+    return resolved
+
+
+def write_config(path: Path, cfg, precision: Precision) -> None:
+    path.write_text(f"# trainer.precision: {precision.name} ({precision.reason})\n"
+                    + OmegaConf.to_yaml(resolved_config(cfg, precision)))
 
 
 def split_batch(batch: dict, parts: int, device: torch.device) -> list[dict]:
