@@ -48,6 +48,11 @@ class ModelConfig:
     drop_path: float = 0.0
     mask_ratio: float = 0.75                # MAE
     norm_pix_loss: bool = True              # MAE: per-patch normalised targets
+    # CLIP from open_clip weights (interop/init_from.py): a .safetensors / open_clip trainer .pt file or an
+    # open_clip local-dir; the architecture comes from its config (init_from_config: a JSON file or an open_clip
+    # model name; None: the open_clip_config.json beside the weights). Resuming a run ignores it.
+    init_from: Optional[str] = None
+    init_from_config: Optional[str] = None
     # Any other constructor argument of CLIP / MAE by name, over the size's row:
     # +model.args.patch_size=16 +model.args.vision_init=timm (an unknown name is an error).
     args: dict[str, Any] = field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""The real CLI: a training run ends with its report; +exp=eval evaluates a run alone, never through a pickle; a bad path fails clearly."""
+"""The real CLI: a run ends with its report; +exp=eval evaluates a run alone, never through a pickle; bad paths fail clearly."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""The model to evaluate: from a safetensors file, a run (its model.safetensors, else its newest checkpoint), or freshly initialised."""
+"""The model to evaluate: a safetensors file, a run (its model.safetensors, else its newest checkpoint), or a fresh one."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # builders: the one rule (shared with the trainer) from a config to its tokenizer and model.
 from pretrain_mm.builders import model_from_config, model_vocab, pin_model_args
+from pretrain_mm.interop.init_from import load_open_clip_weights, read_open_clip, with_open_clip_architecture
 from pretrain_mm.interop.weights import MODEL_FILE, load_weights_model
 # The one import from train (design.md allows it): checkpoints are found and read one way only.
 from pretrain_mm.train.checkpoint import load_model_weights, resolve_checkpoint
@@ -73,6 +74,16 @@ def load_checkpoint_model(path, device: torch.device) -> tuple[torch.nn.Module, 
     model = model_from_config(run_cfg, model_vocab(run_cfg))
     load_model_weights(checkpoint, model)  # a damaged checkpoint: ValueError naming it
     return model.to(device).eval(), run_cfg, checkpoint
+
+
+def load_open_clip_model(cfg, path, device: torch.device) -> tuple[torch.nn.Module, DictConfig]:
+    """(our CLIP holding open_clip weights, in eval mode, cfg with their architecture) for a file or
+    directory that is_open_clip_source accepts; its config from cfg.model.init_from_config or beside it."""
+    model_cfg, state = read_open_clip(path, cfg.model.init_from_config)
+    run_cfg = with_open_clip_architecture(cfg, model_cfg)
+    model = model_from_config(run_cfg, model_vocab(run_cfg))
+    load_open_clip_weights(model, state, path)
+    return model.to(device).eval(), run_cfg
 
 
 def newest_checkpoint_step(run: Path) -> int | None:

@@ -19,7 +19,8 @@ from pretrain_mm.eval.features import Features, extract_features, world
 from pretrain_mm.eval.finetune import finetune
 from pretrain_mm.eval.knn import knn_evaluate
 from pretrain_mm.eval.linear_probe import linear_probe
-from pretrain_mm.eval.loading import load_checkpoint_model, random_model, run_dir_of, unsharded
+from pretrain_mm.eval.loading import load_checkpoint_model, load_open_clip_model, random_model, run_dir_of, unsharded
+from pretrain_mm.interop.init_from import is_open_clip_source
 from pretrain_mm.eval.metrics import confusion_matrix
 from pretrain_mm.eval.report import result_rows, write_report
 from pretrain_mm.eval.retrieval import chance_recall, retrieval_recall
@@ -206,8 +207,14 @@ def evaluate_checkpoint(cfg, info, checkpoint=None, output_dir=None) -> dict:
     if not path:
         raise ValueError("nothing to evaluate: set eval.checkpoint to a run directory or one of its "
                          "checkpoints/step_<N>, e.g. python -m pretrain_mm +exp=eval eval.checkpoint=outputs/clip")
-    model, run_cfg, resolved = load_checkpoint_model(path, info.device)
+    if is_open_clip_source(path):  # someone else's open_clip weights: the architecture from their config
+        model, run_cfg = load_open_clip_model(cfg, path, info.device)
+        resolved = Path(path)
+        default_out = resolved if resolved.is_dir() else resolved.parent
+    else:
+        model, run_cfg, resolved = load_checkpoint_model(path, info.device)
+        default_out = run_dir_of(resolved)
     merged = OmegaConf.merge(run_cfg, {"eval": OmegaConf.to_container(cfg.eval, resolve=True)})
-    out = cfg.eval.output_dir or output_dir or run_dir_of(resolved)
+    out = cfg.eval.output_dir or output_dir or default_out
     return run_evaluation(merged, out, model, info, checkpoint=resolved,
                           metrics_file=run_dir_of(resolved) / "metrics.jsonl")

@@ -29,6 +29,7 @@ class CLIP(nn.Module):
             ln_pre with the "clip" init is open_clip's image tower; on held-out stamps recall it
             beat timm's init without ln_pre (README, Benchmarks: the recipe experiments).
         vision_stem: "patch" (ViT's, open_clip's) or "conv" (a conv stem; see vit.ConvStem).
+        vision_norm_eps: the image tower's LayerNorm epsilon (1e-6; open_clip's models use 1e-5).
         patch_dropout: FLIP's patch dropout ratio for the image tower, training mode only.
         text_width, text_depth, text_heads: the text tower's shape.
         mlp_ratio: both towers' MLP hidden width / width.
@@ -47,7 +48,7 @@ class CLIP(nn.Module):
     def __init__(self, vocab_size: int, embed_dim: int = 512, image_size: int = 224, patch_size: int = 16,
                  in_chans: int = 3, vision_width: int = 768, vision_depth: int = 12, vision_heads: int = 12,
                  vision_pos_embed: str = "learned", vision_pool: str = "cls", vision_norm_pre: bool = True,
-                 vision_init: str = "clip", vision_stem: str = "patch",
+                 vision_init: str = "clip", vision_stem: str = "patch", vision_norm_eps: float = 1e-6,
                  patch_dropout: float = 0.0,
                  context_length: int = 77, text_width: int = 512, text_depth: int = 12, text_heads: int = 8,
                  pad_id: int = 0, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0, loss_kind: str = "softmax",
@@ -66,7 +67,7 @@ class CLIP(nn.Module):
             depth=vision_depth, num_heads=vision_heads, mlp_ratio=mlp_ratio, pos_embed=vision_pos_embed,
             pool=vision_pool, patch_dropout=patch_dropout, drop_path_rate=drop_path_rate,
             output_dim=embed_dim, head_bias=False, norm_pre=vision_norm_pre, init=vision_init,
-            stem=vision_stem)
+            stem=vision_stem, norm_eps=vision_norm_eps)
         self.text = TextTransformer(
             vocab_size=vocab_size, context_length=context_length, width=text_width, depth=text_depth,
             num_heads=text_heads, mlp_ratio=mlp_ratio, output_dim=embed_dim, pad_id=pad_id,

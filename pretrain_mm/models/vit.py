@@ -70,6 +70,7 @@ class VisionTransformer(nn.Module):
             normal with std width ** -0.5).
         stem: "patch" (one patch_size-strided conv, as ViT) or "conv" (ConvStem; its BatchNorm
             normalises over each micro-batch, on each rank).
+        norm_eps: the LayerNorms' epsilon: 1e-6 (timm / MAE), 1e-5 in models open_clip trained.
 
     Attributes the trainer relies on: `blocks` (nn.ModuleList of self-contained Blocks, for
     per-block fully_shard / activation checkpointing), no_weight_decay(), layer_id(name).
@@ -80,7 +81,7 @@ class VisionTransformer(nn.Module):
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, pos_embed: str = "learned",
                  pool: str = "cls", class_token: bool = True, patch_dropout: float = 0.0,
                  drop_path_rate: float = 0.0, output_dim: int = 0, head_bias: bool = True, norm_pre: bool = False,
-                 init: str = "timm", stem: str = "patch"):
+                 init: str = "timm", stem: str = "patch", norm_eps: float = 1e-6):
         super().__init__()
         if pos_embed not in POS_EMBEDS:
             raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}")
@@ -114,9 +115,9 @@ class VisionTransformer(nn.Module):
         else:  # fixed: not a parameter, not in the checkpoint, recomputed by init_weights
             self.register_buffer("pos_embed", torch.empty(pos_shape), persistent=False)
         # CLIP's ln_pre: the embedded tokens are normalised before the first block.
-        self.norm_pre = nn.LayerNorm(width, eps=1e-6) if norm_pre else nn.Identity()
-        self.blocks = make_blocks(width, depth, num_heads, mlp_ratio, drop_path_rate)
-        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.norm_pre = nn.LayerNorm(width, eps=norm_eps) if norm_pre else nn.Identity()
+        self.blocks = make_blocks(width, depth, num_heads, mlp_ratio, drop_path_rate, norm_eps=norm_eps)
+        self.norm = nn.LayerNorm(width, eps=norm_eps)
         self.head = nn.Linear(width, output_dim, bias=head_bias) if output_dim else nn.Identity()
         self.init_weights()
 

@@ -24,6 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain_mm.builders import model_from_config, model_vocab, pin_model_args
+from pretrain_mm.interop.init_from import load_open_clip_weights, read_open_clip, with_open_clip_architecture
 from pretrain_mm.interop.weights import MODEL_FILE
 from pretrain_mm.precision import Precision, autocast, resolve_precision
 from pretrain_mm.train import distributed as dist_utils
@@ -81,6 +82,11 @@ def autocast_context(precision: Precision, info: dist_utils.DistInfo):
 
 def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
     run_dir = Path(run_dir)
+    if cfg.model.init_from:  # open_clip weights: their architecture becomes model.args (and config.yaml's)
+        if cfg.model.kind != "clip":
+            raise ValueError(f"model.init_from reads open_clip CLIP weights; model.kind is {cfg.model.kind!r}")
+        open_clip_cfg, open_clip_state = read_open_clip(cfg.model.init_from, cfg.model.init_from_config)
+        cfg = with_open_clip_architecture(cfg, open_clip_cfg)
     t = cfg.trainer
     micro, accum = batch_split(t, info.world_size)
     precision = resolve_precision(t.precision, info.device)
@@ -115,6 +121,10 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
         raise ValueError(f"{run_dir} already holds checkpoints and trainer.resume=never would overwrite the run; "
                          "use trainer.resume=auto to continue it, or another hydra.run.dir")
     step, data_state = 0, None
+    if start is None and cfg.model.init_from:
+        load_open_clip_weights(model, open_clip_state, cfg.model.init_from)
+        if info.is_main:
+            log.info("starting from the open_clip weights %s", cfg.model.init_from)
     if start is not None:
         extra, own = checkpointer.load(start, model, optimizer, {"step": 0, "scheduler": scheduler.state_dict()})
         step, data_state = extra["step"], own.get("data")
