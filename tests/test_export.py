@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -14,6 +15,8 @@ from pretrain_mm.builders import build_tokenizer, model_from_config
 from pretrain_mm.eval.loading import load_checkpoint_model
 from pretrain_mm.interop import save_weights
 from test_eval_cli import TRAIN, run_cli
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def export_cli(*args):
@@ -78,3 +81,30 @@ def test_what_open_clip_cannot_express_and_existing_files_are_refused_in_one_lin
     done = export_cli(run, taken, "--format", "safetensors")
     assert done.returncode == 2 and f"{taken} exists" in done.stderr
     assert [p.name for p in taken.iterdir()] == ["mine.txt"]
+
+
+@pytest.mark.slow
+def test_clip_benchmark_scores_the_export_as_our_evaluator_scores_the_run(tmp_path):
+    """CLIP_benchmark (from PyPI, in open_clip's venv) on the open_clip export and our evaluator on the run,
+    zero-shot on stamps' val split in CLIP_benchmark's layout: the same top-1 / top-5 within 0.5 points."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from bench_clip_benchmark import clip_benchmark_python, ours, theirs
+
+    from pretrain_mm.data import builtin_dir
+    from pretrain_mm.data.stamps import CLIP_BENCHMARK_DIR
+    from pretrain_mm.export import export
+
+    try:
+        python = clip_benchmark_python(Path.home() / ".cache" / "pretrain_mm" / "openclip-venv")
+    except subprocess.CalledProcessError as error:
+        pytest.skip(f"cannot install CLIP_benchmark from PyPI into open_clip's venv: {error}")
+    run = tmp_path / "run"
+    train = [arg for arg in TRAIN if not arg.startswith("trainer.max_steps=")]
+    run_cli("+exp=clip", "data=stamps", "model.args.vision_stem=patch", *train, "trainer.max_steps=20",
+            "eval.enabled=false", f"hydra.run.dir={run}")
+    export(run, tmp_path / "open_clip", "open_clip")
+    directory = Path(builtin_dir("stamps")) / CLIP_BENCHMARK_DIR
+    a, b = ours(run, directory, tmp_path), theirs(python, tmp_path / "open_clip", directory, tmp_path)
+    assert a.keys() == b.keys() == {"top1", "top5"}
+    for k in a:
+        assert abs(a[k] - b[k]) <= 0.5, (k, a[k], b[k])
