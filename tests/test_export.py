@@ -86,11 +86,11 @@ def test_what_open_clip_cannot_express_and_existing_files_are_refused_in_one_lin
 @pytest.mark.slow
 def test_clip_benchmark_scores_the_export_as_our_evaluator_scores_the_run(tmp_path):
     """CLIP_benchmark (from PyPI, in open_clip's venv) on the open_clip export and our evaluator on the run,
-    zero-shot on stamps' val split in CLIP_benchmark's layout: the same top-1 / top-5 within 0.5 points."""
+    zero-shot and retrieval on stamps' val split in CLIP_benchmark's layouts: the same figures within 0.5 points."""
     sys.path.insert(0, str(BENCHMARKS))
-    from bench_clip_benchmark import clip_benchmark_python, ours, theirs
+    from bench_clip_benchmark import clip_benchmark_python, ours, retrieval_dir, theirs
 
-    from pretrain_mm.data import builtin_dir
+    from pretrain_mm.data import builtin_dir, get_builtin
     from pretrain_mm.data.stamps import CLIP_BENCHMARK_DIR
     from pretrain_mm.export import export
 
@@ -104,7 +104,9 @@ def test_clip_benchmark_scores_the_export_as_our_evaluator_scores_the_run(tmp_pa
             "eval.enabled=false", f"hydra.run.dir={run}")
     export(run, tmp_path / "open_clip", "open_clip")
     directory = Path(builtin_dir("stamps")) / CLIP_BENCHMARK_DIR
-    a, b = ours(run, directory, tmp_path), theirs(python, tmp_path / "open_clip", directory, tmp_path)
-    assert a.keys() == b.keys() == {"top1", "top5"}
+    retrieval = retrieval_dir(get_builtin("stamps", "val"), tmp_path / "retrieval")
+    a = ours(run, directory, retrieval, tmp_path)
+    b = theirs(python, tmp_path / "open_clip", directory, retrieval, tmp_path)
+    assert a.keys() == b.keys() and len(a) == 8  # zero-shot top-1/5, R@1/5/10 both ways
     for k in a:
         assert abs(a[k] - b[k]) <= 0.5, (k, a[k], b[k])
