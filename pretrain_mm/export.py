@@ -29,7 +29,8 @@ def export(source, out, fmt: str) -> list[Path]:
     into the new or empty directory `out`; returns the paths written."""
     from pretrain_mm.builders import build_tokenizer
     from pretrain_mm.eval.loading import load_checkpoint_model
-    from pretrain_mm.interop import MODEL_FILE, save_weights, to_open_clip
+    from pretrain_mm.interop import MODEL_FILE, read_header, save_weights, to_open_clip
+    from pretrain_mm.interop.weights import STEP_KEY
     from safetensors.torch import save_file
 
     if fmt not in FORMATS:
@@ -49,8 +50,11 @@ def export(source, out, fmt: str) -> list[Path]:
         save_file({k: v.contiguous() for k, v in state.items()}, str(written[-1]), metadata={"format": "pt"})
     else:
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        step = int(read.name.removeprefix("step_")) if read.name.startswith("step_") else None
-        written.append(save_weights(out / MODEL_FILE, model.state_dict(), resolved, step))
+        if read.suffix == ".safetensors":
+            step = read_header(read).get(STEP_KEY)
+        else:
+            step = read.name.removeprefix("step_") if read.name.startswith("step_") else None
+        written.append(save_weights(out / MODEL_FILE, model.state_dict(), resolved, int(step) if step else None))
         written.append(out / "config.yaml")
         written[-1].write_text(OmegaConf.to_yaml(resolved))
     if cfg.model.kind == "clip":

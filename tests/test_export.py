@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from pretrain_mm.builders import build_tokenizer, model_from_config
 from pretrain_mm.eval.loading import load_checkpoint_model
-from pretrain_mm.interop import save_weights
+from pretrain_mm.interop import read_header, save_weights
 from test_eval_cli import TRAIN, run_cli
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -59,7 +59,7 @@ def test_our_safetensors_export_evaluates_as_the_run(run, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.safetensors", "tokenizer.json"]
     a, cfg, _ = load_checkpoint_model(run, torch.device("cpu"))
     b, _, read = load_checkpoint_model(out, torch.device("cpu"))
-    assert read == out / "model.safetensors"
+    assert read == out / "model.safetensors" and read_header(read)["pretrain_mm.step"] == "2"
     images, text = inputs(cfg)
     with torch.no_grad():
         assert torch.equal(a.encode_image(images), b.encode_image(images))

@@ -20,11 +20,11 @@ from pretrain_mm.eval.finetune import finetune
 from pretrain_mm.eval.knn import knn_evaluate
 from pretrain_mm.eval.linear_probe import linear_probe
 from pretrain_mm.eval.loading import load_checkpoint_model, load_open_clip_model, random_model, run_dir_of, unsharded
-from pretrain_mm.interop.init_from import is_open_clip_source
 from pretrain_mm.eval.metrics import confusion_matrix
 from pretrain_mm.eval.report import result_rows, write_report
 from pretrain_mm.eval.retrieval import chance_recall, retrieval_recall
 from pretrain_mm.eval.zeroshot import zeroshot_classifier, zeroshot_evaluate
+from pretrain_mm.interop.init_from import is_open_clip_source
 
 log = logging.getLogger(__name__)
 
