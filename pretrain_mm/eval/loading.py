@@ -70,6 +70,9 @@ def load_checkpoint_model(path, device: torch.device) -> tuple[torch.nn.Module, 
                         "only: its DCP metadata is a pickle)", weights, step, path, newest)
         return model, cfg, weights
     checkpoint = resolve_checkpoint(path)
+    if checkpoint != path:  # a run directory without model.safetensors: its training never finished
+        log.warning("%s has no %s (its training did not finish): reading the DCP checkpoint %s, whose .metadata is "
+                    "a pickle; do this only for runs you trust", path, MODEL_FILE, checkpoint)
     run_cfg = load_run_config(checkpoint)
     model = model_from_config(run_cfg, model_vocab(run_cfg))
     load_model_weights(checkpoint, model)  # a damaged checkpoint: ValueError naming it
