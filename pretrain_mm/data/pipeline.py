@@ -210,10 +210,13 @@ class Batcher:
             batch["caption"] = [s["caption"] for s in samples]
             batch["text"] = self.tokenizer(batch["caption"])
             if "negative" in samples[0]:
-                # Every row gets one (its own caption where it has none) and neg_mask says which are real.
-                negatives = [s["negative"] for s in samples]
-                batch["neg_text"] = self.tokenizer([n if n is not None else c for n, c in zip(negatives, batch["caption"])])
-                batch["neg_mask"] = torch.tensor([n is not None for n in negatives])
+                # Every row gets one (its own tokens where it has none) and neg_mask says which are real.
+                real = [i for i, s in enumerate(samples) if s["negative"] is not None]
+                batch["neg_text"] = batch["text"].clone()
+                if real:
+                    batch["neg_text"][real] = self.tokenizer([samples[i]["negative"] for i in real])
+                batch["neg_mask"] = torch.zeros(len(samples), dtype=torch.bool)
+                batch["neg_mask"][real] = True
         if samples[0]["label"] is not None:
             batch["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
         batch["_skipped"] = self.ctx.counter.take()

@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain_mm.interop.openclip import from_open_clip_state
-from pretrain_mm.interop.weights import CONFIG_KEY, load_weights, read_header
+from pretrain_mm.interop.weights import CONFIG_KEY, load_weights, read_header, state_mismatch
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "open_clip_config.json"
@@ -69,8 +69,7 @@ def read_open_clip(source, config: str | None = None) -> tuple[dict, dict[str, t
         state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
         if not isinstance(state, dict):
             raise ValueError(f"{weights} holds no state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    return _model_cfg(config, weights), state
+    return _model_cfg(config, weights), state  # DDP's "module." prefixes: from_open_clip_state drops them
 
 
 def _model_cfg(config: str | None, weights: Path) -> dict:
@@ -150,11 +149,9 @@ def load_open_clip_weights(model, state: dict[str, torch.Tensor], source) -> Non
     """Copy open_clip weights into our model built by with_open_clip_architecture; a ValueError
     naming what does not fit (another vocabulary: the tokenizer differs from the one they were trained with)."""
     ours = from_open_clip_state(state, model)
-    expected = model.state_dict()
-    wrong = sorted(k for k in expected if k in ours and ours[k].shape != expected[k].shape)
-    missing, extra = sorted(set(expected) - set(ours)), sorted(set(ours) - set(expected))
-    if wrong or missing or extra:
-        raise ValueError(f"the open_clip weights in {source} do not fit the model: other shapes {wrong[:4]}, missing "
-                         f"{missing[:4]}, unexpected {extra[:4]} (a vocabulary of another size means another "
-                         "tokenizer: set data.tokenizer to the one they were trained with, e.g. clip)")
+    mismatch = state_mismatch(ours, model.state_dict())
+    if mismatch:
+        raise ValueError(f"the open_clip weights in {source} do not fit the model: {mismatch} (a vocabulary of "
+                         "another size means another tokenizer: set data.tokenizer to the one they were trained "
+                         "with, e.g. clip)")
     model.load_state_dict(ours)

@@ -55,9 +55,19 @@ def load_weights(path) -> dict[str, torch.Tensor]:
         raise ValueError(f"cannot read {path} as safetensors: {error}") from error
 
 
-def config_of(path) -> DictConfig:
+def state_mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:
+    """What keeps `state` from loading into a model whose state dict is `expected` ("" when nothing):
+    names only in either, and shared names of other shapes (load_state_dict would say it less plainly)."""
+    extra, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if not (extra or missing or wrong):
+        return ""
+    return f"weights only in the file {extra[:4]}, only in the model {missing[:4]}, of other shapes {wrong[:4]}"
+
+
+def config_of(path, header: dict[str, str] | None = None) -> DictConfig:
     """The resolved config in a weights file's header (a ValueError naming the file when it has none)."""
-    header = read_header(path)
+    header = read_header(path) if header is None else header
     if CONFIG_KEY not in header:
         raise ValueError(f"{path} has no pretrain_mm config in its header (key {CONFIG_KEY!r}): it was not "
                          "written by pretrain_mm; an open_clip file loads with model.init_from instead")
@@ -67,16 +77,14 @@ def config_of(path) -> DictConfig:
 def load_weights_model(path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, DictConfig, int | None]:
     """(model in eval mode, its config, its step) from a file save_weights wrote. The model is built
     from the header's config, its vocabulary read off the token embedding (no tokenizer needed)."""
-    cfg = config_of(path)
+    header = read_header(path)
+    cfg = config_of(path, header)
     state = load_weights(path)
     vocab = int(state["text.token_embedding.weight"].shape[0]) if "text.token_embedding.weight" in state else 0
     model = model_from_config(cfg, vocab)
-    expected = model.state_dict()
-    extra, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
-    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if extra or missing or wrong:
-        raise ValueError(f"{path} does not match the model its config builds: weights only in the file {extra[:4]}, "
-                         f"only in the model {missing[:4]}, of other shapes {wrong[:4]}")
+    mismatch = state_mismatch(state, model.state_dict())
+    if mismatch:
+        raise ValueError(f"{path} does not match the model its config builds: {mismatch}")
     model.load_state_dict(state)
-    step = read_header(path).get(STEP_KEY)
+    step = header.get(STEP_KEY)
     return model.to(device).eval(), cfg, int(step) if step is not None else None
