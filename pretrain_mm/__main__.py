@@ -74,7 +74,7 @@ def main(cfg) -> None:
     try:
         launch(cfg)
     except Exception as error:
-        from pretrain_mm.launch.job import in_submitit_slurm_job
+        from pretrain_mm.launch.requeue import in_submitit_slurm_job
 
         # HYDRA_FULL_ERROR=1 asks for the traceback (Hydra's own switch). In a job of Hydra's submitit
         # launcher (a sweep on Slurm) submitit must see the exception to hand it to the submitting side.
@@ -93,14 +93,10 @@ def launch(cfg) -> None:
         from pretrain_mm.launch.slurm import submit
 
         submit(cfg, run_dir)
-    elif cfg.launcher.name == "local":  # train (then evaluate) in this process: pretrain_mm/launch/job.py
-        from pretrain_mm.launch.job import run
+    else:  # launcher=local: train (then evaluate) in this process (pretrain_mm/run.py)
+        from pretrain_mm.run import run, stages_of
 
-        if cfg.mode not in ("train", "eval"):
-            raise ValueError(f"mode must be train or eval; got {cfg.mode!r}")
-        run(cfg, run_dir, stages=("eval",) if cfg.mode == "eval" else ("train", "eval"))
-    else:
-        raise ValueError(f"launcher.name must be local or slurm; got {cfg.launcher.name!r}")
+        run(cfg, run_dir, stages=stages_of(cfg))
 
 
 if __name__ == "__main__":

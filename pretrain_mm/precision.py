@@ -59,3 +59,8 @@ def autocast(precision: Precision, device: torch.device):
     if precision.bf16:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def inference_autocast(device: torch.device):
+    """Evaluation's precision: bf16 autocast where training's `auto` would choose it (ample for ranking), else fp32."""
+    return autocast(resolve_precision("auto", device), device)

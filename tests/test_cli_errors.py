@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from pretrain_mm.__main__ import is_user_error
-from pretrain_mm.launch.job import check_eval_checkpoint
+from pretrain_mm.run import check_eval_checkpoint
 
 # Each case: the overrides and what its error line must name (the value the user gave).
 MISTAKES = {

@@ -48,7 +48,7 @@ def bad_shards(tmp_path_factory):
 
 
 def make(urls, tokenizer, workers, resampled, **kw):
-    """The training loader's arguments (pretrain_mm/train/data.py), small."""
+    """The training loader's arguments (pretrain_mm/builders.build_train_loader), small."""
     return build_loader(urls, batch_size=BATCH, tokenizer=tokenizer, image_size=16, train=True,
                         num_workers=workers, seed=7, resampled=resampled, rank=0, world_size=1,
                         shuffle_buffer=BUFFER, drop_last=True, **kw)

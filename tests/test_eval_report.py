@@ -6,13 +6,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pretrain_mm.builders import LEGACY_CLIP_ARGS, model_from_config, model_vocab, pin_model_args
+from pretrain_mm.builders import LEGACY_CLIP_ARGS, model_from_config, pin_model_args
 from pretrain_mm.config import Config
 from pretrain_mm.eval import EvalConfig, evaluate_checkpoint
 from pretrain_mm.eval.loading import load_checkpoint_model
 from pretrain_mm.eval.report import write_report
 from pretrain_mm.train.checkpoint import Checkpointer
-from pretrain_mm.train.distributed import DistInfo
+from pretrain_mm.distributed import DistInfo
 
 # One process saving a checkpoint without a process group is what these tests mean to do.
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
@@ -35,7 +35,7 @@ def make_cfg(kind="clip", **eval_overrides):
 def save_run(run_dir, cfg):
     """A run directory as the trainer leaves it: config.yaml, metrics.jsonl, checkpoints/step_N."""
     torch.manual_seed(1)
-    model = model_from_config(cfg, model_vocab(cfg))
+    model = model_from_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(pin_model_args(OmegaConf.to_container(cfg, resolve=True))))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 5.0 / s, "lr": 1e-3}) + "\n"
@@ -109,12 +109,12 @@ def test_a_run_from_before_pinned_defaults_rebuilds_its_own_architecture(tmp_pat
     old = tmp_path / "old_run"
     old.mkdir()
     (old / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # no model.args, as runs wrote then
-    model = model_from_config(cfg, model_vocab(cfg), **LEGACY_CLIP_ARGS)
+    model = model_from_config(cfg, **LEGACY_CLIP_ARGS)
     Checkpointer(old / "checkpoints", INFO).save(1, model, torch.optim.AdamW(model.parameters()), {"step": 1})
     loaded, _, _ = load_checkpoint_model(old, torch.device("cpu"))
     assert isinstance(loaded.visual.norm_pre, torch.nn.Identity)
     assert torch.equal(loaded.visual.pos_embed, model.visual.pos_embed)
-    today = model_from_config(cfg, model_vocab(cfg))  # resuming it with today's defaults: says what to add
+    today = model_from_config(cfg)  # resuming it with today's defaults: says what to add
     with pytest.raises(ValueError, match=r"only in the model \['visual.norm_pre.bias'.*vision_norm_pre=false"):
         Checkpointer(old / "checkpoints", INFO).load(old, today, torch.optim.AdamW(today.parameters()), {"step": 0})
 
@@ -180,7 +180,7 @@ def test_clip_probes_read_the_tower_before_the_projection():
     from pretrain_mm.eval.runner import PROBED, Evaluation
 
     cfg = make_cfg(random_baseline=False)
-    model = model_from_config(cfg, model_vocab(cfg)).eval()
+    model = model_from_config(cfg).eval()
     evaluation = Evaluation(cfg, model, torch.device("cpu"))
     encoders = evaluation.image_encoders()
     x = torch.randn(2, 3, 32, 32)

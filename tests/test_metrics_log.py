@@ -5,8 +5,8 @@ import logging
 
 import pytest
 
-import pretrain_mm.train.metrics as metrics_module
-from pretrain_mm.train.metrics import MetricLogger
+import pretrain_mm.train.metric_logger as metrics_module
+from pretrain_mm.train.metric_logger import MetricLogger
 
 
 def write_records(path, steps, tail=b""):
@@ -24,7 +24,7 @@ def steps_in(path):
 def test_a_cut_last_line_is_dropped_with_a_warning(tmp_path, caplog, tail):
     path = tmp_path / "metrics.jsonl"
     write_records(path, range(1, 6), tail)
-    caplog.set_level(logging.WARNING, logger="pretrain_mm.train.metrics")
+    caplog.set_level(logging.WARNING, logger="pretrain_mm.train.metric_logger")
     logger = MetricLogger(tmp_path, enabled=True, start_step=5, max_steps=10)
     try:
         assert steps_in(path) == [1, 2, 3, 4, 5]
@@ -58,7 +58,7 @@ def test_a_damaged_middle_line_is_dropped_too_and_said_to_be_unusual(tmp_path, c
     path = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"step": 1}), json.dumps({"step": 2}), "not json at all", "[3]", json.dumps({"step": 4})]
     path.write_text("\n".join(lines) + "\n")
-    caplog.set_level(logging.WARNING, logger="pretrain_mm.train.metrics")
+    caplog.set_level(logging.WARNING, logger="pretrain_mm.train.metric_logger")
     MetricLogger(tmp_path, enabled=True, start_step=10, max_steps=10).close()
     assert steps_in(path) == [1, 2, 4]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

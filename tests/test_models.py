@@ -5,12 +5,18 @@ import math
 import pytest
 import torch
 
-from pretrain_mm.models import CLIP, MAE, SIZES, build_model, clip_loss, model_arguments, sincos_pos_embed_2d
-from pretrain_mm.ops import reference
+from pretrain_mm.models import CLIP, MAE, SIZES, build_model, model_arguments, sincos_pos_embed_2d
+from pretrain_mm.ops import contrastive_loss, reference
 from tiny_models import (CONTEXT, VOCAB, captions, images, one_thread, tiny_clip, tiny_mae,  # noqa: F401
                          tiny_text, tiny_vit)
 
 # ---------------------------------------------------------------- sin-cos positions
+
+
+def clip_loss(out: dict, kind: str = "softmax", impl: str = "auto") -> torch.Tensor:
+    """The one-process contrastive loss of CLIP.forward's outputs (sigmoid uses the logit bias)."""
+    bias = out["logit_bias"] if kind == "sigmoid" else None
+    return contrastive_loss(out["image_features"], out["text_features"], out["logit_scale"], bias, kind=kind, impl=impl)
 
 def test_sincos_2d_is_mae_layout():
     dim, grid = 16, 3
@@ -216,7 +222,7 @@ def test_logit_scale_is_clamped_at_100_as_a_parameter():
         model.logit_scale.fill_(math.log(1000.0))
     out = model(images(2), captions(2))
     assert out["logit_scale"].item() == pytest.approx(1000.0, rel=1e-5)  # the forward does not clamp
-    model.loss(out).backward()
+    clip_loss(out, model.loss_kind).backward()
     assert model.logit_scale.grad.item() != 0.0  # so the gradient can bring it back
     model.clamp_logit_scale_()  # what the trainer does after each optimiser step
     assert model(images(2), captions(2))["logit_scale"].item() == pytest.approx(100.0, rel=1e-5)
@@ -232,14 +238,14 @@ def test_clip_loss_matches_reference(kind):
     out = model(images(6), captions(6))
     args = [out["image_features"], out["text_features"], out["logit_scale"]]
     want = reference.softmax_loss(*args) if kind == "softmax" else reference.sigmoid_loss(*args, out["logit_bias"])
-    torch.testing.assert_close(model.loss(out), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(clip_loss(out, model.loss_kind), want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(clip_loss(out, kind, impl="reference"), want)
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
 def test_clip_backward_reaches_every_parameter(kind):
     model = tiny_clip(loss_kind=kind, patch_dropout=0.25, drop_path_rate=0.1).train()
-    model.loss(model(images(4), captions(4))).backward()
+    clip_loss(model(images(4), captions(4)), kind).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
@@ -262,7 +268,7 @@ def test_tiny_clip_memorises_a_fixed_batch(kind):
     # 60 steps: with CLIP's ln_pre (the default) the sigmoid loss on noise images needs ~45 to fall
     # below a quarter (without it, ~20); 30 steps was this test's budget before ln_pre was on.
     for _ in range(60):
-        loss = model.loss(model(x, text))
+        loss = clip_loss(model(x, text), model.loss_kind)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

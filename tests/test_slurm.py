@@ -1,4 +1,4 @@
-"""launcher=slurm against a real single-node Slurm started by launch/local_slurm.sh: a 2-task job,
+"""launcher=slurm against a real single-node Slurm started by slurm/local_slurm.sh: a 2-task job,
 preemption, a time limit, a Hydra sweep, the sbatch template, and the errors a user meets.
 
 Jobs are judged by what rank 0 wrote (train_summary.json, metrics.jsonl, checkpoints/): gloo sometimes

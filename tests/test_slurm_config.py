@@ -12,7 +12,7 @@ import submitit
 from hydra import compose, initialize_config_dir
 
 from pretrain_mm.__main__ import CONFIG_DIR
-from pretrain_mm.launch import job as launch_job
+from pretrain_mm.launch import requeue as launch_requeue
 from pretrain_mm.launch.slurm import SlurmError, check_cluster, sbatch_parameters, submit
 
 
@@ -107,22 +107,22 @@ def test_requeue_survives_the_sigterm_it_provokes(tmp_path, in_job):
     # What Slurm does to a job's processes on requeue, scontrol included; scontrol must still finish.
     fake_scontrol(tmp_path, 'kill -TERM $$; sleep 0.2; touch "$(dirname "$0")/finished"; exit 0')
     before = signal.getsignal(signal.SIGTERM)
-    assert launch_job.requeue(max_requeues=3)
+    assert launch_requeue.requeue(max_requeues=3)
     assert (tmp_path / "finished").exists()
     assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_requeue_that_failed_after_slurm_acted_counts(tmp_path, in_job):
     fake_scontrol(tmp_path, "exit 1", restarts=1)
-    assert launch_job.requeue(max_requeues=3)
+    assert launch_requeue.requeue(max_requeues=3)
     fake_scontrol(tmp_path, "echo 'Requested operation is presently disabled' >&2; exit 1", restarts=0)
-    assert not launch_job.requeue(max_requeues=3)
+    assert not launch_requeue.requeue(max_requeues=3)
 
 
 def test_no_requeue_past_max_requeues(tmp_path, in_job, monkeypatch):
     fake_scontrol(tmp_path, 'touch "$(dirname "$0")/called"')
     monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
-    assert not launch_job.requeue(max_requeues=3)
+    assert not launch_requeue.requeue(max_requeues=3)
     assert not (tmp_path / "called").exists()
 
 

@@ -73,7 +73,7 @@ def builtin_captions() -> list[str]:
     for template in builtin.FULL_TEMPLATES + builtin.PARTIAL_TEMPLATES:
         for _ in range(20):
             attrs = {"shape": rng.randrange(len(builtin.SHAPES)), "colour": rng.randrange(len(builtin.COLOURS)),
-                     "size": rng.randrange(len(builtin.SIZES)), "position": rng.randrange(len(builtin.POSITIONS)),
+                     "size": rng.randrange(len(builtin.SHAPE_SIZES)), "position": rng.randrange(len(builtin.POSITIONS)),
                      "background": rng.randrange(len(builtin.BACKGROUNDS))}
             out.append(builtin.shapes_caption(template, attrs))
     out += [t.format(name) for t in builtin.DIGIT_TEMPLATES for name in builtin.DIGIT_NAMES]

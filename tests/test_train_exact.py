@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from pretrain_mm.__main__ import CONFIG_DIR
 from pretrain_mm.train import loop
-from pretrain_mm.train.distributed import DistInfo
+from pretrain_mm.distributed import DistInfo
 from test_train import FAST, checkpoints, metrics, run_cli, summary
 
 STEPS = 40

@@ -13,14 +13,14 @@ decoded; other members (pickles included) are not even read. This package import
 of pretrain_mm.
 """
 
-from .builtin import BUILTINS, builtin_dir, builtin_info, get_builtin, write_builtin
+from .builtin import BUILTINS, builtin_dir, builtin_info, get_builtin, load_tokenizer, write_builtin
 from .check import check_shards
 from .decode import DEFAULT_CAPTION_KEY, DEFAULT_IMAGE_KEY
 from .pipeline import SKIP_REASONS, Loader, build_loader
 from .reader import ShardError, TruncatedShard, iter_shard
 from .shards import ShardWriter, expand_urls, read_sizes, write_sizes
-from .tokenizer import (CLIP, TOKENIZER_FILE, Tokenizer, clip_tokenizer, find_tokenizer_file, load_tokenizer,
-                        train_tokenizer, train_tokenizer_on_shards)
+from .tokenizer import (CLIP, TOKENIZER_FILE, Tokenizer, clip_tokenizer, find_tokenizer_file, train_tokenizer,
+                        train_tokenizer_on_shards)
 from .transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, image_transform
 
 __all__ = [

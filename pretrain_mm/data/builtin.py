@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from .shards import write_samples
 from .stamps import STAMPS_DEFAULTS, write_stamps
-from .tokenizer import TOKENIZER_FILE, train_tokenizer
+from .tokenizer import DEFAULT_CONTEXT_LENGTH, TOKENIZER_FILE, Tokenizer, read_tokenizer, train_tokenizer
 
 VERSION = 4  # 3: shapes' compositional split, prompts unseen in training; 4: prompts name one attribute
 INFO_FILE = "classes.json"
@@ -32,7 +32,7 @@ COLOURS = {"red": (215, 35, 35), "green": (35, 165, 55), "blue": (35, 75, 215), 
            "purple": (135, 55, 185), "orange": (245, 135, 25), "pink": (245, 125, 185), "cyan": (35, 205, 215)}
 BACKGROUNDS = {"white": (232, 232, 232), "grey": (125, 125, 125), "black": (22, 22, 22), "brown": (105, 70, 40)}
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
-SIZES = ("small", "large")
+SHAPE_SIZES = ("small", "large")
 POSITIONS = ("top left", "top centre", "top right", "middle left", "centre", "middle right",
              "bottom left", "bottom centre", "bottom right")
 # Half the captions describe everything, half only some attributes besides the shape: then no
@@ -106,7 +106,7 @@ def draw_scene(rng: random.Random, size: int,
     else:
         shape_colour = rng.choice(pairs)
     attrs = {"shape": shape_colour[0], "colour": shape_colour[1],
-             "size": rng.randrange(len(SIZES)), "position": rng.randrange(len(POSITIONS)),
+             "size": rng.randrange(len(SHAPE_SIZES)), "position": rng.randrange(len(POSITIONS)),
              "background": rng.randrange(len(BACKGROUNDS))}
     ss = 4  # supersampling for smooth edges
     row, col = divmod(attrs["position"], 3)
@@ -136,7 +136,7 @@ def draw_scene(rng: random.Random, size: int,
 
 def shapes_caption(template: str, attrs: dict) -> str:
     return template.format(
-        size=SIZES[attrs["size"]], colour=list(COLOURS)[attrs["colour"]], shape=SHAPES[attrs["shape"]],
+        size=SHAPE_SIZES[attrs["size"]], colour=list(COLOURS)[attrs["colour"]], shape=SHAPES[attrs["shape"]],
         pos=POSITIONS[attrs["position"]], bg=list(BACKGROUNDS)[attrs["background"]])
 
 
@@ -201,7 +201,7 @@ def _shapes_info(params: dict) -> dict:
     check_unseen_prompts(PROMPT_TEMPLATES, FULL_TEMPLATES + PARTIAL_TEMPLATES)
     return {
         "name": "shapes", "params": params, "label": "shape",
-        "classes": {"shape": list(SHAPES), "colour": list(COLOURS), "size": list(SIZES),
+        "classes": {"shape": list(SHAPES), "colour": list(COLOURS), "size": list(SHAPE_SIZES),
                     "position": list(POSITIONS), "background": list(BACKGROUNDS)},
         "label_keys": {a: f"json:{a}" for a in _FIELDS},
         # prompt ensembles for zero-shot classification of each attribute: p.format(class name)
@@ -357,3 +357,12 @@ def builtin_info(name: str, root: str | None = None, **overrides) -> dict:
     """classes.json of a built-in dataset: class names per attribute, label keys, zero-shot prompts."""
     with open(os.path.join(builtin_dir(name, root, **overrides), INFO_FILE)) as f:
         return json.load(f)
+
+
+def load_tokenizer(name_or_path: str, context_length: int = DEFAULT_CONTEXT_LENGTH, root: str | None = None) -> Tokenizer:
+    """A tokenizer by name ('clip': OpenAI CLIP's BPE; 'shapes', 'digits', ...: the built-in dataset's own,
+    made on first use under `root`, as get_builtin), or from a tokenizer.json file or a directory holding one
+    (a shard directory or its parent)."""
+    if name_or_path in BUILTINS:  # a bare name; write ./shapes for a directory of that name
+        name_or_path = builtin_dir(name_or_path, root=root)
+    return read_tokenizer(name_or_path, context_length, builtin_names=list(BUILTINS))

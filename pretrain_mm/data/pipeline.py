@@ -12,13 +12,16 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
+from pretrain_mm.distributed import rank_world
+
 from .decode import (DEFAULT_CAPTION_KEY, DEFAULT_IMAGE_KEY, SkipCounter, SkipSample, decode_image, get_caption,
                      get_image_bytes, get_label, parse_key_spec, spec_exts)
 from .negatives import WordSwapNegatives
 from .position import Resumable
 from .reader import EmptyShard, ShardError, iter_shard
 from .shards import describe, expand_urls, read_sizes
-from .tokenizer import Tokenizer, load_tokenizer
+from .builtin import load_tokenizer
+from .tokenizer import Tokenizer
 from .transforms import CLIP_MEAN, CLIP_STD, ImageAugment, Normalize, stack_uint8
 
 
@@ -310,10 +313,9 @@ class Loader(Resumable):
 
 def _dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is None or world_size is None:
-        dist = torch.distributed
-        initialised = dist.is_available() and dist.is_initialized()
-        rank = (dist.get_rank() if initialised else 0) if rank is None else rank
-        world_size = (dist.get_world_size() if initialised else 1) if world_size is None else world_size
+        current_rank, current_world = rank_world()
+        rank = current_rank if rank is None else rank
+        world_size = current_world if world_size is None else world_size
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
     return rank, world_size

@@ -288,19 +288,16 @@ def find_tokenizer_file(directory: str) -> str | None:
     return None
 
 
-def load_tokenizer(name_or_path: str, context_length: int = DEFAULT_CONTEXT_LENGTH) -> Tokenizer:
-    """Load a tokenizer by name ('clip': OpenAI CLIP's BPE; 'shapes', 'digits': the built-in datasets',
-    created on first use), or from a tokenizer.json file or a directory holding one (a shard
-    directory or its parent)."""
-    from .builtin import BUILTINS, builtin_dir
-
+def read_tokenizer(name_or_path: str, context_length: int = DEFAULT_CONTEXT_LENGTH,
+                   builtin_names: Sequence[str] = ()) -> Tokenizer:
+    """Load 'clip' (OpenAI CLIP's BPE), a tokenizer.json file or a directory holding one (a shard directory
+    or its parent). The built-in datasets' names are data.builtin.load_tokenizer's (it knows where they
+    live); `builtin_names` only completes the error message."""
     if name_or_path == CLIP:  # a bare name, as for the built-ins; write ./clip for a directory
         return clip_tokenizer(context_length)
     path = os.path.expanduser(str(name_or_path))
-    if name_or_path in BUILTINS:  # a bare name; write ./shapes for a directory of that name
-        path = builtin_dir(name_or_path)
-    elif not os.path.exists(path):
-        raise ValueError(f"tokenizer {name_or_path!r} is neither a built-in name ({CLIP}, {', '.join(BUILTINS)}) "
+    if not os.path.exists(path):
+        raise ValueError(f"tokenizer {name_or_path!r} is neither a built-in name ({', '.join([CLIP, *builtin_names])}) "
                          "nor an existing tokenizer.json or directory holding one")
     if os.path.isdir(path):
         found = find_tokenizer_file(path)

@@ -11,7 +11,8 @@ zeroshot_evaluate, retrieval_recall, linear_probe, knn_evaluate.
 
 from pretrain_mm.config import EvalConfig, FinetuneConfig, ProbeConfig, WdsEvalConfig
 from pretrain_mm.eval.datasets import EvalSet, clip_benchmark_set, eval_sets
-from pretrain_mm.eval.features import Features, extract_features, gather_rows
+from pretrain_mm.distributed import gather_rows
+from pretrain_mm.eval.features import Features, extract_features
 from pretrain_mm.eval.knn import knn_evaluate, knn_predict
 from pretrain_mm.eval.linear_probe import linear_probe, train_linear_probe
 from pretrain_mm.eval.loading import load_checkpoint_model

@@ -7,54 +7,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
-import torch.distributed as dist
 
-from pretrain_mm.precision import autocast as precision_autocast
-from pretrain_mm.precision import resolve_precision
+from pretrain_mm.distributed import gather_lists, gather_rows, rank_world
+from pretrain_mm.precision import inference_autocast
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of torch.distributed, (0, 1) when it is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Every rank's rows, concatenated in rank order, on every rank. Ranks may hold different
-    numbers of rows (their shares of the shards differ), even none: shapes are gathered first,
-    each rank's block padded to the largest, as all_gather needs equal shapes; a rank without
-    rows takes the row shape of the others (its empty placeholder need only have the same ndim)."""
-    size = world()[1]
-    if size == 1:
-        return tensor
-    shape = torch.tensor(tensor.shape, device=tensor.device)
-    shapes = [torch.zeros_like(shape) for _ in range(size)]
-    dist.all_gather(shapes, shape)
-    shapes = [s.tolist() for s in shapes]
-    rows = [s[0] for s in shapes]
-    trailing = next((s[1:] for s in shapes if s[0] > 0), shapes[0][1:])
-    padded = tensor.new_zeros((max(rows), *trailing))
-    padded[:tensor.shape[0]] = tensor
-    blocks = [torch.empty_like(padded) for _ in rows]
-    dist.all_gather(blocks, padded.contiguous())
-    return torch.cat([block[:n] for block, n in zip(blocks, rows)])
-
-
-def gather_lists(items: list) -> list:
-    """Every rank's list items (keys, captions), concatenated in rank order, on every rank."""
-    if world()[1] == 1:
-        return list(items)
-    out: list = [None] * world()[1]
-    dist.all_gather_object(out, list(items))
-    return [item for part in out for item in part]
-
-
-def autocast(device: torch.device):
-    """bf16 autocast where training's `auto` would choose it (pretrain_mm.precision; ample for ranking), else fp32."""
-    return precision_autocast(resolve_precision("auto", device), device)
 
 
 @dataclass
@@ -81,7 +38,7 @@ def extract_features(loader, image_encoders: dict[str, Encoder], device: torch.d
     rank), then gather. max_samples caps the split over all ranks (0: no cap). With text_encoders
     (and a loader built with a tokenizer), captions are encoded too; split_captions treats each
     caption as several, one per line (CLIP_benchmark's retrieval sets)."""
-    rank, world_size = world()
+    rank, world_size = rank_world()
     budget = math.ceil(max_samples / world_size) if max_samples > 0 else None
     keys: list[str] = []
     image: dict[str, list] = {name: [] for name in image_encoders}
@@ -92,7 +49,7 @@ def extract_features(loader, image_encoders: dict[str, Encoder], device: torch.d
     for batch in loader:
         take = len(batch["key"]) if budget is None else min(len(batch["key"]), budget - len(keys))
         images = batch["image"][:take].to(device, non_blocking=True)
-        with autocast(device):
+        with inference_autocast(device):
             for name, encode in image_encoders.items():
                 image[name].append(encode(images).float())
         if "label" in batch:
@@ -106,7 +63,7 @@ def extract_features(loader, image_encoders: dict[str, Encoder], device: torch.d
             captions.extend(batch_captions)
             # The loader's tokens are one row per image; split captions are tokenised here.
             tokens = tokenizer(batch_captions) if split_captions else batch["text"][:take]
-            with autocast(device):
+            with inference_autocast(device):
                 for name, encode in text_encoders.items():
                     text[name].append(encode(tokens.to(device)).float())
         keys.extend(batch["key"][:take])
@@ -118,7 +75,7 @@ def extract_features(loader, image_encoders: dict[str, Encoder], device: torch.d
 def _gather(keys, image, labels, text, captions, owners, device, with_text: bool) -> Features:
     """Gather every rank's rows, renumber caption owners globally, and sort everything by key."""
     counts = gather_rows(torch.tensor([len(keys)], device=device)).tolist()
-    offset = sum(counts[:world()[0]])
+    offset = sum(counts[:rank_world()[0]])
     all_keys = gather_lists(keys)
     order = sorted(range(len(all_keys)), key=all_keys.__getitem__)
     perm = torch.tensor(order, dtype=torch.long, device=device)

@@ -7,14 +7,16 @@ import logging
 import math
 
 import torch
-import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 import torch.nn as nn
 
+from pretrain_mm.distributed import rank_world
 from pretrain_mm.data import build_loader
-from pretrain_mm.eval.features import autocast, extract_features, world
-from pretrain_mm.eval.linear_probe import warmup_cosine
+from pretrain_mm.eval.features import extract_features
 from pretrain_mm.eval.metrics import accuracies
+from pretrain_mm.precision import inference_autocast
 from pretrain_mm.models import no_weight_decay_names
+from pretrain_mm.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +79,13 @@ def layer_decay_groups(model: Classifier, lr: float, weight_decay: float, layer_
     return list(groups.values())
 
 
-def all_reduce_grads(model: nn.Module) -> None:
-    """Average the gradients over ranks (each rank trained on its own share of the batch)."""
-    size = world()[1]
-    if size == 1:
-        return
-    for param in model.parameters():
-        if param.grad is not None:
-            dist.all_reduce(param.grad)
-            param.grad.div_(size)
-
-
 def finetune(model: nn.Module, ds, num_classes: int, num_train: int, f, e, image_size: int,
              device: torch.device) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Fine-tune a copy of `model`'s image tower on ds.train_urls and test it on ds.test_urls.
     f: FinetuneConfig; e: EvalConfig (batch size, workers, sample cap, seed). Returns
     (top-1 / top-5 accuracy, predictions, labels). Every rank trains on its share of each batch,
-    with gradients averaged, so all ranks hold the same weights."""
-    rank, world_size = world()
+    with gradients averaged by DDP, so all ranks hold the same weights."""
+    rank, world_size = rank_world()
     if f.batch_size % world_size:
         raise ValueError(f"eval.finetune.batch_size={f.batch_size} must be a multiple of the world size {world_size}")
     with torch.random.fork_rng(devices=[]):
@@ -110,19 +101,20 @@ def finetune(model: nn.Module, ds, num_classes: int, num_train: int, f, e, image
     steps_per_epoch = len(loader)
     total, warmup = f.epochs * steps_per_epoch, f.warmup_epochs * steps_per_epoch
     loss_fn = nn.CrossEntropyLoss(label_smoothing=f.label_smoothing)
+    # DDP averages the gradients over ranks during backward (each rank trains on its share of the batch).
+    trained = DistributedDataParallel(classifier) if world_size > 1 else classifier
     step = 0
     classifier.train()
     for epoch in range(f.epochs):
         running = 0.0
         for batch in loader:
-            scale = warmup_cosine(step, warmup, total)
+            scale = warmup_cosine(step, warmup=warmup, total=total)
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * scale
-            with autocast(device):
-                loss = loss_fn(classifier(batch["image"].to(device)).float(), batch["label"].to(device))
+            with inference_autocast(device):
+                loss = loss_fn(trained(batch["image"].to(device)).float(), batch["label"].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            all_reduce_grads(classifier)
             optimizer.step()
             running += loss.item()
             step += 1

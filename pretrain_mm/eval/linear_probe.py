@@ -7,19 +7,12 @@ at test time it uses the running statistics, like a StandardScaler fitted on the
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
 
 from pretrain_mm.eval.metrics import accuracies
-
-
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """Multiplier of the peak learning rate: linear warm-up over `warmup` steps, then cosine to 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+from pretrain_mm.schedule import warmup_cosine
 
 
 def probe_head(dim: int, num_classes: int) -> nn.Sequential:
@@ -49,7 +42,7 @@ def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes
     steps_per_epoch = max(1, n // batch_size)
     total = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup_epochs * steps_per_epoch, total))
+        optimizer, lambda step: warmup_cosine(step, warmup=warmup_epochs * steps_per_epoch, total=total))
     loss_fn = nn.CrossEntropyLoss()
     head.train()
     for _ in range(epochs):

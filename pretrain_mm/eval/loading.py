@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 # builders: the one rule (shared with the trainer) from a config to its tokenizer and model.
-from pretrain_mm.builders import model_from_config, model_vocab, pin_model_args
+from pretrain_mm.builders import model_from_config, pin_model_args
 from pretrain_mm.interop.init_from import load_open_clip_weights, read_open_clip, with_open_clip_architecture
 from pretrain_mm.interop.weights import MODEL_FILE, load_weights_model
 # The one import from train (design.md allows it): checkpoints are found and read one way only.
@@ -22,7 +22,7 @@ def random_model(cfg, seed: int, device: torch.device) -> torch.nn.Module:
     """The same architecture, freshly initialised from `seed` (the global RNG is left as it was)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return model_from_config(cfg, model_vocab(cfg)).to(device).eval()
+        return model_from_config(cfg).to(device).eval()
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -74,7 +74,7 @@ def load_checkpoint_model(path, device: torch.device) -> tuple[torch.nn.Module, 
         log.warning("%s has no %s (its training did not finish): reading the DCP checkpoint %s, whose .metadata is "
                     "a pickle; do this only for runs you trust", path, MODEL_FILE, checkpoint)
     run_cfg = load_run_config(checkpoint)
-    model = model_from_config(run_cfg, model_vocab(run_cfg))
+    model = model_from_config(run_cfg)
     load_model_weights(checkpoint, model)  # a damaged checkpoint: ValueError naming it
     return model.to(device).eval(), run_cfg, checkpoint
 
@@ -84,7 +84,7 @@ def load_open_clip_model(cfg, path, device: torch.device) -> tuple[torch.nn.Modu
     directory that is_open_clip_source accepts; its config from cfg.model.init_from_config or beside it."""
     model_cfg, state = read_open_clip(path, cfg.model.init_from_config)
     run_cfg = with_open_clip_architecture(cfg, model_cfg)
-    model = model_from_config(run_cfg, model_vocab(run_cfg))
+    model = model_from_config(run_cfg)
     load_open_clip_weights(model, state, path)
     return model.to(device).eval(), run_cfg
 
@@ -94,19 +94,3 @@ def newest_checkpoint_step(run: Path) -> int | None:
         return int(resolve_checkpoint(run).name.removeprefix("step_")) if run.is_dir() else None
     except ValueError:  # no checkpoint (a directory holding only exported weights)
         return None
-
-
-def unsharded(model: torch.nn.Module, cfg, device: torch.device) -> torch.nn.Module:
-    """A plain copy of an FSDP2-sharded model (its full weights gathered onto every rank), or the
-    model itself. Evaluation calls encode_image / encode_text, which FSDP2's hooks do not cover,
-    and runs each rank on different data."""
-    from torch.distributed.tensor import DTensor
-
-    if not any(isinstance(p, DTensor) for p in model.parameters()):
-        return model.eval()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-    plain = model_from_config(cfg, model_vocab(cfg))
-    plain.load_state_dict(state)
-    return plain.to(device).eval()

@@ -12,14 +12,15 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain_mm.builders import build_tokenizer, split_urls
+from pretrain_mm.distributed import rank_world
 from pretrain_mm.data import build_loader, expand_urls
 from pretrain_mm.eval.datasets import EvalSet, attach_json_labels, eval_sets
 from pretrain_mm.eval.examples import mae_reconstructions, retrieval_examples
-from pretrain_mm.eval.features import Features, extract_features, world
+from pretrain_mm.eval.features import Features, extract_features
 from pretrain_mm.eval.finetune import finetune
 from pretrain_mm.eval.knn import knn_evaluate
 from pretrain_mm.eval.linear_probe import linear_probe
-from pretrain_mm.eval.loading import load_checkpoint_model, load_open_clip_model, random_model, run_dir_of, unsharded
+from pretrain_mm.eval.loading import load_checkpoint_model, load_open_clip_model, random_model, run_dir_of
 from pretrain_mm.eval.metrics import confusion_matrix
 from pretrain_mm.eval.report import result_rows, write_report
 from pretrain_mm.eval.retrieval import chance_recall, retrieval_recall
@@ -114,7 +115,7 @@ class Evaluation:
                 test.image[tower], test.text[tower], test.text_image, chunk_size=self.e.retrieval_chunk_size))
         self.results["chance"].setdefault("retrieval", {})[ds.name] = chance_recall(len(test), len(test.captions))
         self.results["samples"][ds.name]["texts"] = len(test.captions)
-        if world()[0] == 0 and self.e.examples > 0:
+        if rank_world()[0] == 0 and self.e.examples > 0:
             self.extras["retrieval_examples"][ds.name] = retrieval_examples(
                 test, "trained", ds.test_urls, self.image_size, self.e.examples)
 
@@ -168,8 +169,7 @@ def run_evaluation(cfg, run_dir, model, info, checkpoint: Optional[Path] = None,
     `<run_dir>/report/` on rank 0, with the training curves of metrics_file (default
     <run_dir>/metrics.jsonl). Every rank must call it; every rank returns the results dict."""
     started = time.perf_counter()
-    with torch.no_grad():
-        model = unsharded(model, cfg, info.device)
+    model = model.eval()
     run = Evaluation(cfg, model, info.device)
     for ds in eval_sets(cfg.eval, cfg.data.root):
         if info.is_main:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pretrain_mm.eval.features import Encoder, autocast
+from pretrain_mm.eval.features import Encoder
+from pretrain_mm.precision import inference_autocast
 from pretrain_mm.eval.metrics import accuracies
 
 
@@ -27,7 +28,7 @@ def zeroshot_classifier(encode_text: Encoder, tokenizer, classnames: list[str], 
     parts = []
     for start in range(0, len(prompts), batch_size):
         tokens = tokenizer(prompts[start:start + batch_size]).to(device)
-        with autocast(device):
+        with inference_autocast(device):
             parts.append(F.normalize(encode_text(tokens).float(), dim=-1))
     per_prompt = torch.cat(parts).view(len(classnames), len(templates), -1)
     return F.normalize(per_prompt.mean(dim=1), dim=-1).T

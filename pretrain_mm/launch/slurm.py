@@ -8,6 +8,7 @@ stderr) or one that can never start (with Slurm's reason).
 
 import copy
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -17,9 +18,10 @@ from pathlib import Path
 import submitit
 from omegaconf import OmegaConf
 
-from pretrain_mm.launch.job import PretrainTask, in_submitit_slurm_job
+from pretrain_mm.launch.requeue import in_submitit_slurm_job
+from pretrain_mm.run import stages_of
 
-START_HINT = 'to try it on this machine, start a local Slurm: eval "$(launch/local_slurm.sh start)"'
+START_HINT = 'to try it on this machine, start a local Slurm: eval "$(slurm/local_slurm.sh start)"'
 # Pending reasons that no amount of waiting changes (squeue's %r).
 NEVER_STARTS = ("PartitionNodeLimit", "PartitionTimeLimit", "PartitionConfig", "BadConstraints", "InvalidAccount",
                 "InvalidQOS", "DependencyNeverSatisfied", "QOSMaxNodePerJobLimit", "QOSMaxCpuPerJobLimit",
@@ -34,7 +36,7 @@ def submit(cfg, run_dir) -> list:
     """Submits training (and, with launcher.eval_job, a dependent evaluation job); returns submitit's jobs."""
     if in_submitit_slurm_job() or int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
         raise ValueError("launcher=slurm inside a Slurm job would submit more jobs from it (one per task); inside "
-                         "jobs (srun, launch/train.sbatch, hydra/launcher=submitit_slurm) keep launcher=local")
+                         "jobs (srun, slurm/train.sbatch, hydra/launcher=submitit_slurm) keep launcher=local")
     lc = cfg.launcher
     params = sbatch_parameters(cfg)
     run_dir = Path(run_dir).resolve()
@@ -45,8 +47,7 @@ def submit(cfg, run_dir) -> list:
     OmegaConf.resolve(cfg)  # ${...} (${hydra:...} too) mean what they mean here: the job has no Hydra
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=lc.max_requeues)
     executor.update_parameters(**params)
-    train_stages = ("eval",) if cfg.mode == "eval" else ("train",) if lc.eval_job else ("train", "eval")
-    jobs = [_submit(executor, PretrainTask(cfg, run_dir, train_stages), params)]
+    jobs = [_submit(executor, PretrainTask(cfg, run_dir, stages_of(cfg)), params)]
     tasks = params["nodes"] * params["ntasks_per_node"]
     print(f"Submitted Slurm job {jobs[0].job_id}: {params['job_name']}, {params['nodes']} node(s) x "
           f"{params['ntasks_per_node']} task(s), time limit {lc.timeout_min} min, requeues itself up to "
@@ -207,3 +208,26 @@ def _tail(path: Path, lines: int = 40) -> str:
     if not path.exists():
         return f"({path} was not written)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class PretrainTask(submitit.helpers.Checkpointable):
+    """The callable launcher=slurm submits: every task of the job runs `pretrain_mm.run.run` on the resolved config.
+
+    A Checkpointable, so that submitit would requeue rather than fail it should its own signal handler
+    ever act; the inherited `checkpoint()` resubmits the task unchanged, because what the next run
+    needs is in the run directory's checkpoints, not in this object.
+    """
+
+    def __init__(self, cfg, run_dir, stages=("train", "eval")):
+        self.cfg, self.run_dir, self.stages = cfg, str(run_dir), tuple(stages)
+
+    def __call__(self) -> dict:
+        # No Hydra here to set up logging: the project's messages go to the task's stderr log.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(f"[%(asctime)s rank {os.environ.get('SLURM_PROCID', '0')}] "
+                                               "%(name)s: %(message)s"))
+        logging.getLogger("pretrain_mm").addHandler(handler)
+        logging.getLogger("pretrain_mm").setLevel(logging.INFO)
+        from pretrain_mm.run import run
+
+        return run(self.cfg, self.run_dir, self.stages)

@@ -7,13 +7,13 @@ Sharding: each model's transformer blocks are `Block` instances in nn.ModuleList
 (`visual.blocks`, `text.blocks`, `encoder.blocks`, `decoder_blocks`).
 """
 
-from pretrain_mm.models.clip import CLIP, clip_loss
+from pretrain_mm.models.clip import CLIP
 from pretrain_mm.models.layers import Block, no_weight_decay_names, random_masking, sincos_pos_embed_2d
 from pretrain_mm.models.mae import MAE, patchify, unpatchify
 from pretrain_mm.models.sizes import SIZES, build_model, model_arguments
 from pretrain_mm.models.text import TextTransformer
 from pretrain_mm.models.vit import VisionTransformer
 
-__all__ = ["Block", "CLIP", "MAE", "SIZES", "TextTransformer", "VisionTransformer", "build_model", "clip_loss",
+__all__ = ["Block", "CLIP", "MAE", "SIZES", "TextTransformer", "VisionTransformer", "build_model",
            "model_arguments", "no_weight_decay_names", "patchify", "random_masking", "sincos_pos_embed_2d",
            "unpatchify"]

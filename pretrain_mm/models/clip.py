@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from pretrain_mm.models.layers import no_weight_decay_names
 from pretrain_mm.models.text import TextTransformer
 from pretrain_mm.models.vit import VisionTransformer
-from pretrain_mm.ops import contrastive_loss
 
 LOSS_KINDS = ("softmax", "sigmoid")
 
@@ -130,21 +129,9 @@ class CLIP(nn.Module):
         """Keep exp(logit_scale) in [1, max_logit_scale], as open_clip does after each optimiser step."""
         self.logit_scale.clamp_(0.0, math.log(self.max_logit_scale))
 
-    def loss(self, outputs: dict, impl: str = "auto") -> torch.Tensor:
-        """The single-process loss of this model's kind (see clip_loss)."""
-        return clip_loss(outputs, self.loss_kind, impl=impl)
-
     def no_weight_decay(self) -> set[str]:
         """ndim <= 1 parameters (biases, norms, logit_scale, logit_bias) and position embeddings / cls token."""
         return no_weight_decay_names(self)
-
-
-def clip_loss(outputs: dict, kind: str = "softmax", impl: str = "auto") -> torch.Tensor:
-    """The one-process contrastive loss of CLIP.forward's outputs through pretrain_mm.ops.contrastive_loss:
-    kind "softmax" (CLIP's symmetric cross-entropy) or "sigmoid" (SigLIP, uses logit_bias)."""
-    bias = outputs["logit_bias"] if kind == "sigmoid" else None
-    return contrastive_loss(outputs["image_features"], outputs["text_features"], outputs["logit_scale"], bias,
-                            kind=kind, impl=impl)
 
 
 def hard_negative_terms(image_features: torch.Tensor, text_features: torch.Tensor, neg_text_features: torch.Tensor,

@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 
 from pretrain_mm.interop.weights import save_weights
 
-from pretrain_mm.train.distributed import DistInfo, barrier
+from pretrain_mm.distributed import DistInfo, barrier
 
 log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step_(\d+)$")

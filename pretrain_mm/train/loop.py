@@ -23,15 +23,14 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
-from pretrain_mm.builders import model_from_config, model_vocab, pin_model_args
+from pretrain_mm.builders import build_tokenizer, build_train_loader, model_from_config, pin_model_args
 from pretrain_mm.interop.init_from import load_open_clip_weights, read_open_clip, with_open_clip_architecture
 from pretrain_mm.interop.weights import MODEL_FILE
 from pretrain_mm.precision import Precision, autocast, resolve_precision
-from pretrain_mm.train import distributed as dist_utils
+from pretrain_mm import distributed as dist_utils
 from pretrain_mm.train.accumulation import accumulate_gradients
 from pretrain_mm.train.checkpoint import Checkpointer, write_model_file
-from pretrain_mm.train.data import build_train_loader
-from pretrain_mm.train.metrics import MetricLogger, StepTimer, peak_memory_mb
+from pretrain_mm.train.metric_logger import MetricLogger, StepTimer, peak_memory_mb
 from pretrain_mm.train.objectives import build_objective
 from pretrain_mm.train.optimizer import build_optimizer, build_scheduler, clip_gradients, grad_norm
 from pretrain_mm.train.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
@@ -97,8 +96,9 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
                  if accum > 1 and cfg.model.kind == "clip" else "")
 
     # The model: identical initial weights on every rank, then each rank's own random stream.
+    tokenizer = build_tokenizer(cfg.data) if cfg.model.kind == "clip" else None
     torch.manual_seed(t.seed)
-    model = model_from_config(cfg, model_vocab(cfg)).to(info.device)
+    model = model_from_config(cfg, tokenizer.vocab_size if tokenizer else None).to(info.device)
     if accum > 1 and info.is_main and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         log.warning("the model has BatchNorm (model.args.vision_stem=conv): its statistics are each micro-batch's "
                     "of %d, so an accumulated step is close to, not exactly, the whole batch's; vision_stem=patch "
@@ -131,7 +131,7 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
         scheduler.load_state_dict(extra["scheduler"])
         if info.is_main:
             log.info("resumed from %s at step %d", start, step)
-    loader = build_train_loader(cfg, info, micro * accum)
+    loader = build_train_loader(cfg, info, micro * accum, tokenizer)
     if data_state is not None:
         loader.load_state_dict(data_state)
 

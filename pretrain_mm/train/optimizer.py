@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 from torch.distributed.tensor import DTensor
 
+from pretrain_mm.schedule import warmup_cosine
+
 
 def weight_decay_groups(model: nn.Module, weight_decay: float, **group_options) -> list[dict]:
     """AdamW parameter groups by the model's own rule: `model.no_weight_decay()` names the parameters
@@ -53,15 +55,6 @@ def clip_gradients(parameters, max_norm: float, norm: float) -> None:
                 p.grad.mul_(max_norm / (norm + 1e-6))
 
 
-def warmup_cosine(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
-    """The multiplier of the peak learning rate at `step` (0-based, before the update)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def build_scheduler(optimizer, cfg, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup_steps=cfg.warmup_steps, max_steps=max_steps,
-                                              min_lr_ratio=cfg.min_lr_ratio))
+        optimizer, lambda step: warmup_cosine(step, warmup=cfg.warmup_steps, total=max_steps, min_ratio=cfg.min_lr_ratio))

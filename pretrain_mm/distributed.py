@@ -1,6 +1,7 @@
-"""Distributed set-up: rank, world size and rendezvous from torchrun's or Slurm's variables.
+"""torch.distributed for train, eval and data alike: set-up from torchrun's or Slurm's variables, rank and
+world size, and the few collectives the project needs (gathers of uneven rows, flags, means).
 
-One function decides, so `torchrun --nproc_per_node=2 -m pretrain_mm ...`, `srun python -m
+One function decides the launch, so `torchrun --nproc_per_node=2 -m pretrain_mm ...`, `srun python -m
 pretrain_mm ...` and a plain `python -m pretrain_mm ...` all work: gloo on CPU, NCCL on GPU.
 """
 
@@ -70,6 +71,44 @@ def init_distributed(device: str = "auto") -> DistInfo:
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(minutes=30))
     return DistInfo(rank, world, local_rank, dev)
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed, (0, 1) when it is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows, concatenated in rank order, on every rank. Ranks may hold different
+    numbers of rows (their shares of the shards differ), even none: shapes are gathered first,
+    each rank's block padded to the largest, as all_gather needs equal shapes; a rank without
+    rows takes the row shape of the others (its empty placeholder need only have the same ndim)."""
+    size = rank_world()[1]
+    if size == 1:
+        return tensor
+    shape = torch.tensor(tensor.shape, device=tensor.device)
+    shapes = [torch.zeros_like(shape) for _ in range(size)]
+    dist.all_gather(shapes, shape)
+    sizes = [s.tolist() for s in shapes]
+    rows = [s[0] for s in sizes]
+    trailing = next((s[1:] for s in sizes if s[0] > 0), sizes[0][1:])
+    padded = tensor.new_zeros((max(rows), *trailing))
+    padded[: tensor.shape[0]] = tensor
+    blocks = [torch.empty_like(padded) for _ in rows]
+    dist.all_gather(blocks, padded.contiguous())
+    return torch.cat([block[:n] for block, n in zip(blocks, rows)])
+
+
+def gather_lists(items: list) -> list:
+    """Every rank's list items (keys, captions), concatenated in rank order, on every rank."""
+    size = rank_world()[1]
+    if size == 1:
+        return list(items)
+    out: list = [None] * size
+    dist.all_gather_object(out, list(items))
+    return [item for part in out for item in part]
 
 
 def all_reduce_mean(value: float, info: DistInfo) -> float:
