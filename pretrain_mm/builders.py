@@ -4,13 +4,18 @@ train, eval, export and the benchmarks."""
 import logging
 import os
 
-from pretrain_mm.data import BUILTINS, CLIP, expand_urls, find_tokenizer_file, get_builtin, load_tokenizer
+import torch.nn as nn
+
+from pretrain_mm.config import Config, DataConfig
+from pretrain_mm.data import (BUILTINS, CLIP, Loader, Tokenizer, build_loader, expand_urls, find_tokenizer_file,
+                              get_builtin, load_tokenizer)
+from pretrain_mm.distributed import DistInfo
 
 log = logging.getLogger(__name__)
 _said_clip_default = False  # the fall-back to CLIP's BPE is logged once per process
 
 
-def builtin_mixture(data_cfg) -> list[tuple[str, int]]:
+def builtin_mixture(data_cfg: DataConfig) -> list[tuple[str, int]]:
     """(name, weight) of the built-in datasets data.name names: 'shapes', or a mixture
     'shapes+digits*3' whose training draws digits' shards 3 times as often; [] for shards."""
     out = []
@@ -24,12 +29,12 @@ def builtin_mixture(data_cfg) -> list[tuple[str, int]]:
     return out
 
 
-def builtin_names(data_cfg) -> list[str]:
+def builtin_names(data_cfg: DataConfig) -> list[str]:
     """The built-in datasets named by data.name, in order; [] for shards."""
     return [name for name, _ in builtin_mixture(data_cfg)]
 
 
-def split_urls(data_cfg, split: str):
+def split_urls(data_cfg: DataConfig, split: str) -> str | list[str]:
     """The shards of a split: the configured pattern, else the built-in datasets' (all of a mixture's)."""
     urls = getattr(data_cfg, split).urls
     if urls:
@@ -44,7 +49,7 @@ def split_urls(data_cfg, split: str):
             for url in get_builtin(name, split, root=data_cfg.root) * (weight if split == "train" else 1)]
 
 
-def build_tokenizer(data_cfg):
+def build_tokenizer(data_cfg: DataConfig) -> Tokenizer:
     """The configured tokenizer, else the (first) built-in dataset's own; for shards, a
     tokenizer.json beside them or in their parent (as `python -m pretrain_mm.data write` saves
     it), else OpenAI CLIP's BPE (data.tokenizer=clip)."""
@@ -85,22 +90,23 @@ def pin_model_args(resolved: dict, legacy: bool = False) -> dict:
     return resolved
 
 
-def model_from_config(cfg, vocab_size: int | None = None, **overrides):
+def model_from_config(cfg: Config, vocab_size: int | None = None, **overrides) -> nn.Module:
     """A new, initialised model of the config's kind, size and input shapes. A CLIP's vocabulary is the
     configured tokenizer's unless `vocab_size` is given (a caller that holds the tokenizer, or the weights)."""
     from pretrain_mm.models import build_model
 
     if cfg.model.kind == "clip" and vocab_size is None:
         vocab_size = build_tokenizer(cfg.data).vocab_size
-    m = cfg.model
-    extra = ({"patch_dropout": m.patch_dropout, "loss_kind": cfg.loss.kind} if m.kind == "clip"
-             else {"mask_ratio": m.mask_ratio, "norm_pix_loss": m.norm_pix_loss})
-    extra.update(drop_path_rate=m.drop_path, **dict(m.get("args") or {}), **overrides)
-    return build_model(m.kind, m.size, image_size=cfg.data.image_size, vocab_size=vocab_size or None,
-                       context_length=cfg.data.context_length, **extra)
+    model_cfg = cfg.model
+    extra: dict = ({"patch_dropout": model_cfg.patch_dropout, "loss_kind": str(cfg.loss.kind)}
+                   if model_cfg.kind == "clip"
+                   else {"mask_ratio": model_cfg.mask_ratio, "norm_pix_loss": model_cfg.norm_pix_loss})
+    extra.update(drop_path_rate=model_cfg.drop_path, **dict(model_cfg.get("args") or {}), **overrides)
+    return build_model(str(model_cfg.kind), model_cfg.size, image_size=cfg.data.image_size,
+                       vocab_size=vocab_size or None, context_length=cfg.data.context_length, **extra)
 
 
-def build_train_loader(cfg, info, per_rank_batch: int, tokenizer=None):
+def build_train_loader(cfg: Config, info: DistInfo, per_rank_batch: int, tokenizer: Tokenizer | None = None) -> Loader:
     """The training loader: the built-in datasets or the user's shards, split over ranks, as uint8 images
     (the trainer normalises one micro-batch at a time, `loader.normalize`); CLIP captions tokenised by
     `tokenizer` (default: the configured one).
@@ -113,8 +119,6 @@ def build_train_loader(cfg, info, per_rank_batch: int, tokenizer=None):
     and resuming from it replays nothing; otherwise, and from a checkpoint written on a stop signal,
     a run resumes mid-epoch (exactly, by replaying the epoch's raw samples undecoded).
     """
-    from pretrain_mm.data import build_loader
-
     data, trainer = cfg.data, cfg.trainer
     if cfg.model.kind == "clip" and tokenizer is None:
         tokenizer = build_tokenizer(data)

@@ -1,15 +1,58 @@
-"""Typed configuration: the schema behind conf/ (a misspelt or mistyped key is an error).
+"""Typed configuration: the one place a key's default and meaning live (a misspelt key, a wrong type or
+a choice outside its Enum is an error when Hydra composes the config).
 
-Hydra merges conf/config.yaml and the chosen groups (exp/, model/, data/, optim/, trainer/,
-eval/, launcher/)
-into `Config`; every key below is documented where it is declared, and the README lists
-the public ones.
+Hydra merges conf/config.yaml, the model kind's schema (`model=clip`, `model=mae`: registered below)
+and the chosen groups (exp/, data/, launcher/) into `Config`; those YAML files hold only what
+differs from the defaults here. Every key is documented where it is declared; the README lists the
+public ones.
 """
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+# Choices. StrEnum members compare equal to their strings ("clip" == ModelKind.clip) and print as them; the
+# members are named as their values because OmegaConf validates a value by member name.
+class Mode(StrEnum):
+    train = "train"                         # train, then evaluate if eval.enabled
+    eval = "eval"                           # evaluate eval.checkpoint only
+
+
+class ModelKind(StrEnum):
+    clip = "clip"
+    mae = "mae"
+
+
+class LossKind(StrEnum):
+    softmax = "softmax"                     # CLIP's symmetric cross-entropy
+    sigmoid = "sigmoid"                     # SigLIP
+
+
+class LossImpl(StrEnum):
+    auto = "auto"                           # fused where the extension is built, else reference
+    fused = "fused"
+    reference = "reference"
+
+
+class PrecisionChoice(StrEnum):
+    auto = "auto"                           # bf16 only where native (pretrain_mm/precision.py)
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+class DeviceChoice(StrEnum):
+    auto = "auto"                           # cuda if available
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class LauncherName(StrEnum):
+    local = "local"                         # run here (torchrun / srun work too)
+    slurm = "slurm"                         # submit with submitit
 
 
 @dataclass
@@ -42,26 +85,39 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    kind: str = "clip"                      # clip | mae
+    """What every model kind has; `model=clip` (the default) or `model=mae` picks the kind's schema below."""
+    kind: ModelKind = MISSING
     size: str = "tiny"                      # a named size (pretrain_mm.models): tiny ... vit_l14
-    patch_dropout: float = 0.0              # CLIP: FLIP-style share of patches dropped in training
     drop_path: float = 0.0
-    mask_ratio: float = 0.75                # MAE
-    norm_pix_loss: bool = True              # MAE: per-patch normalised targets
-    # CLIP from open_clip weights (interop/init_from.py): a .safetensors / open_clip trainer .pt file or an
-    # open_clip local-dir; the architecture comes from its config (init_from_config: a JSON file or an open_clip
-    # model name; None: the open_clip_config.json beside the weights). Resuming a run ignores it.
-    init_from: Optional[str] = None
-    init_from_config: Optional[str] = None
     # Any other constructor argument of CLIP / MAE by name, over the size's row:
     # +model.args.patch_size=16 +model.args.vision_init=timm (an unknown name is an error).
     args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
+class ClipModelConfig(ModelConfig):
+    """CLIP: ViT image tower + causal text transformer."""
+    kind: ModelKind = ModelKind.clip
+    patch_dropout: float = 0.0              # FLIP-style share of patches dropped in training
+    # CLIP from open_clip weights (interop/init_from.py): a .safetensors / open_clip trainer .pt file or an
+    # open_clip local-dir; the architecture comes from its config (init_from_config: a JSON file or an open_clip
+    # model name; None: the open_clip_config.json beside the weights). Resuming a run ignores it.
+    init_from: Optional[str] = None
+    init_from_config: Optional[str] = None
+
+
+@dataclass
+class MaeModelConfig(ModelConfig):
+    """ViT-MAE: encoder on the visible patches, light decoder, loss on the masked ones."""
+    kind: ModelKind = ModelKind.mae
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True              # per-patch normalised targets
+
+
+@dataclass
 class LossConfig:
-    kind: str = "softmax"                   # softmax (CLIP) | sigmoid (SigLIP)
-    impl: str = "auto"                      # auto | fused | reference
+    kind: LossKind = LossKind.softmax
+    impl: LossImpl = LossImpl.auto
     hard_negative_weight: float = 1.0       # with data.hard_negatives: weight of the image-prefers-its-caption term
 
 
@@ -82,7 +138,7 @@ class TrainerConfig:
     batch_size: int = 256                   # global: the contrastive loss's N, whatever the split below
     grad_accum: int = 1                     # micro-batches per rank and step (CLIP: GradCache, the whole batch's loss)
     micro_batch_size: Optional[int] = None  # per rank; the friendlier knob: grad_accum = batch_size / world / this
-    precision: str = "auto"                 # auto (bf16 only where native: pretrain_mm/precision.py) | bf16 | fp32
+    precision: PrecisionChoice = PrecisionChoice.auto
     checkpoint_every: int = 100             # steps; a checkpoint is also written at the end
     keep_checkpoints: int = 2
     resume: str = "auto"                    # auto: newest complete checkpoint in the run dir | never | a path
@@ -90,7 +146,7 @@ class TrainerConfig:
     log_every: int = 10
     activation_checkpointing: bool = False
     compile: bool = False
-    device: str = "auto"                    # auto (cuda if available) | cpu | cuda
+    device: DeviceChoice = DeviceChoice.auto
 
 
 @dataclass
@@ -161,23 +217,23 @@ class EvalConfig:
 
 @dataclass
 class LauncherConfig:
-    name: str = "local"                     # local: run here (torchrun / srun work too) | slurm: submit with submitit
-    # The rest is for launcher=slurm (pretrain_mm/launch/slurm.py); conf/launcher/slurm.yaml documents them.
+    name: LauncherName = LauncherName.local
+    # The rest is for launcher=slurm (pretrain_mm/launch/slurm.py).
     nodes: int = 1
     gpus_per_node: int = 0                  # 0: a CPU job
     tasks_per_node: Optional[int] = None    # processes per node; None: one per GPU (1 on CPU)
     cpus_per_task: Optional[int] = None     # None: data.num_workers + 1
     mem_gb: Optional[float] = None          # per node; None: the cluster's default
-    partition: Optional[str] = None
+    partition: Optional[str] = None         # None: the cluster's default partition
     account: Optional[str] = None
     qos: Optional[str] = None
     constraint: Optional[str] = None
-    timeout_min: int = 60                   # time limit of one run; at the limit the job checkpoints and requeues
-    signal_delay_s: int = 120               # the stop signal comes this long before the time limit
+    timeout_min: int = 60                   # time limit of one run (minutes); at the limit the job checkpoints and requeues
+    signal_delay_s: int = 120               # the stop signal (SIGUSR2) comes this long before the time limit
     max_requeues: int = 10                  # how often the job may requeue itself (time limits + preemptions)
     job_name: str = "${run_name}"
-    sbatch_extra: dict[str, Any] = field(default_factory=dict)   # more #SBATCH options: {exclusive: true}
-    setup: list[str] = field(default_factory=list)               # shell lines before srun (module load ...)
+    sbatch_extra: dict[str, Any] = field(default_factory=dict)   # more #SBATCH options: {exclusive: true, mail-type: END}
+    setup: list[str] = field(default_factory=list)               # shell lines before srun: ["module load cuda/12.4"]
     folder: Optional[str] = None            # submitit's scripts, logs and results; None: <run dir>/slurm
     eval_job: bool = False                  # evaluate in a dependent job instead of after training in the same job
     wait: bool = False                      # wait for the job and report how it ended
@@ -186,8 +242,8 @@ class LauncherConfig:
 @dataclass
 class Config:
     run_name: str = "${model.kind}-${data.name}"   # the default run directory is outputs/<run_name>
-    mode: str = "train"                     # train (then evaluate, if eval.enabled) | eval (eval.checkpoint only)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    mode: Mode = Mode.train
+    model: ModelConfig = MISSING            # model=clip (default) | model=mae
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -196,5 +252,20 @@ class Config:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
 
+MODEL_SCHEMAS = {ModelKind.clip: ClipModelConfig, ModelKind.mae: MaeModelConfig}
+
+
 def register_configs() -> None:
-    ConfigStore.instance().store(name="base_config", node=Config)
+    """The schema for conf/config.yaml, and each model kind's schema as the `model` group's options."""
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    for kind, schema in MODEL_SCHEMAS.items():
+        store.store(group="model", name=str(kind), node=schema)
+
+
+def default_config(kind: ModelKind | str = ModelKind.clip) -> Config:
+    """The defaults of a run of this model kind, as a structured OmegaConf config (what Hydra composes with no
+    groups or overrides)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(OmegaConf.structured(Config), {"model": MODEL_SCHEMAS[ModelKind(kind)]()})  # type: ignore[return-value]

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain_mm.builders import LEGACY_CLIP_ARGS, model_from_config, pin_model_args
-from pretrain_mm.config import Config
+from pretrain_mm.config import default_config
 from pretrain_mm.eval import EvalConfig, evaluate_checkpoint
 from pretrain_mm.eval.loading import load_checkpoint_model
 from pretrain_mm.eval.report import write_report
@@ -22,9 +22,8 @@ EVIL = "<script>alert('x')</script> & a red <b>circle</b>"
 
 def make_cfg(kind="clip", **eval_overrides):
     """A run config as the trainer resolves it (tiny model, 32 px) with a fast eval section."""
-    cfg = OmegaConf.structured(Config)
+    cfg = default_config(kind)
     OmegaConf.set_struct(cfg, False)
-    cfg.model.kind = kind
     cfg.data.image_size, cfg.data.num_workers = 32, 0
     fast = dict(max_samples=120, batch_size=64, knn_k=[5, 10], examples=2, reconstructions=3,
                 probe={"epochs": 5})

@@ -327,12 +327,11 @@ def test_build_model_arguments():
 
 
 def test_model_args_from_the_config_reach_the_constructor():
-    from omegaconf import OmegaConf
 
     from pretrain_mm.builders import model_from_config
-    from pretrain_mm.config import Config
+    from pretrain_mm.config import default_config
 
-    cfg = OmegaConf.structured(Config)
+    cfg = default_config("clip")
     cfg.data.image_size = 32
     cfg.model.args = {"patch_size": 16, "vision_norm_pre": False}
     model = model_from_config(cfg, VOCAB)

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from pretrain_mm.config import EvalConfig
 from pretrain_mm.data import builtin_info, expand_urls, get_builtin, iter_shard
 
 log = logging.getLogger(__name__)
@@ -50,18 +51,18 @@ class EvalSet:
         return bool(self.train_urls) and self.label_key is not None
 
 
-def builtin_set(name: str, e, root: Optional[str] = None) -> EvalSet:
-    """A built-in set with the tasks the eval config asks of it (e.zeroshot / retrieval / classification)."""
+def builtin_set(name: str, eval_cfg: EvalConfig, root: Optional[str] = None) -> EvalSet:
+    """A built-in set with the tasks the eval config asks of it (eval.zeroshot / retrieval / classification)."""
     info = builtin_info(name, root)
     primary = info["label"]
     out = EvalSet(name=name, test_urls=get_builtin(name, "val", root), label_key=info["label_keys"][primary],
                   classnames=info["classes"][primary], note=info.get("eval_note"))
-    if name in e.classification:
+    if name in eval_cfg.classification:
         out.train_urls = get_builtin(name, "train", root)
-    if name in e.retrieval:
+    if name in eval_cfg.retrieval:
         out.caption_key = BUILTIN_CAPTION_KEYS.get(name, "txt")
-    if name in e.zeroshot:
-        attributes = list(e.shapes_attributes) if name == "shapes" else [primary]
+    if name in eval_cfg.zeroshot:
+        attributes = list(eval_cfg.shapes_attributes) if name == "shapes" else [primary]
         for attr in attributes:
             if attr not in info["classes"]:
                 raise ValueError(f"eval.shapes_attributes: {name!r} has no attribute {attr!r}; "
@@ -85,7 +86,7 @@ def wds_set(w) -> EvalSet:
     """Your labelled WebDataset (eval.wds): classification, and zero-shot when classnames are given."""
     if not w.test_urls:
         raise ValueError("eval.classification lists 'wds' but eval.wds.test_urls is not set; give the labelled "
-                         "shards, e.g. eval.wds.train_urls=/data/x/train eval.wds.test_urls=/data/x/test")
+                         "shards, eval_cfg.g. eval.wds.train_urls=/data/x/train eval.wds.test_urls=/data/x/test")
     out = EvalSet(name="wds", test_urls=expand_urls(w.test_urls), label_key=w.label_key,
                   train_urls=expand_urls(w.train_urls) if w.train_urls else None)
     if w.classnames:
@@ -165,15 +166,15 @@ def clip_benchmark_set(directory) -> EvalSet:
     return out
 
 
-def eval_sets(e, root: Optional[str] = None) -> list[EvalSet]:
+def eval_sets(eval_cfg: EvalConfig, root: Optional[str] = None) -> list[EvalSet]:
     """Every set the eval config names, each once with all the tasks asked of it."""
     sets = []
-    for name in dict.fromkeys([*e.zeroshot, *e.retrieval, *e.classification]):
+    for name in dict.fromkeys([*eval_cfg.zeroshot, *eval_cfg.retrieval, *eval_cfg.classification]):
         if name == "wds":
-            sets.append(wds_set(e.wds))
+            sets.append(wds_set(eval_cfg.wds))
         else:
-            sets.append(builtin_set(name, e, root))
-    sets.extend(clip_benchmark_set(d) for d in e.clip_benchmark_dirs)
+            sets.append(builtin_set(name, eval_cfg, root))
+    sets.extend(clip_benchmark_set(d) for d in eval_cfg.clip_benchmark_dirs)
     return sets
 
 

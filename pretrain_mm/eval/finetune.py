@@ -11,7 +11,9 @@ from torch.nn.parallel import DistributedDataParallel
 import torch.nn as nn
 
 from pretrain_mm.distributed import rank_world
+from pretrain_mm.config import EvalConfig, FinetuneConfig
 from pretrain_mm.data import build_loader
+from pretrain_mm.eval.datasets import EvalSet
 from pretrain_mm.eval.features import extract_features
 from pretrain_mm.eval.metrics import accuracies
 from pretrain_mm.precision import inference_autocast
@@ -79,33 +81,33 @@ def layer_decay_groups(model: Classifier, lr: float, weight_decay: float, layer_
     return list(groups.values())
 
 
-def finetune(model: nn.Module, ds, num_classes: int, num_train: int, f, e, image_size: int,
-             device: torch.device) -> tuple[dict, torch.Tensor, torch.Tensor]:
+def finetune(model: nn.Module, ds: EvalSet, num_classes: int, num_train: int, finetune_cfg: FinetuneConfig,
+             eval_cfg: EvalConfig, image_size: int, device: torch.device) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Fine-tune a copy of `model`'s image tower on ds.train_urls and test it on ds.test_urls.
-    f: FinetuneConfig; e: EvalConfig (batch size, workers, sample cap, seed). Returns
+    eval_cfg gives the batch size, workers, sample cap and seed. Returns
     (top-1 / top-5 accuracy, predictions, labels). Every rank trains on its share of each batch,
     with gradients averaged by DDP, so all ranks hold the same weights."""
     rank, world_size = rank_world()
-    if f.batch_size % world_size:
-        raise ValueError(f"eval.finetune.batch_size={f.batch_size} must be a multiple of the world size {world_size}")
+    if finetune_cfg.batch_size % world_size:
+        raise ValueError(f"eval.finetune.batch_size={finetune_cfg.batch_size} must be a multiple of the world size {world_size}")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(e.seed)
+        torch.manual_seed(eval_cfg.seed)
         classifier = Classifier(copy.deepcopy(image_tower(model)), num_classes).to(device)
-    set_drop_path(classifier.tower, f.drop_path)
-    optimizer = torch.optim.AdamW(layer_decay_groups(classifier, f.lr, f.weight_decay, f.layer_decay),
+    set_drop_path(classifier.tower, finetune_cfg.drop_path)
+    optimizer = torch.optim.AdamW(layer_decay_groups(classifier, finetune_cfg.lr, finetune_cfg.weight_decay, finetune_cfg.layer_decay),
                                   betas=(0.9, 0.999))
     # Resampled: every rank gets the same number of batches, as the gradient all-reduce needs.
-    loader = build_loader(ds.train_urls, batch_size=f.batch_size // world_size, image_size=image_size, train=True,
-                          num_workers=e.num_workers, seed=e.seed, resampled=True, samples_per_epoch=num_train,
-                          label_key=ds.label_key, hflip=f.hflip, drop_last=True, shuffle_buffer=1000)
+    loader = build_loader(ds.train_urls, batch_size=finetune_cfg.batch_size // world_size, image_size=image_size, train=True,
+                          num_workers=eval_cfg.num_workers, seed=eval_cfg.seed, resampled=True, samples_per_epoch=num_train,
+                          label_key=ds.label_key, hflip=finetune_cfg.hflip, drop_last=True, shuffle_buffer=1000)
     steps_per_epoch = len(loader)
-    total, warmup = f.epochs * steps_per_epoch, f.warmup_epochs * steps_per_epoch
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=f.label_smoothing)
+    total, warmup = finetune_cfg.epochs * steps_per_epoch, finetune_cfg.warmup_epochs * steps_per_epoch
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=finetune_cfg.label_smoothing)
     # DDP averages the gradients over ranks during backward (each rank trains on its share of the batch).
     trained = DistributedDataParallel(classifier) if world_size > 1 else classifier
     step = 0
     classifier.train()
-    for epoch in range(f.epochs):
+    for epoch in range(finetune_cfg.epochs):
         running = 0.0
         for batch in loader:
             scale = warmup_cosine(step, warmup=warmup, total=total)
@@ -121,10 +123,10 @@ def finetune(model: nn.Module, ds, num_classes: int, num_train: int, f, e, image
         if not math.isfinite(running):
             raise RuntimeError(f"fine-tuning diverged in epoch {epoch + 1} (loss {running}); lower eval.finetune.lr")
         if rank == 0:
-            log.info("fine-tune %s epoch %d/%d: loss %.4f", ds.name, epoch + 1, f.epochs, running / steps_per_epoch)
+            log.info("fine-tune %s epoch %d/%d: loss %.4f", ds.name, epoch + 1, finetune_cfg.epochs, running / steps_per_epoch)
     classifier.eval()
-    test = build_loader(ds.test_urls, batch_size=e.batch_size, image_size=image_size, train=False,
-                        num_workers=e.num_workers, label_key=ds.label_key)
-    out = extract_features(test, {"logits": classifier}, device, max_samples=e.max_samples)
+    test = build_loader(ds.test_urls, batch_size=eval_cfg.batch_size, image_size=image_size, train=False,
+                        num_workers=eval_cfg.num_workers, label_key=ds.label_key)
+    out = extract_features(test, {"logits": classifier}, device, max_samples=eval_cfg.max_samples)
     logits, labels = out.image["logits"], out.labels["label"]
     return accuracies(logits, labels, num_classes), logits.argmax(dim=1), labels

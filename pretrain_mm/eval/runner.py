@@ -12,7 +12,8 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain_mm.builders import build_tokenizer, split_urls
-from pretrain_mm.distributed import rank_world
+from pretrain_mm.config import Config
+from pretrain_mm.distributed import DistInfo, rank_world
 from pretrain_mm.data import build_loader, expand_urls
 from pretrain_mm.eval.datasets import EvalSet, attach_json_labels, eval_sets
 from pretrain_mm.eval.examples import mae_reconstructions, retrieval_examples
@@ -40,12 +41,12 @@ def chance_accuracy(classes: int) -> dict[str, float]:
 class Evaluation:
     """The state of one evaluation: the towers (trained, random), what to run, and what was found."""
 
-    def __init__(self, cfg, model, device: torch.device):
-        self.cfg, self.e, self.device = cfg, cfg.eval, device
+    def __init__(self, cfg: Config, model: torch.nn.Module, device: torch.device):
+        self.cfg, self.eval_cfg, self.device = cfg, cfg.eval, device
         self.kind, self.image_size = cfg.model.kind, cfg.data.image_size
         self.towers = {"trained": model}
-        if self.e.random_baseline:
-            self.towers["random"] = random_model(cfg, self.e.seed, device)
+        if self.eval_cfg.random_baseline:
+            self.towers["random"] = random_model(cfg, self.eval_cfg.seed, device)
         self.tokenizer = build_tokenizer(cfg.data) if self.kind == "clip" else None
         self.results: dict = {"metrics": {name: {} for name in self.towers}, "chance": {}, "samples": {},
                               "notes": {}}
@@ -70,11 +71,11 @@ class Evaluation:
 
     def extract(self, ds: EvalSet, urls: list[str], *, labels: bool, captions: bool) -> Features:
         tokenizer = self.tokenizer if captions else None
-        loader = build_loader(urls, batch_size=self.e.batch_size, tokenizer=tokenizer, image_size=self.image_size,
-                              train=False, num_workers=self.e.num_workers, caption_key=ds.caption_key or "txt",
+        loader = build_loader(urls, batch_size=self.eval_cfg.batch_size, tokenizer=tokenizer, image_size=self.image_size,
+                              train=False, num_workers=self.eval_cfg.num_workers, caption_key=ds.caption_key or "txt",
                               label_key=ds.label_key if labels else None)
         text = {name: m.encode_text for name, m in self.towers.items()} if captions else None
-        return extract_features(loader, self.image_encoders(), self.device, max_samples=self.e.max_samples,
+        return extract_features(loader, self.image_encoders(), self.device, max_samples=self.eval_cfg.max_samples,
                                 text_encoders=text, tokenizer=self.tokenizer, split_captions=ds.split_captions)
 
     def run_set(self, ds: EvalSet) -> None:
@@ -101,7 +102,7 @@ class Evaluation:
         labels, classes = test.labels[task.label], len(task.classnames)
         for tower, model in self.towers.items():
             classifier = zeroshot_classifier(model.encode_text, self.tokenizer, task.classnames, task.templates,
-                                             self.device, self.e.batch_size)
+                                             self.device, self.eval_cfg.batch_size)
             metrics, predictions = zeroshot_evaluate(test.image[tower], labels, classifier)
             self.record(tower, "zeroshot", name, metrics)
             if tower == "trained":
@@ -112,39 +113,39 @@ class Evaluation:
     def run_retrieval(self, ds: EvalSet, test: Features) -> None:
         for tower in self.towers:
             self.record(tower, "retrieval", ds.name, retrieval_recall(
-                test.image[tower], test.text[tower], test.text_image, chunk_size=self.e.retrieval_chunk_size))
+                test.image[tower], test.text[tower], test.text_image, chunk_size=self.eval_cfg.retrieval_chunk_size))
         self.results["chance"].setdefault("retrieval", {})[ds.name] = chance_recall(len(test), len(test.captions))
         self.results["samples"][ds.name]["texts"] = len(test.captions)
-        if rank_world()[0] == 0 and self.e.examples > 0:
+        if rank_world()[0] == 0 and self.eval_cfg.examples > 0:
             self.extras["retrieval_examples"][ds.name] = retrieval_examples(
-                test, "trained", ds.test_urls, self.image_size, self.e.examples)
+                test, "trained", ds.test_urls, self.image_size, self.eval_cfg.examples)
 
     def run_classification(self, ds: EvalSet, test: Features) -> None:
         train = self.extract(ds, ds.train_urls, labels=True, captions=False)
         self.results["samples"][ds.name]["train"] = len(train)
         y_train, y_test = train.labels["label"], test.labels["label"]
         classes = len(ds.classnames) if ds.classnames else int(max(y_train.max(), y_test.max())) + 1
-        p = self.e.probe
+        p = self.eval_cfg.probe
         for tower in self.towers:
             x_train, x_test = train.image[self.probed(tower)], test.image[self.probed(tower)]
             metrics, predictions = linear_probe(
                 x_train, y_train, x_test, y_test, classes, epochs=p.epochs,
                 batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, warmup_epochs=p.warmup_epochs,
-                seed=self.e.seed)
+                seed=self.eval_cfg.seed)
             self.record(tower, "linear_probe", ds.name, metrics)
             if tower == "trained":
                 self.extras["confusion"].append((f"linear probe {ds.name}",
                                                  confusion_matrix(predictions, y_test, classes), ds.classnames))
             self.record(tower, "knn", ds.name, knn_evaluate(x_train, y_train, x_test, y_test, classes,
-                                                            list(self.e.knn_k), self.e.knn_temperature))
-            if self.e.finetune.enabled:
-                metrics, _, _ = finetune(self.towers[tower], ds, classes, len(train), self.e.finetune, self.e,
+                                                            list(self.eval_cfg.knn_k), self.eval_cfg.knn_temperature))
+            if self.eval_cfg.finetune.enabled:
+                metrics, _, _ = finetune(self.towers[tower], ds, classes, len(train), self.eval_cfg.finetune, self.eval_cfg,
                                          self.image_size, self.device)
                 self.record(tower, "finetune", ds.name, metrics)
         chance = self.results["chance"]
         chance.setdefault("linear_probe", {})[ds.name] = chance_accuracy(classes)
-        chance.setdefault("knn", {})[ds.name] = {f"top1@k{k}": 1 / classes for k in self.e.knn_k}
-        if self.e.finetune.enabled:
+        chance.setdefault("knn", {})[ds.name] = {f"top1@k{k}": 1 / classes for k in self.eval_cfg.knn_k}
+        if self.eval_cfg.finetune.enabled:
             chance.setdefault("finetune", {})[ds.name] = chance_accuracy(classes)
 
     def run_reconstructions(self) -> None:
@@ -156,13 +157,13 @@ class Evaluation:
             log.warning("no MAE reconstructions: %s", error)
             return
         losses, grid = mae_reconstructions(self.towers, urls, self.image_size,
-                                           self.e.reconstructions, self.device, self.e.seed)
+                                           self.eval_cfg.reconstructions, self.device, self.eval_cfg.seed)
         for tower, values in losses.items():
             self.record(tower, "reconstruction", d.name, values)
         self.extras["reconstructions"] = grid
 
 
-def run_evaluation(cfg, run_dir, model, info, checkpoint: Optional[Path] = None,
+def run_evaluation(cfg: Config, run_dir: str | Path, model: torch.nn.Module, info: DistInfo, checkpoint: Optional[Path] = None,
                    metrics_file: Optional[Path] = None) -> dict:
     """Evaluate `model` (CLIP: zero-shot, retrieval, probe, k-NN; MAE: probe, k-NN, reconstructions;
     fine-tune when eval.finetune.enabled) with the random tower beside it, and write
@@ -199,7 +200,8 @@ def run_evaluation(cfg, run_dir, model, info, checkpoint: Optional[Path] = None,
     return results
 
 
-def evaluate_checkpoint(cfg, info, checkpoint=None, output_dir=None) -> dict:
+def evaluate_checkpoint(cfg: Config, info: DistInfo, checkpoint: str | Path | None = None,
+                        output_dir: str | Path | None = None) -> dict:
     """+exp=eval and the end of training: rebuild the model of a checkpoint (or a run directory's
     newest) from its run's config.yaml, load its weights and run_evaluation with this cfg's `eval`.
     The report goes to eval.output_dir, else output_dir, else the checkpoint's run directory."""

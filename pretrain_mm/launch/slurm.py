@@ -18,6 +18,7 @@ from pathlib import Path
 import submitit
 from omegaconf import OmegaConf
 
+from pretrain_mm.config import Config
 from pretrain_mm.launch.requeue import in_submitit_slurm_job
 from pretrain_mm.run import stages_of
 
@@ -32,36 +33,36 @@ class SlurmError(RuntimeError):
     """Slurm is not reachable, refused the job, or the job failed."""
 
 
-def submit(cfg, run_dir) -> list:
+def submit(cfg: Config, run_dir: str | Path) -> list:
     """Submits training (and, with launcher.eval_job, a dependent evaluation job); returns submitit's jobs."""
     if in_submitit_slurm_job() or int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
         raise ValueError("launcher=slurm inside a Slurm job would submit more jobs from it (one per task); inside "
                          "jobs (srun, slurm/train.sbatch, hydra/launcher=submitit_slurm) keep launcher=local")
-    lc = cfg.launcher
+    launcher = cfg.launcher
     params = sbatch_parameters(cfg)
     run_dir = Path(run_dir).resolve()
-    folder = Path(lc.folder or run_dir / "slurm").resolve()
-    check_cluster(lc.partition)
+    folder = Path(launcher.folder or run_dir / "slurm").resolve()
+    check_cluster(launcher.partition)
     check_request(params, folder)
     cfg = copy.deepcopy(cfg)
     OmegaConf.resolve(cfg)  # ${...} (${hydra:...} too) mean what they mean here: the job has no Hydra
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=lc.max_requeues)
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=launcher.max_requeues)
     executor.update_parameters(**params)
     jobs = [_submit(executor, PretrainTask(cfg, run_dir, stages_of(cfg)), params)]
     tasks = params["nodes"] * params["ntasks_per_node"]
     print(f"Submitted Slurm job {jobs[0].job_id}: {params['job_name']}, {params['nodes']} node(s) x "
-          f"{params['ntasks_per_node']} task(s), time limit {lc.timeout_min} min, requeues itself up to "
-          f"{lc.max_requeues} times\n  run directory: {run_dir}\n"
+          f"{params['ntasks_per_node']} task(s), time limit {launcher.timeout_min} min, requeues itself up to "
+          f"{launcher.max_requeues} times\n  run directory: {run_dir}\n"
           f"  logs:  {jobs[0].task(0).paths.stdout}  (and .err; one pair per task, {tasks} in all)\n"
           f"  watch: squeue -j {jobs[0].job_id}   cancel: scancel {jobs[0].job_id}", flush=True)
-    if lc.eval_job:
+    if launcher.eval_job:
         # afterany, not afterok: a job whose training finished can still end FAILED (a process that dies
         # in its teardown); the evaluation job checks train_summary.json itself.
         executor.update_parameters(dependency=f"afterany:{jobs[0].job_id}", job_name=f"{params['job_name']}-eval")
         jobs.append(_submit(executor, PretrainTask(cfg, run_dir, ("eval",)), params))
         print(f"Submitted Slurm job {jobs[1].job_id}: evaluation, starts when job {jobs[0].job_id} has ended\n"
               f"  logs:  {jobs[1].task(0).paths.stdout}", flush=True)
-    if lc.wait:
+    if launcher.wait:
         for job in jobs:
             summary = wait(job, run_dir)
             print(f"Slurm job {job.job_id}: training {summary['status']} at step {summary['step']}, loss "
@@ -71,38 +72,38 @@ def submit(cfg, run_dir) -> list:
     return jobs
 
 
-def sbatch_parameters(cfg) -> dict:
+def sbatch_parameters(cfg: Config) -> dict:
     """submitit's SlurmExecutor parameters for this run; ValueError for settings that cannot work."""
-    lc = cfg.launcher
-    tasks = lc.tasks_per_node if lc.tasks_per_node is not None else max(lc.gpus_per_node, 1)
-    for key, value, least in (("nodes", lc.nodes, 1), ("gpus_per_node", lc.gpus_per_node, 0),
-                              ("tasks_per_node", tasks, 1), ("timeout_min", lc.timeout_min, 1),
-                              ("signal_delay_s", lc.signal_delay_s, 1), ("max_requeues", lc.max_requeues, 0)):
+    launcher = cfg.launcher
+    tasks = launcher.tasks_per_node if launcher.tasks_per_node is not None else max(launcher.gpus_per_node, 1)
+    for key, value, least in (("nodes", launcher.nodes, 1), ("gpus_per_node", launcher.gpus_per_node, 0),
+                              ("tasks_per_node", tasks, 1), ("timeout_min", launcher.timeout_min, 1),
+                              ("signal_delay_s", launcher.signal_delay_s, 1), ("max_requeues", launcher.max_requeues, 0)):
         if value < least:
             raise ValueError(f"launcher.{key} must be at least {least}; got {value}")
-    if lc.signal_delay_s >= lc.timeout_min * 60:
-        raise ValueError(f"launcher.signal_delay_s={lc.signal_delay_s} leaves no time to train before the stop "
-                         f"signal; it must be shorter than launcher.timeout_min ({lc.timeout_min} min)")
-    if lc.cpus_per_task is not None and lc.cpus_per_task < 1:
-        raise ValueError(f"launcher.cpus_per_task must be at least 1; got {lc.cpus_per_task}")
+    if launcher.signal_delay_s >= launcher.timeout_min * 60:
+        raise ValueError(f"launcher.signal_delay_s={launcher.signal_delay_s} leaves no time to train before the stop "
+                         f"signal; it must be shorter than launcher.timeout_min ({launcher.timeout_min} min)")
+    if launcher.cpus_per_task is not None and launcher.cpus_per_task < 1:
+        raise ValueError(f"launcher.cpus_per_task must be at least 1; got {launcher.cpus_per_task}")
     params = {
-        "job_name": lc.job_name, "nodes": lc.nodes, "ntasks_per_node": tasks, "time": lc.timeout_min,
-        "cpus_per_task": lc.cpus_per_task or cfg.data.num_workers + 1,   # a core per loader worker + the main one
-        "signal_delay_s": lc.signal_delay_s,
+        "job_name": launcher.job_name, "nodes": launcher.nodes, "ntasks_per_node": tasks, "time": launcher.timeout_min,
+        "cpus_per_task": launcher.cpus_per_task or cfg.data.num_workers + 1,   # a core per loader worker + the main one
+        "signal_delay_s": launcher.signal_delay_s,
         # One task that fails ends the others too, instead of leaving them waiting in a collective.
         "srun_args": ["--kill-on-bad-exit=1"],
         # A task's threads: its CPUs, not the node's (unless OMP_NUM_THREADS is set already).
-        "setup": ["export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}", *lc.setup],
+        "setup": ["export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}", *launcher.setup],
         # --requeue: the job may requeue itself even where the cluster's default says no.
-        "additional_parameters": {"requeue": True, **OmegaConf.to_container(lc.sbatch_extra)},
+        "additional_parameters": {"requeue": True, **OmegaConf.to_container(launcher.sbatch_extra)},
     }
     for key in ("partition", "account", "qos", "constraint"):
-        if lc[key] is not None:
-            params[key] = lc[key]
-    if lc.gpus_per_node:
-        params["gpus_per_node"] = lc.gpus_per_node
-    if lc.mem_gb is not None:
-        params["mem"] = f"{round(lc.mem_gb * 1024)}M"
+        if launcher[key] is not None:
+            params[key] = launcher[key]
+    if launcher.gpus_per_node:
+        params["gpus_per_node"] = launcher.gpus_per_node
+    if launcher.mem_gb is not None:
+        params["mem"] = f"{round(launcher.mem_gb * 1024)}M"
     return params
 
 

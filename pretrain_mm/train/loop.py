@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
+from pretrain_mm.config import Config, TrainerConfig
 from pretrain_mm.builders import build_tokenizer, build_train_loader, model_from_config, pin_model_args
 from pretrain_mm.interop.init_from import load_open_clip_weights, read_open_clip, with_open_clip_architecture
 from pretrain_mm.interop.weights import MODEL_FILE
@@ -79,52 +80,51 @@ def autocast_context(precision: Precision, info: dist_utils.DistInfo):
     return contextlib.nullcontext() if fsdp_casts else autocast(precision, info.device)
 
 
-def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
+def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainResult:
     run_dir = Path(run_dir)
-    if cfg.model.init_from:  # open_clip weights: their architecture becomes model.args (and config.yaml's)
-        if cfg.model.kind != "clip":
-            raise ValueError(f"model.init_from reads open_clip CLIP weights; model.kind is {cfg.model.kind!r}")
-        open_clip_cfg, open_clip_state = read_open_clip(cfg.model.init_from, cfg.model.init_from_config)
+    init_from = cfg.model.get("init_from")  # a CLIP key (ClipModelConfig): MAE configs have none
+    if init_from:  # open_clip weights: their architecture becomes model.args (and config.yaml's)
+        open_clip_cfg, open_clip_state = read_open_clip(init_from, cfg.model.init_from_config)
         cfg = with_open_clip_architecture(cfg, open_clip_cfg)
-    t = cfg.trainer
-    micro, accum = batch_split(t, info.world_size)
-    precision = resolve_precision(t.precision, info.device)
+    trainer = cfg.trainer
+    micro, accum = batch_split(trainer, info.world_size)
+    precision = resolve_precision(trainer.precision, info.device)
     if info.is_main:
         log.info("computing in %s (%s)", precision.name, precision.reason)
-        log.info("global batch %d = %d rank(s) x %d micro-batch(es) of %d%s", t.batch_size, info.world_size, accum,
+        log.info("global batch %d = %d rank(s) x %d micro-batch(es) of %d%s", trainer.batch_size, info.world_size, accum,
                  micro, "; the contrastive loss is the whole batch's (GradCache)"
                  if accum > 1 and cfg.model.kind == "clip" else "")
 
     # The model: identical initial weights on every rank, then each rank's own random stream.
     tokenizer = build_tokenizer(cfg.data) if cfg.model.kind == "clip" else None
-    torch.manual_seed(t.seed)
+    torch.manual_seed(trainer.seed)
     model = model_from_config(cfg, tokenizer.vocab_size if tokenizer else None).to(info.device)
     if accum > 1 and info.is_main and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         log.warning("the model has BatchNorm (model.args.vision_stem=conv): its statistics are each micro-batch's "
                     "of %d, so an accumulated step is close to, not exactly, the whole batch's; vision_stem=patch "
                     "has none", micro)
-    if t.activation_checkpointing:
+    if trainer.activation_checkpointing:
         apply_activation_checkpointing(model)
-    if t.compile:
+    if trainer.compile:
         apply_compile(model)
     if info.world_size > 1:
         apply_fsdp(model, bf16=precision.bf16 and info.device.type == "cuda")
-    torch.manual_seed(t.seed + 1000 * info.rank)
+    torch.manual_seed(trainer.seed + 1000 * info.rank)
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, t.max_steps)
+    scheduler = build_scheduler(optimizer, cfg.optim, trainer.max_steps)
     objective = build_objective(cfg.model, cfg.loss)
 
     # Resume: the newest complete checkpoint of this run (auto), a given one, or none.
-    checkpointer = Checkpointer(run_dir / "checkpoints", info, keep=t.keep_checkpoints)
-    start = checkpointer.latest() if t.resume == "auto" else (None if t.resume == "never" else Path(t.resume))
-    if t.resume == "never" and checkpointer.latest() is not None:
+    checkpointer = Checkpointer(run_dir / "checkpoints", info, keep=trainer.keep_checkpoints)
+    start = checkpointer.latest() if trainer.resume == "auto" else (None if trainer.resume == "never" else Path(trainer.resume))
+    if trainer.resume == "never" and checkpointer.latest() is not None:
         raise ValueError(f"{run_dir} already holds checkpoints and trainer.resume=never would overwrite the run; "
                          "use trainer.resume=auto to continue it, or another hydra.run.dir")
     step, data_state = 0, None
-    if start is None and cfg.model.init_from:
-        load_open_clip_weights(model, open_clip_state, cfg.model.init_from)
+    if start is None and init_from:
+        load_open_clip_weights(model, open_clip_state, init_from)
         if info.is_main:
-            log.info("starting from the open_clip weights %s", cfg.model.init_from)
+            log.info("starting from the open_clip weights %s", init_from)
     if start is not None:
         extra, own = checkpointer.load(start, model, optimizer, {"step": 0, "scheduler": scheduler.state_dict()})
         step, data_state = extra["step"], own.get("data")
@@ -137,7 +137,7 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
 
     if info.is_main:
         write_config(run_dir / "config.yaml", cfg, precision)
-    metrics = MetricLogger(run_dir, enabled=info.is_main, start_step=step, max_steps=t.max_steps)
+    metrics = MetricLogger(run_dir, enabled=info.is_main, start_step=step, max_steps=trainer.max_steps)
     in_precision = autocast_context(precision, info)
     timer, batches, loss_sum, loss_count, last_saved = StepTimer(), iter(loader), 0.0, 0, start
     started, first_step, final_loss = time.perf_counter(), step, float("nan")
@@ -145,7 +145,7 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
     model.train()
 
     with StopFlag() as stop:
-        while step < t.max_steps:
+        while step < trainer.max_steps:
             batch = next(batches, None)
             if batch is None:  # an epoch ended: the loader reshuffles for the next
                 empty_epochs = empty_epochs + 1 if fresh_epoch else 0
@@ -172,24 +172,24 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            timer.step_done(t.batch_size)
+            timer.step_done(trainer.batch_size)
             metrics.advance()
             loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
-            if step % t.log_every == 0 or step == t.max_steps:
+            if step % trainer.log_every == 0 or step == trainer.max_steps:
                 final_loss = dist_utils.all_reduce_mean(loss_sum / loss_count, info)
                 loss_sum, loss_count = 0.0, 0
-                metrics.log(step, {"loss": final_loss, "lr": lr, "grad_norm": norm, **timer.take(t.log_every),
+                metrics.log(step, {"loss": final_loss, "lr": lr, "grad_norm": norm, **timer.take(trainer.log_every),
                                    "peak_memory_mb": peak_memory_mb(info.device),
                                    **{f"skipped_{k}": v for k, v in loader.skipped.items()}})
             interrupted = dist_utils.any_rank(stop.signum is not None, info)
-            if step % t.checkpoint_every == 0 or step == t.max_steps or interrupted:
+            if step % trainer.checkpoint_every == 0 or step == trainer.max_steps or interrupted:
                 last_saved = checkpointer.save(step, model, optimizer,
                                                {"step": step, "scheduler": scheduler.state_dict()},
                                                rank_state={"data": loader.state_dict()})
             if interrupted:
                 break
     metrics.close()
-    status = "finished" if step >= t.max_steps else "interrupted"
+    status = "finished" if step >= trainer.max_steps else "interrupted"
     if status == "finished":
         write_model_file(run_dir / MODEL_FILE, model, resolved_config(cfg, precision), step, info)
     if info.is_main:
@@ -198,33 +198,33 @@ def train(cfg, run_dir, info: dist_utils.DistInfo) -> TrainResult:
                    "seconds": round(elapsed, 1), "checkpoint": str(last_saved) if last_saved else None,
                    "skipped_samples": loader.skipped}
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        print(f"{status}: step {step}/{t.max_steps} ({step - first_step} this run, {elapsed:.0f}s), "
+        print(f"{status}: step {step}/{trainer.max_steps} ({step - first_step} this run, {elapsed:.0f}s), "
               f"loss {final_loss:.4f}, checkpoint {last_saved}"
               + ("; run the same command again to continue" if status == "interrupted" else ""), flush=True)
     return TrainResult(status, step, last_saved, final_loss)
 
 
-def batch_split(t, world_size: int) -> tuple[int, int]:
+def batch_split(trainer: TrainerConfig, world_size: int) -> tuple[int, int]:
     """(micro-batch size, micro-batches per step) of each rank, from trainer.batch_size (global) and
     trainer.micro_batch_size or trainer.grad_accum."""
-    if t.micro_batch_size is not None:
-        per_rank, rem = divmod(t.batch_size, world_size)
-        if rem or t.micro_batch_size < 1 or per_rank % t.micro_batch_size:
-            raise ValueError(f"trainer.batch_size={t.batch_size} must be world size ({world_size}) x a multiple of "
-                             f"trainer.micro_batch_size={t.micro_batch_size}")
-        accum = per_rank // t.micro_batch_size
-        if t.grad_accum not in (1, accum):
-            raise ValueError(f"trainer.grad_accum={t.grad_accum} contradicts trainer.micro_batch_size="
-                             f"{t.micro_batch_size} (which means grad_accum={accum}); set one of them")
-        return t.micro_batch_size, accum
-    micro, rem = divmod(t.batch_size, world_size * t.grad_accum)
+    if trainer.micro_batch_size is not None:
+        per_rank, rem = divmod(trainer.batch_size, world_size)
+        if rem or trainer.micro_batch_size < 1 or per_rank % trainer.micro_batch_size:
+            raise ValueError(f"trainer.batch_size={trainer.batch_size} must be world size ({world_size}) x a multiple of "
+                             f"trainer.micro_batch_size={trainer.micro_batch_size}")
+        accum = per_rank // trainer.micro_batch_size
+        if trainer.grad_accum not in (1, accum):
+            raise ValueError(f"trainer.grad_accum={trainer.grad_accum} contradicts trainer.micro_batch_size="
+                             f"{trainer.micro_batch_size} (which means grad_accum={accum}); set one of them")
+        return trainer.micro_batch_size, accum
+    micro, rem = divmod(trainer.batch_size, world_size * trainer.grad_accum)
     if rem or micro == 0:
-        raise ValueError(f"trainer.batch_size={t.batch_size} must be a positive multiple of world size "
-                         f"({world_size}) x trainer.grad_accum ({t.grad_accum})")
-    return micro, t.grad_accum
+        raise ValueError(f"trainer.batch_size={trainer.batch_size} must be a positive multiple of world size "
+                         f"({world_size}) x trainer.grad_accum ({trainer.grad_accum})")
+    return micro, trainer.grad_accum
 
 
-def resolved_config(cfg, precision: Precision) -> dict:
+def resolved_config(cfg: Config, precision: Precision) -> dict:
     """The resolved config, with the precision `auto` chose and the model's changeable defaults
     written in (so it rebuilds and reruns the same way): config.yaml and model.safetensors' header."""
     resolved = pin_model_args(OmegaConf.to_container(cfg, resolve=True))
@@ -232,7 +232,7 @@ def resolved_config(cfg, precision: Precision) -> dict:
     return resolved
 
 
-def write_config(path: Path, cfg, precision: Precision) -> None:
+def write_config(path: Path, cfg: Config, precision: Precision) -> None:
     path.write_text(f"# trainer.precision: {precision.name} ({precision.reason})\n"
                     + OmegaConf.to_yaml(resolved_config(cfg, precision)))
 

@@ -7,6 +7,7 @@ gradient accumulation can compute the loss of the whole batch from cached featur
 `after_step(model)` runs after every optimiser step.
 """
 
+from pretrain_mm.config import LossConfig, ModelConfig, ModelKind
 from pretrain_mm.models.clip import hard_negative_terms
 from pretrain_mm.ops import distributed_contrastive_loss, distributed_row_mean
 
@@ -16,8 +17,8 @@ class ContrastiveObjective:
     plus loss.hard_negative_weight times NegCLIP's term (models.clip.hard_negative_terms)."""
     couples_batch = True
 
-    def __init__(self, loss_cfg):
-        self.kind, self.impl = loss_cfg.kind, loss_cfg.impl
+    def __init__(self, loss_cfg: LossConfig):
+        self.kind, self.impl = str(loss_cfg.kind), str(loss_cfg.impl)  # plain strings for the ops (and torch.compile)
         self.hard_negative_weight = loss_cfg.hard_negative_weight
 
     def forward(self, model, batch) -> dict:
@@ -52,9 +53,9 @@ class MaeObjective:
         pass
 
 
-def build_objective(model_cfg, loss_cfg):
-    if model_cfg.kind == "clip":
+def build_objective(model_cfg: ModelConfig, loss_cfg: LossConfig) -> "ContrastiveObjective | MaeObjective":
+    """The objective of the model's kind (the config's ModelKind admits no other)."""
+    if model_cfg.kind == ModelKind.clip:
         return ContrastiveObjective(loss_cfg)
-    if model_cfg.kind == "mae":
-        return MaeObjective()
-    raise ValueError(f"model.kind must be clip or mae, got {model_cfg.kind!r}")
+    assert model_cfg.kind == ModelKind.mae, model_cfg.kind
+    return MaeObjective()

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 from torch.distributed.tensor import DTensor
 
+from pretrain_mm.config import OptimConfig
 from pretrain_mm.schedule import warmup_cosine
 
 
@@ -22,13 +23,14 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, **group_options) 
             {"params": no_decay, "weight_decay": 0.0, **group_options}]
 
 
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, optim_cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over weight_decay_groups. Plain (unsharded) parameters take torch's fused kernel, one
     pass over each parameter instead of a dozen elementwise ops (CPU and CUDA alike); FSDP2's
     DTensors keep the default implementation."""
     fused = not any(isinstance(p, DTensor) for p in model.parameters())
-    return torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                             eps=cfg.eps, fused=fused or None)
+    return torch.optim.AdamW(weight_decay_groups(model, optim_cfg.weight_decay), lr=optim_cfg.lr,
+                             betas=(optim_cfg.betas[0], optim_cfg.betas[1]),
+                             eps=optim_cfg.eps, fused=fused or None)
 
 
 @torch.no_grad()
@@ -55,6 +57,7 @@ def clip_gradients(parameters, max_norm: float, norm: float) -> None:
                 p.grad.mul_(max_norm / (norm + 1e-6))
 
 
-def build_scheduler(optimizer, cfg, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: OptimConfig, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup=cfg.warmup_steps, total=max_steps, min_ratio=cfg.min_lr_ratio))
+        optimizer,
+        lambda step: warmup_cosine(step, warmup=optim_cfg.warmup_steps, total=max_steps, min_ratio=optim_cfg.min_lr_ratio))
