@@ -118,5 +118,8 @@ setup(
         "matplotlib",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest>=8", "expecttest", "open_clip_torch>=3.3,<4"]},  # tests compare with open_clip
+    # test: the suite (it compares with open_clip) and the gates that run before it (.ci/gates), pinned so that
+    # a new release of a linter cannot fail a change that did not touch what it checks.
+    extras_require={"test": ["pytest>=8", "expecttest", "open_clip_torch>=3.3,<4", "ruff==0.17.6", "mypy==2.4.1",
+                             "pylint==4.1.4", "clang-format==23.1.5"]},
 )
