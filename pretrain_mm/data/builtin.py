@@ -13,7 +13,7 @@ import random
 import re
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -120,7 +120,7 @@ def draw_scene(rng: random.Random, size: int,
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
     else:
         draw.polygon(_polygon(shape, cx, cy, r), fill=255)
-    alpha = np.asarray(mask.resize((size, size), Image.BOX), dtype=np.float32)[..., None] / 255.0
+    alpha = np.asarray(mask.resize((size, size), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255.0
 
     g = np.random.default_rng(rng.getrandbits(63))
     base = np.array(list(BACKGROUNDS.values())[attrs["background"]], np.float32) + rng.uniform(-12, 12)
@@ -242,7 +242,7 @@ def _digits_split(seed: int, val_fraction: float) -> dict[str, np.ndarray]:
 def _digits_samples(d: dict, split: str, image_size: int, seed: int) -> Iterator[tuple[str, dict]]:
     for i in d[split]:
         ink = np.clip(d["images"][i] / 16.0 * 255.0, 0, 255).astype(np.uint8)
-        img = Image.fromarray(255 - ink, "L").resize((image_size, image_size), Image.BICUBIC)
+        img = Image.fromarray(255 - ink, "L").resize((image_size, image_size), Image.Resampling.BICUBIC)
         label = int(d["target"][i])
         caption = random.Random(f"digits/{seed}/{i}").choice(DIGIT_TEMPLATES).format(DIGIT_NAMES[label])
         buf = io.BytesIO()
@@ -260,7 +260,7 @@ def _digits_info(params: dict) -> dict:
 
 # ----------------------------------------------------------------------------- building and caching
 
-BUILTINS = {"shapes": SHAPES_DEFAULTS, "digits": DIGITS_DEFAULTS, "stamps": STAMPS_DEFAULTS}
+BUILTINS: dict[str, dict[str, Any]] = {"shapes": SHAPES_DEFAULTS, "digits": DIGITS_DEFAULTS, "stamps": STAMPS_DEFAULTS}
 
 
 def _params(name: str, overrides: dict) -> dict:

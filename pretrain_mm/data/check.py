@@ -81,7 +81,8 @@ def check_shard(url: str, image_key: str = DEFAULT_IMAGE_KEY, caption_key: str |
     try:
         for sample in iter_shard(url, spec_exts(image_spec, caption_spec, label_spec)):
             report.samples += 1
-            key, cache, found = sample["__key__"], {}, []
+            key, found = sample["__key__"], []
+            cache: dict = {}
             try:
                 decode_image(get_image_bytes(sample, image_spec))
             except SkipSample:

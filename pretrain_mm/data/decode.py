@@ -55,9 +55,9 @@ def parse_key_spec(spec: str | None, role: str) -> list[tuple[str, str | None]]:
         part = part.strip()
         if not part:
             continue
-        ext, _, field = part.partition(":")
+        ext, _, field_text = part.partition(":")
         ext = ext.strip().lower().lstrip(".")
-        field = field.strip() or None
+        field = field_text.strip() or None
         if not ext:
             raise ValueError(f"{role}_key {spec!r}: empty extension in {part!r}; write e.g. 'txt' or 'json:caption'")
         if ext in UNSAFE_EXTS:
@@ -208,7 +208,9 @@ class SkipCounter:
     returns True (skip the sample or shard, go on). `take()` returns the counts since the last take."""
 
     def __init__(self, limit: int | None = None):
-        self.limit, self.total, self.pending, self.consecutive = limit, Counter(), Counter(), 0
+        self.limit, self.consecutive = limit, 0
+        self.total: Counter[str] = Counter()
+        self.pending: Counter[str] = Counter()
 
     def __call__(self, exn: BaseException) -> bool:
         reason = getattr(exn, "reason", "error")

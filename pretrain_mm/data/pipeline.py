@@ -291,7 +291,8 @@ class Loader(Resumable):
         resumed = bool(progress.workers)
         # read by the stages (forked into the workers by iter() below; not changed while they run)
         self.ctx.epoch, self.ctx.resume, self.ctx.offset = progress.epoch, dict(progress.workers), progress.next_worker
-        delivered, skipped = 0, Counter()
+        delivered = 0
+        skipped: Counter[str] = Counter()
         for batch in self.dataloader:
             skipped.update(self.deliver(progress, batch))
             if batch.pop("_empty", False):
@@ -301,6 +302,7 @@ class Loader(Resumable):
                 batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                          for k, v in batch.items()}
                 if self.normalize_images:
+                    assert self.normalize is not None  # build_loader always gives one
                     batch["image"] = self.normalize(batch["image"])
             yield batch
         self.end_epoch(progress)

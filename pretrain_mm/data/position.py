@@ -38,13 +38,14 @@ class EpochProgress:
         epoch is only known to be over when its iteration ends."""
         return num_batches is not None and self.batches >= num_batches
 
-    def state(self, layout: Mapping[str, int]) -> dict[str, Any]:
+    def state(self, layout: Mapping[str, int | None]) -> dict[str, Any]:
         return {"epoch": self.epoch,
                 "positions": {w: {"batches": b, "samples": s} for w, (b, s) in sorted(self.workers.items())},
                 "next_worker": self.next_worker, "layout": dict(layout)}
 
 
-def parse_state(state: Mapping, layout: Mapping[str, int], num_batches: int | None) -> tuple[int, EpochProgress | None]:
+def parse_state(state: Mapping, layout: Mapping[str, int | None],
+                num_batches: int | None) -> tuple[int, EpochProgress | None]:
     """A Loader state -> (the epoch to start, or the EpochProgress to continue). Accepts the old
     {"epoch", "skipped"} form (start of that epoch) and JSON round trips (string keys, lists).
     A state saved under another layout (rank, world size, workers, batch size) cannot be replayed:
@@ -60,10 +61,11 @@ def parse_state(state: Mapping, layout: Mapping[str, int], num_batches: int | No
         warnings.warn(f"the data position was saved with {saved}, this loader has {dict(layout)}: it cannot be "
                       f"replayed, so the rest of epoch {epoch} is skipped and epoch {epoch + 1} starts", stacklevel=3)
         return epoch + 1, None
+    num_workers = _workers(layout)
     workers = {}
     for key, value in positions.items():
         worker = _count(key, "positions worker")
-        if worker >= layout["workers"]:
+        if worker >= num_workers:
             raise ValueError(f"the data position names worker {worker}, but the loader has {layout['workers']}")
         if isinstance(value, Mapping):
             value = (value.get("batches"), value.get("samples"))
@@ -71,10 +73,17 @@ def parse_state(state: Mapping, layout: Mapping[str, int], num_batches: int | No
             raise ValueError(f"positions[{key!r}] must be {{'batches': int, 'samples': int}}, got {value!r}")
         workers[worker] = (_count(value[0], "batches"), _count(value[1], "samples"))
     next_worker = _count(state.get("next_worker", 0), "next_worker")
-    progress = EpochProgress(epoch, workers, next_worker % layout["workers"])
+    progress = EpochProgress(epoch, workers, next_worker % num_workers)
     if progress.complete(num_batches):
         return epoch + 1, None
     return epoch, progress
+
+
+def _workers(layout: Mapping[str, int | None]) -> int:
+    """The loader's worker count, which its layout always holds (the batch size may be unknown: None)."""
+    workers = layout["workers"]
+    assert workers is not None
+    return workers
 
 
 def _count(value, what: str) -> int:
@@ -92,7 +101,7 @@ class Resumable:
     state): `epoch` is the next epoch to start; an iteration calls begin_epoch(), deliver() on
     each item from the DataLoader, in order, and end_epoch() when the DataLoader is exhausted."""
 
-    def __init__(self, layout: Mapping[str, int], num_batches: int | None):
+    def __init__(self, layout: Mapping[str, int | None], num_batches: int | None):
         self.layout, self.num_batches, self.epoch = dict(layout), num_batches, 0
         self._skipped: Counter = Counter()
         self._progress: EpochProgress | None = None  # the epoch being iterated, until it ends
@@ -127,7 +136,7 @@ class Resumable:
         """Take the bookkeeping keys off an item about to reach the caller; returns its skip counts."""
         counts = item.pop("_skipped", None) or {}
         self._skipped.update(counts)
-        progress.record(item.pop("_position"), self.layout["workers"])
+        progress.record(item.pop("_position"), _workers(self.layout))
         return counts
 
     def end_epoch(self, progress: EpochProgress) -> None:

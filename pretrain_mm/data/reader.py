@@ -7,8 +7,9 @@ complete shard, reads only the members asked for, and is several times faster.
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, cast
 
 from .shards import is_remote
 
@@ -82,7 +83,9 @@ def iter_members(f: BinaryIO, want: Callable[[str], bool], where: str = "") -> I
     """Yield (name, None) for each regular member of a tar stream as its header is read, then, if
     want(name), (name, data) once its data is read; other members are skipped unread. Raises TruncatedShard if the stream ends before the end-of-archive
     marker, ShardError on a damaged header."""
-    offset, long_name, pax = 0, None, {}
+    offset = 0
+    long_name: str | None = None
+    pax: dict[str, str] = {}
     while True:
         header = _read(f, BLOCK)
         if len(header) < BLOCK:
@@ -121,10 +124,10 @@ def iter_members(f: BinaryIO, want: Callable[[str], bool], where: str = "") -> I
             continue
         name = pax.get("path") or long_name
         if name is None:
-            name = header[:100].split(b"\0", 1)[0]
+            raw_name = header[:100].split(b"\0", 1)[0]
             if header[257:262] == b"ustar" and header[345:346] != b"\0":
-                name = header[345:500].split(b"\0", 1)[0] + b"/" + name
-            name = name.decode("utf-8", "surrogateescape")
+                raw_name = header[345:500].split(b"\0", 1)[0] + b"/" + raw_name
+            name = raw_name.decode("utf-8", "surrogateescape")
         long_name, pax = None, {}
         if want(name) and size <= MAX_MEMBER_BYTES:
             yield name, None  # announce the member before reading it: the previous sample is complete
@@ -146,7 +149,7 @@ def open_shard(url: str) -> BinaryIO:
         import webdataset as wds
 
         return wds.gopen(path, "rb")
-    f = open(path, "rb", buffering=1 << 16)
+    f = cast(io.BufferedReader, open(path, "rb", buffering=1 << 16))  # typeshed: BinaryIO for a non-literal size
     if f.peek(2)[:2] == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=f)  # type: ignore[return-value]
     return f
@@ -197,8 +200,10 @@ def iter_shard(url: str, exts: frozenset[str] | None = None, offset: int = 0, st
                         if sample is not None:
                             yield sample
                         sample = {"__key__": key, "__url__": url}
-                elif ext not in sample:
-                    sample[ext] = data
+                else:
+                    assert sample is not None  # the member's header came first
+                    if ext not in sample:
+                        sample[ext] = data
     except ShardError:
         raise
     except EOFError as exn:  # a gzip stream cut short

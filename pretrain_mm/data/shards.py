@@ -25,7 +25,9 @@ def is_remote(url: str) -> bool:
 
 def _split_top_level(spec: str) -> list[str]:
     """Split on '::' and on commas that are not inside braces."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in spec.replace("::", ","):
         if ch == "{":
             depth += 1
@@ -175,6 +177,8 @@ class ShardWriter:
             raise ValueError(f"sample {key!r} has no members")
         if self._tar is None or self.sizes[self._name] >= self.shard_size:
             self._open_next()
+        tar = self._tar
+        assert tar is not None  # _open_next opened one
         if key in self._keys:
             raise ValueError(f"duplicate sample key {key!r} in shard {self._name}")
         self._keys.add(key)
@@ -185,7 +189,7 @@ class ShardWriter:
             info.size, info.mtime, info.mode = len(data), 0, 0o444
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+            tar.addfile(info, io.BytesIO(data))
         self.sizes[self._name] += 1
 
     def close(self) -> dict[str, int]:

@@ -64,7 +64,8 @@ def _ar_members(f: BinaryIO, path: str) -> dict[str, tuple[int, int]]:
     60-byte header (name 16, mtime 12, uid 6, gid 6, mode 8, size 10, '`\\n'), padded to even size."""
     if f.read(8) != b"!<arch>\n":
         raise ValueError(f"{path} is not a Debian package (.deb, an ar archive); give {PACKAGE}'s .deb")
-    out, offset = {}, 8
+    out: dict[str, tuple[int, int]] = {}
+    offset = 8
     while True:
         header = f.read(60)
         if len(header) < 60:
@@ -77,7 +78,7 @@ def _ar_members(f: BinaryIO, path: str) -> dict[str, tuple[int, int]]:
         f.seek(offset)
 
 
-def _member_stream(f: BinaryIO, members: dict, stem: str, path: str) -> BinaryIO:
+def _member_stream(f: BinaryIO, members: dict, stem: str, path: str) -> io.BufferedIOBase:
     """The decompressed stream of control.tar.* / data.tar.* (xz, gz or uncompressed; zstd would need
     a package this project does not depend on, and Debian's own packages use xz)."""
     for name, (offset, size) in members.items():
@@ -93,7 +94,7 @@ def _member_stream(f: BinaryIO, members: dict, stem: str, path: str) -> BinaryIO
     raise ValueError(f"{path} holds no {stem}.*: not a Debian package")
 
 
-def _safe_files(stream: BinaryIO, keep) -> dict[str, bytes]:
+def _safe_files(stream: io.BufferedIOBase, keep) -> dict[str, bytes]:
     """{normalised path: bytes} of the regular files of a tar stream whose path `keep` accepts; writes
     nothing. Links, devices, paths climbing out ('..') and what the 'data' filter refuses are skipped."""
     out = {}
@@ -106,7 +107,9 @@ def _safe_files(stream: BinaryIO, keep) -> dict[str, bytes]:
                 getattr(tarfile, "data_filter", lambda m, _: m)(member, "/nonexistent-dest")
             except tarfile.TarError:
                 continue
-            out[name] = tar.extractfile(member).read()
+            data = tar.extractfile(member)
+            assert data is not None  # a regular file (checked above)
+            out[name] = data.read()
     return out
 
 
@@ -115,8 +118,8 @@ def read_deb(path: str) -> tuple[dict[str, str], dict[str, bytes]]:
     try:
         with open(path, "rb") as f:
             members = _ar_members(f, path)
-            text = _safe_files(_member_stream(f, members, "control.tar", path), lambda n: n == "control")
-            text = text.get("control", b"").decode("utf-8", "replace")
+            control_files = _safe_files(_member_stream(f, members, "control.tar", path), lambda n: n == "control")
+            text = control_files.get("control", b"").decode("utf-8", "replace")
             control = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line and line[0] != " ")
             if control.get("Package") != PACKAGE:
                 raise ValueError(f"{path} is the package {control.get('Package')!r}, not {PACKAGE}")
@@ -208,7 +211,7 @@ def render(png: bytes, size: int) -> bytes:
     flat.alpha_composite(img)
     scale = size / max(flat.size)
     w, h = max(1, round(flat.width * scale)), max(1, round(flat.height * scale))
-    small = flat.convert("RGB").resize((w, h), Image.LANCZOS, reducing_gap=3.0)
+    small = flat.convert("RGB").resize((w, h), Image.Resampling.LANCZOS, reducing_gap=3.0)
     canvas = Image.new("RGB", (size, size), (255, 255, 255))
     canvas.paste(small, ((size - w) // 2, (size - h) // 2))
     buf = io.BytesIO()
@@ -273,8 +276,8 @@ def write_stamps(out_dir: str, params: dict, shard_size: int) -> tuple[dict, lis
     for name, lines in (("classnames.txt", CLASSES.values()), ("dataset_type.txt", ["classification"]),
                         ("test/nshards.txt", ["1"]),
                         ("zeroshot_classification_templates.txt", [p.replace("{}", "{c}") for p in prompts])):
-        with open(os.path.join(bench, name), "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in lines))
+        with open(os.path.join(bench, name), "w", encoding="utf-8") as out:
+            out.write("".join(line + "\n" for line in lines))
 
     categories = sorted({r["category"] for r in records})
     counts = {name: {c: sum(records[i]["category"] == c for i in idx) for c in categories}

@@ -9,7 +9,7 @@ import html
 import importlib.util
 import os
 import re
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, cast
 
 # Tokenizing short captions gains nothing from Rust threads, and threads used before a
 # DataLoader forks its workers make `tokenizers` warn and disable them anyway.
@@ -86,10 +86,11 @@ class Tokenizer:
         if context_length < 3:
             raise ValueError(f"context_length must be >= 3 (SOT, one token, EOT), got {context_length}")
         self.hf, self.context_length, self.source = hf, int(context_length), source
-        self.sot_id, self.eot_id = hf.token_to_id(SOT), hf.token_to_id(EOT)
-        if self.sot_id is None or self.eot_id is None:
+        sot_id, eot_id = hf.token_to_id(SOT), hf.token_to_id(EOT)
+        if sot_id is None or eot_id is None:
             raise ValueError(f"tokenizer {source or ''} lacks the special tokens {SOT}, {EOT}; "
                              "train one with pretrain_mm.data.train_tokenizer")
+        self.sot_id, self.eot_id = sot_id, eot_id
         pad = hf.token_to_id(PAD)
         self.has_pad_token, self.pad_id = pad is not None, 0 if pad is None else pad
         self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
@@ -170,7 +171,7 @@ class Tokenizer:
 
     def __setstate__(self, state: dict) -> None:
         hf = _clip_bpe() if state["json"] is None else HFTokenizer.from_str(state["json"])
-        self.__init__(hf, state["context_length"], state["source"])
+        type(self).__init__(self, hf, state["context_length"], state["source"])
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, context_length={self.context_length}, source={self.source!r})"
@@ -259,7 +260,8 @@ def _clip_bpe() -> HFTokenizer:
     """OpenAI CLIP's BPE (49,408 ids) as a `tokenizers` BPE, vocabulary and merges built as open_clip's
     SimpleTokenizer builds them; text cleaning is Tokenizer's (clip_clean), outside this object."""
     with gzip.open(clip_vocab_file()) as f:
-        merges = [tuple(m.split()) for m in f.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]]
+        lines = f.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+        merges = cast(list[tuple[str, str]], [tuple(m.split()) for m in lines])  # each line a pair
     chars = list(_bytes_to_unicode().values())
     vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [SOT, EOT]
     hf = HFTokenizer(models.BPE(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, end_of_word_suffix="</w>"))

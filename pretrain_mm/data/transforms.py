@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 import torch.utils.data
@@ -65,7 +65,7 @@ class ImageAugment:
             if min(height, width) != self.size:
                 img = F.resize(img, self.size, interpolation=_BICUBIC, antialias=True)
             return F.center_crop(img, [self.size, self.size])
-        rng = rng or random
+        rng = rng or cast(random.Random, random)  # the module's functions: those of its hidden Random
         top, left, h, w = self.crop_box(width, height, rng)
         img = F.resized_crop(img, top, left, h, w, [self.size, self.size], interpolation=_BICUBIC, antialias=True)
         return F.horizontal_flip(img) if self.hflip and rng.random() < 0.5 else img
