@@ -86,7 +86,9 @@ class CLIP(nn.Module):
     @torch.no_grad()
     def _init_own_weights(self) -> None:
         # open_clip initialises the image projection like the text one: std = width ** -0.5.
-        nn.init.normal_(self.visual.head.weight, std=self.visual.width ** -0.5)
+        head = self.visual.head
+        assert isinstance(head, nn.Linear)  # the image tower projects into the joint space
+        nn.init.normal_(head.weight, std=self.visual.width ** -0.5)
         self.logit_scale.fill_(self.init_logit_scale)
         if self.logit_bias is not None:
             self.logit_bias.fill_(self.init_logit_bias)

@@ -49,6 +49,8 @@ class MAE(nn.Module):
     `encoder.blocks` and `decoder_blocks` are the per-block units for FSDP2 / checkpointing.
     """
 
+    decoder_pos_embed: torch.Tensor  # a non-persistent buffer (registered in __init__)
+
     def __init__(self, image_size: int = 224, patch_size: int = 16, in_chans: int = 3, vision_width: int = 1024,
                  vision_depth: int = 24, vision_heads: int = 16, vision_pool: str = "cls", decoder_width: int = 512,
                  decoder_depth: int = 8, decoder_heads: int = 16, mlp_ratio: float = 4.0, mask_ratio: float = 0.75,

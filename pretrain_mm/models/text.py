@@ -1,9 +1,11 @@
 """CLIP's text transformer: causal pre-norm blocks, features at the last non-pad token, a projection."""
 
+from typing import Iterable, cast
+
 import torch
 import torch.nn as nn
 
-from pretrain_mm.models.layers import make_blocks, no_weight_decay_names
+from pretrain_mm.models.layers import Block, make_blocks, no_weight_decay_names
 
 
 class TextTransformer(nn.Module):
@@ -45,7 +47,7 @@ class TextTransformer(nn.Module):
         fc_std = (2 * self.width) ** -0.5
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
-        for block in self.blocks:
+        for block in cast(Iterable[Block], self.blocks):  # make_blocks' Blocks
             for linear, std in ((block.attn.qkv, attn_std), (block.attn.proj, proj_std),
                                 (block.mlp.fc1, fc_std), (block.mlp.fc2, proj_std)):
                 nn.init.normal_(linear.weight, std=std)

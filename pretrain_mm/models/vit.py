@@ -104,6 +104,7 @@ class VisionTransformer(nn.Module):
         self.width, self.depth, self.pool_type, self.patch_dropout = width, depth, pool, patch_dropout
         self.num_prefix_tokens = int(class_token)
 
+        self.patch_embed: ConvStem | nn.Conv2d
         if stem == "conv":
             self.patch_embed = ConvStem(in_chans, width, patch_size)
         else:
@@ -133,6 +134,7 @@ class VisionTransformer(nn.Module):
         else:
             if self.init != "clip":  # MAE: the patch embedding is initialised like a linear layer
                 nn.init.xavier_uniform_(self.patch_embed.weight.view(self.width, -1))
+            assert self.patch_embed.bias is not None  # made with a bias
             nn.init.zeros_(self.patch_embed.bias)
         std = self.width ** -0.5 if self.init == "clip" else 0.02
         if self.cls_token is not None:

@@ -9,7 +9,7 @@ their shapes with `register_fake`, so they work under `torch.compile(fullgraph=T
 import torch
 
 try:
-    from pretrain_mm import _C  # noqa: F401  (importing registers torch.ops.pretrain_mm.*)
+    import pretrain_mm._C  # noqa: F401  (importing registers torch.ops.pretrain_mm.*)
 
     LOAD_ERROR = None
 except ImportError as error:  # not built: `pip install --no-build-isolation -e .`

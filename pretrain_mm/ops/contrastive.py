@@ -16,7 +16,7 @@ REFERENCE_MAX_N = 8192
 
 log = logging.getLogger("pretrain_mm.ops")
 # (device type, resolved impl) pairs auto has announced: once per process, not per step.
-_LOGGED = set()
+_LOGGED: set[tuple[str, str]] = set()
 
 
 def contrastive_loss(image_features, text_features, logit_scale, logit_bias=None, *, kind="softmax",

@@ -19,6 +19,7 @@ trainer warns).
 """
 
 import contextlib
+from typing import cast
 
 import torch
 from torch.distributed.fsdp import FSDPModule
@@ -74,7 +75,11 @@ def contrastive_accumulation(model, objective, micro_batches: list[dict], precis
     with precision:
         loss = objective.loss(leaves)
     loss.backward()
-    feature_grads = {k: leaves[k].grad.split(sizes) for k in features}
+    feature_grads = {}
+    for k in features:
+        grad = leaves[k].grad
+        assert grad is not None, f"the loss does not use {k}"
+        feature_grads[k] = grad.split(sizes)
 
     for m, micro in enumerate(micro_batches):
         set_torch_rng_state(rng_before[m], device)
@@ -82,10 +87,11 @@ def contrastive_accumulation(model, objective, micro_batches: list[dict], precis
         with precision:
             out = objective.forward(model, prepare(micro))
         # d(surrogate)/d(parameters) = sum over the slice of dL/df * df/d(parameters).
-        surrogate = sum(dot(out[k], feature_grads[k][m]) for k in features)
+        # (features holds image_features at least: the sum is a tensor)
+        surrogate = cast(torch.Tensor, sum(dot(out[k], feature_grads[k][m]) for k in features))
         if m == 0:  # the scale and bias are the same tensors in every micro-batch: their gradient goes once
-            surrogate = surrogate + sum(dot(out[k], leaves[k].grad)
-                                        for k in SCALARS if k in leaves and leaves[k].grad is not None)
+            scalar_grads = [(k, leaves[k].grad) for k in SCALARS if k in leaves]
+            surrogate = surrogate + sum(dot(out[k], grad) for k, grad in scalar_grads if grad is not None)
         surrogate.backward()
     set_torch_rng_state(rng_after, device)
     return loss.detach().item()

@@ -20,7 +20,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
@@ -40,7 +40,8 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 def rng_state() -> dict:
     """Every RNG this process draws from, as tensors and plain values (safe to load)."""
     version, mt, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # the legacy tuple (get_state's default; typed as either form)
+    kind, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     state = {"torch": torch.get_rng_state(), "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
     if torch.cuda.is_available():
@@ -129,7 +130,7 @@ class Checkpointer:
         check_model_keys(path, model_state, "resume it with the model arguments it was trained with (its run's "
                          "config.yaml; a run from before CLIP took open_clip's image tower needs "
                          "+model.args.vision_init=timm +model.args.vision_norm_pre=false)")
-        state = {"model": model_state, "optim": optim_state, "extra": dict(extra_template)}
+        state: dict[str, Any] = {"model": model_state, "optim": optim_state, "extra": dict(extra_template)}
         with one_process_quietly():
             dcp.load(state, checkpoint_id=str(path))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
@@ -153,8 +154,8 @@ def write_model_file(path: Path, model, config: dict, step: int, info: DistInfo)
     """The model's whole weights as one safetensors file (interop/weights.py), for evaluation and
     sharing: what every rank holds is gathered (a collective: every rank calls this), the main rank writes."""
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if info.is_main:
-        save_weights(path, state, config, step)
+    if info.is_main:  # a full state dict: plain tensors
+        save_weights(path, cast(dict[str, torch.Tensor], state), config, step)
     barrier(info)
 
 

@@ -18,10 +18,10 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from pretrain_mm.config import Config, TrainerConfig
 from pretrain_mm.builders import build_tokenizer, build_train_loader, model_from_config, pin_model_args
@@ -82,9 +82,10 @@ def autocast_context(precision: Precision, info: dist_utils.DistInfo):
 
 def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainResult:
     run_dir = Path(run_dir)
-    init_from = cfg.model.get("init_from")  # a CLIP key (ClipModelConfig): MAE configs have none
+    model_node = cast(DictConfig, cfg.model)  # at run time; `get`: MAE configs have no init_from
+    init_from = model_node.get("init_from")  # a CLIP key (ClipModelConfig)
     if init_from:  # open_clip weights: their architecture becomes model.args (and config.yaml's)
-        open_clip_cfg, open_clip_state = read_open_clip(init_from, cfg.model.init_from_config)
+        open_clip_cfg, open_clip_state = read_open_clip(init_from, model_node.init_from_config)
         cfg = with_open_clip_architecture(cfg, open_clip_cfg)
     trainer = cfg.trainer
     micro, accum = batch_split(trainer, info.world_size)
@@ -132,6 +133,8 @@ def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainR
         if info.is_main:
             log.info("resumed from %s at step %d", start, step)
     loader = build_train_loader(cfg, info, micro * accum, tokenizer)
+    normalize = loader.normalize
+    assert normalize is not None  # build_loader always gives one
     if data_state is not None:
         loader.load_state_dict(data_state)
 
@@ -158,7 +161,7 @@ def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainR
             timer.data_ready()
             micro_batches = split_batch(batch, accum, info.device)
             loss_value = accumulate_gradients(model, objective, micro_batches, in_precision,
-                                              prepare=lambda m: {**m, "image": loader.normalize(m["image"])})
+                                              prepare=lambda m: {**m, "image": normalize(m["image"])})
             norm = grad_norm(model.parameters())
             for what, value in (("loss", loss_value), ("gradient norm", norm)):
                 if dist_utils.any_rank(not math.isfinite(value), info):
@@ -227,7 +230,7 @@ def batch_split(trainer: TrainerConfig, world_size: int) -> tuple[int, int]:
 def resolved_config(cfg: Config, precision: Precision) -> dict:
     """The resolved config, with the precision `auto` chose and the model's changeable defaults
     written in (so it rebuilds and reruns the same way): config.yaml and model.safetensors' header."""
-    resolved = pin_model_args(OmegaConf.to_container(cfg, resolve=True))
+    resolved = pin_model_args(cast(dict, OmegaConf.to_container(cfg, resolve=True)))
     resolved["trainer"]["precision"] = precision.name
     return resolved
 

@@ -72,6 +72,7 @@ class MetricLogger:
         for key, value in values.items():
             if isinstance(value, (int, float)):
                 self.tb.add_scalar(f"train/{key}", value, step)
+        assert self.bar is not None  # made when enabled
         self.bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}", lr=f"{values.get('lr', 0):.2e}")
 
     def advance(self, steps: int = 1) -> None:
@@ -80,6 +81,7 @@ class MetricLogger:
 
     def close(self) -> None:
         if self.enabled:
+            assert self.bar is not None  # made when enabled
             self.bar.close()
             self.tb.close()
 

@@ -1,6 +1,7 @@
 """AdamW with weight decay by the model's rule, the gradient norm and its clipping, a warm-up + cosine schedule."""
 
 import math
+from typing import Callable, cast
 
 import torch
 import torch.nn as nn
@@ -14,7 +15,7 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, **group_options) 
     """AdamW parameter groups by the model's own rule: `model.no_weight_decay()` names the parameters
     that never decay (see pretrain_mm.models.layers), everything else decays. Pretraining and
     fine-tuning both build their groups here, so there is one rule."""
-    skip = model.no_weight_decay()
+    skip = cast(Callable[[], set[str]], model.no_weight_decay)()
     names = {name for name, _ in model.named_parameters()}
     assert skip <= names, f"no_weight_decay() names unknown parameters: {sorted(skip - names)[:5]}"
     decay = [p for n, p in model.named_parameters() if p.requires_grad and n not in skip]
@@ -42,7 +43,7 @@ def grad_norm(parameters) -> float:
     plain = [g for g in grads if not isinstance(g, DTensor)]
     squares = 0.0
     if sharded:
-        squares += float(torch.nn.utils.get_total_norm(sharded).full_tensor()) ** 2
+        squares += float(cast(DTensor, torch.nn.utils.get_total_norm(sharded)).full_tensor()) ** 2
     if plain:
         squares += float(torch.nn.utils.get_total_norm(plain)) ** 2
     return math.sqrt(squares)

@@ -4,6 +4,8 @@ Models expose their transformer blocks as `nn.ModuleList`s named `blocks`; each 
 sharded (and optionally checkpointed / compiled) on its own, then the root.
 """
 
+from typing import Any, cast
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -13,7 +15,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 def transformer_blocks(model: nn.Module) -> list[tuple[nn.ModuleList, int]]:
     """Every (blocks list, index) pair in the model: image tower, text tower, MAE decoder."""
-    found = []
+    found: list[tuple[nn.ModuleList, int]] = []
     for name, module in model.named_modules():
         if name.split(".")[-1] in ("blocks", "decoder_blocks") and isinstance(module, nn.ModuleList):
             found.extend((module, i) for i in range(len(module)))
@@ -27,7 +29,7 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
 
 def apply_compile(model: nn.Module) -> None:
     for blocks, i in transformer_blocks(model):
-        blocks[i] = torch.compile(blocks[i])
+        blocks[i] = cast(nn.Module, torch.compile(blocks[i]))  # an OptimizedModule for a module
 
 
 def apply_fsdp(model: nn.Module, *, bf16: bool) -> None:
@@ -37,7 +39,7 @@ def apply_fsdp(model: nn.Module, *, bf16: bool) -> None:
     scale). They stay fp32 and replicated; a hook averages their gradients over ranks, as FSDP's
     reduce-scatter averages the others'."""
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
-    kwargs = {"mp_policy": mp} if mp is not None else {}
+    kwargs: dict[str, Any] = {"mp_policy": mp} if mp is not None else {}
     for blocks, i in transformer_blocks(model):
         fully_shard(blocks[i], **kwargs)
     scalars = {p for p in model.parameters() if p.numel() == 1}
