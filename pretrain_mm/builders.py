@@ -3,10 +3,12 @@ train, eval, export and the benchmarks."""
 
 import logging
 import os
+from typing import cast
 
 import torch.nn as nn
+from omegaconf import DictConfig
 
-from pretrain_mm.config import Config, DataConfig
+from pretrain_mm.config import ClipModelConfig, Config, DataConfig, MaeModelConfig
 from pretrain_mm.data import (BUILTINS, CLIP, Loader, Tokenizer, build_loader, expand_urls, find_tokenizer_file,
                               get_builtin, load_tokenizer)
 from pretrain_mm.distributed import DistInfo
@@ -97,11 +99,13 @@ def model_from_config(cfg: Config, vocab_size: int | None = None, **overrides) -
 
     if cfg.model.kind == "clip" and vocab_size is None:
         vocab_size = build_tokenizer(cfg.data).vocab_size
-    model_cfg = cfg.model
-    extra: dict = ({"patch_dropout": model_cfg.patch_dropout, "loss_kind": str(cfg.loss.kind)}
+    model_cfg = cfg.model  # at run time a DictConfig of the kind's schema
+    clip_cfg, mae_cfg = cast(ClipModelConfig, model_cfg), cast(MaeModelConfig, model_cfg)
+    extra: dict = ({"patch_dropout": clip_cfg.patch_dropout, "loss_kind": str(cfg.loss.kind)}
                    if model_cfg.kind == "clip"
-                   else {"mask_ratio": model_cfg.mask_ratio, "norm_pix_loss": model_cfg.norm_pix_loss})
-    extra.update(drop_path_rate=model_cfg.drop_path, **dict(model_cfg.get("args") or {}), **overrides)
+                   else {"mask_ratio": mae_cfg.mask_ratio, "norm_pix_loss": mae_cfg.norm_pix_loss})
+    args = cast(DictConfig, model_cfg).get("args")  # `get`: a config without model.args is accepted
+    extra.update(drop_path_rate=model_cfg.drop_path, **dict(args or {}), **overrides)
     return build_model(str(model_cfg.kind), model_cfg.size, image_size=cfg.data.image_size,
                        vocab_size=vocab_size or None, context_length=cfg.data.context_length, **extra)
 

@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import cast
 
 import torch
 from omegaconf import OmegaConf
@@ -31,6 +32,7 @@ def export(source, out, fmt: str) -> list[Path]:
     from pretrain_mm.eval.loading import load_checkpoint_model
     from pretrain_mm.interop import MODEL_FILE, read_header, save_weights, to_open_clip
     from pretrain_mm.interop.weights import STEP_KEY
+    from pretrain_mm.models import CLIP
     from safetensors.torch import save_file
 
     if fmt not in FORMATS:
@@ -40,7 +42,8 @@ def export(source, out, fmt: str) -> list[Path]:
         raise ValueError(f"{out} exists and is not an empty directory; export into a new one")
     model, cfg, read = load_checkpoint_model(source, torch.device("cpu"))
     if fmt == "open_clip":
-        config, state = to_open_clip(model)  # refuses what open_clip cannot express, before writing anything
+        # refuses what open_clip cannot express (an MAE, a conv stem), before writing anything
+        config, state = to_open_clip(cast(CLIP, model))
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if fmt == "open_clip":
@@ -49,7 +52,7 @@ def export(source, out, fmt: str) -> list[Path]:
         written.append(out / "open_clip_model.safetensors")
         save_file({k: v.contiguous() for k, v in state.items()}, str(written[-1]), metadata={"format": "pt"})
     else:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved = cast(dict, OmegaConf.to_container(cfg, resolve=True))
         if read.suffix == ".safetensors":
             step = read_header(read).get(STEP_KEY)
         else:

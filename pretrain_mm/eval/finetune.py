@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from typing import Iterable, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -18,20 +19,22 @@ from pretrain_mm.eval.features import extract_features
 from pretrain_mm.eval.metrics import accuracies
 from pretrain_mm.precision import inference_autocast
 from pretrain_mm.models import no_weight_decay_names
+from pretrain_mm.models.layers import Block
+from pretrain_mm.models.vit import VisionTransformer
 from pretrain_mm.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
 
-def image_tower(model: nn.Module) -> nn.Module:
+def image_tower(model: nn.Module) -> VisionTransformer:
     """The VisionTransformer inside a CLIP (visual, with its projection) or an MAE (encoder)."""
-    return model.visual if hasattr(model, "visual") else model.encoder
+    return cast(VisionTransformer, model.visual if hasattr(model, "visual") else model.encoder)
 
 
 class Classifier(nn.Module):
     """tower(images) -> linear head. The head is tower.layer_id's last group, so it gets the full lr."""
 
-    def __init__(self, tower: nn.Module, num_classes: int):
+    def __init__(self, tower: VisionTransformer, num_classes: int):
         super().__init__()
         self.tower = tower
         dim = tower.head.out_features if isinstance(tower.head, nn.Linear) else tower.width
@@ -48,10 +51,10 @@ class Classifier(nn.Module):
                 | {f"head.{name}" for name in no_weight_decay_names(self.head)})
 
 
-def set_drop_path(tower: nn.Module, rate: float) -> None:
+def set_drop_path(tower: VisionTransformer, rate: float) -> None:
     """Stochastic depth rising linearly from 0 at the first block to `rate` at the last (as timm)."""
     depth = len(tower.blocks)
-    for i, block in enumerate(tower.blocks):
+    for i, block in enumerate(cast(Iterable[Block], tower.blocks)):
         block.drop_path = rate * i / max(depth - 1, 1)
 
 

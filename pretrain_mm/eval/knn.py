@@ -22,7 +22,7 @@ def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_f
     train = F.normalize(train_features.float(), dim=-1)
     test = F.normalize(test_features.float(), dim=-1)
     k_max = min(max(ks), train.shape[0])
-    votes = {k: [] for k in ks}
+    votes: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     for start in range(0, test.shape[0], chunk_size):
         sims, idx = (test[start:start + chunk_size] @ train.T).topk(k_max, dim=1)  # sorted, best first
         weights = (sims / temperature).exp()

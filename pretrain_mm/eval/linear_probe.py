@@ -17,8 +17,10 @@ from pretrain_mm.schedule import warmup_cosine
 
 def probe_head(dim: int, num_classes: int) -> nn.Sequential:
     head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, num_classes))
-    nn.init.trunc_normal_(head[1].weight, std=0.01)  # MAE's probe head init
-    nn.init.zeros_(head[1].bias)
+    linear = head[1]
+    assert isinstance(linear, nn.Linear)
+    nn.init.trunc_normal_(linear.weight, std=0.01)  # MAE's probe head init
+    nn.init.zeros_(linear.bias)
     return head
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 # builders: the one rule (shared with the trainer) from a config to its tokenizer and model.
 from pretrain_mm.builders import model_from_config, pin_model_args
+from pretrain_mm.config import Config
 from pretrain_mm.interop.init_from import load_open_clip_weights, read_open_clip, with_open_clip_architecture
 from pretrain_mm.interop.weights import MODEL_FILE, load_weights_model
 # The one import from train (design.md allows it): checkpoints are found and read one way only.
@@ -40,7 +42,7 @@ def load_run_config(checkpoint: Path) -> DictConfig:
         loaded = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as error:  # a damaged file: say which
         raise ValueError(f"cannot read {path}: {error}") from error
-    return OmegaConf.create(pin_model_args(loaded, legacy=True))  # a run from before they were written in
+    return OmegaConf.create(pin_model_args(cast(dict, loaded), legacy=True))  # a run from before they were written in
 
 
 def weights_file_of(path: Path) -> Path | None:
@@ -74,7 +76,7 @@ def load_checkpoint_model(path, device: torch.device) -> tuple[torch.nn.Module, 
         log.warning("%s has no %s (its training did not finish): reading the DCP checkpoint %s, whose .metadata is "
                     "a pickle; do this only for runs you trust", path, MODEL_FILE, checkpoint)
     run_cfg = load_run_config(checkpoint)
-    model = model_from_config(run_cfg)
+    model = model_from_config(cast(Config, run_cfg))
     load_model_weights(checkpoint, model)  # a damaged checkpoint: ValueError naming it
     return model.to(device).eval(), run_cfg, checkpoint
 

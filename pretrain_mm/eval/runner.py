@@ -6,7 +6,7 @@ import datetime
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from omegaconf import OmegaConf
@@ -17,7 +17,7 @@ from pretrain_mm.distributed import DistInfo, rank_world
 from pretrain_mm.data import build_loader, expand_urls
 from pretrain_mm.eval.datasets import EvalSet, attach_json_labels, eval_sets
 from pretrain_mm.eval.examples import mae_reconstructions, retrieval_examples
-from pretrain_mm.eval.features import Features, extract_features
+from pretrain_mm.eval.features import Encoder, Features, extract_features
 from pretrain_mm.eval.finetune import finetune
 from pretrain_mm.eval.knn import knn_evaluate
 from pretrain_mm.eval.linear_probe import linear_probe
@@ -27,11 +27,16 @@ from pretrain_mm.eval.report import result_rows, write_report
 from pretrain_mm.eval.retrieval import chance_recall, retrieval_recall
 from pretrain_mm.eval.zeroshot import zeroshot_classifier, zeroshot_evaluate
 from pretrain_mm.interop.init_from import is_open_clip_source
+from pretrain_mm.models import CLIP, MAE
 
 log = logging.getLogger(__name__)
 
 
 PROBED = "probe:"  # Features.image key prefix of what a tower's probes and k-NN read
+
+
+def unnormalised_image_features(model: CLIP | MAE) -> Encoder:
+    return lambda x: model.encode_image(x, normalize=False)
 
 
 def chance_accuracy(classes: int) -> dict[str, float]:
@@ -59,11 +64,11 @@ class Evaluation:
         """Per tower, its image features (zero-shot, retrieval) and, for CLIP, under PROBED + tower,
         what probes and k-NN read (`CLIP.representation`; MAE's probes read its image features).
         Unnormalised: zero-shot, retrieval and k-NN normalise, the probe standardises."""
-        encoders = {}
+        encoders: dict[str, Encoder] = {}
         for name, m in self.towers.items():
-            encoders[name] = lambda x, m=m: m.encode_image(x, normalize=False)
+            encoders[name] = unnormalised_image_features(cast("CLIP | MAE", m))  # the model kinds
             if self.kind == "clip":
-                encoders[PROBED + name] = m.representation
+                encoders[PROBED + name] = cast(CLIP, m).representation
         return encoders
 
     def probed(self, tower: str) -> str:
@@ -74,7 +79,9 @@ class Evaluation:
         loader = build_loader(urls, batch_size=self.eval_cfg.batch_size, tokenizer=tokenizer, image_size=self.image_size,
                               train=False, num_workers=self.eval_cfg.num_workers, caption_key=ds.caption_key or "txt",
                               label_key=ds.label_key if labels else None)
-        text = {name: m.encode_text for name, m in self.towers.items()} if captions else None
+        # captions: CLIP's
+        text: dict[str, Encoder] | None = ({name: cast(CLIP, m).encode_text for name, m in self.towers.items()}
+                                           if captions else None)
         return extract_features(loader, self.image_encoders(), self.device, max_samples=self.eval_cfg.max_samples,
                                 text_encoders=text, tokenizer=self.tokenizer, split_captions=ds.split_captions)
 
@@ -101,8 +108,8 @@ class Evaluation:
     def run_zeroshot(self, name: str, test: Features, task) -> None:
         labels, classes = test.labels[task.label], len(task.classnames)
         for tower, model in self.towers.items():
-            classifier = zeroshot_classifier(model.encode_text, self.tokenizer, task.classnames, task.templates,
-                                             self.device, self.eval_cfg.batch_size)
+            classifier = zeroshot_classifier(cast(CLIP, model).encode_text, self.tokenizer, task.classnames,
+                                             task.templates, self.device, self.eval_cfg.batch_size)
             metrics, predictions = zeroshot_evaluate(test.image[tower], labels, classifier)
             self.record(tower, "zeroshot", name, metrics)
             if tower == "trained":
@@ -111,6 +118,7 @@ class Evaluation:
         self.results["chance"].setdefault("zeroshot", {})[name] = chance_accuracy(classes)
 
     def run_retrieval(self, ds: EvalSet, test: Features) -> None:
+        assert test.text_image is not None and test.captions is not None  # extracted with captions
         for tower in self.towers:
             self.record(tower, "retrieval", ds.name, retrieval_recall(
                 test.image[tower], test.text[tower], test.text_image, chunk_size=self.eval_cfg.retrieval_chunk_size))
@@ -121,6 +129,7 @@ class Evaluation:
                 test, "trained", ds.test_urls, self.image_size, self.eval_cfg.examples)
 
     def run_classification(self, ds: EvalSet, test: Features) -> None:
+        assert ds.train_urls is not None  # ds.classification
         train = self.extract(ds, ds.train_urls, labels=True, captions=False)
         self.results["samples"][ds.name]["train"] = len(train)
         y_train, y_test = train.labels["label"], test.labels["label"]
@@ -218,5 +227,5 @@ def evaluate_checkpoint(cfg: Config, info: DistInfo, checkpoint: str | Path | No
         default_out = run_dir_of(resolved)
     merged = OmegaConf.merge(run_cfg, {"eval": OmegaConf.to_container(cfg.eval, resolve=True)})
     out = cfg.eval.output_dir or output_dir or default_out
-    return run_evaluation(merged, out, model, info, checkpoint=resolved,
+    return run_evaluation(cast(Config, merged), out, model, info, checkpoint=resolved,
                           metrics_file=run_dir_of(resolved) / "metrics.jsonl")

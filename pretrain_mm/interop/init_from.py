@@ -66,9 +66,10 @@ def read_open_clip(source, config: str | None = None) -> tuple[dict, dict[str, t
         except Exception as error:  # noqa: BLE001 - a pickle that needs code, or not a torch file at all
             raise ValueError(f"cannot read {weights} safely as open_clip weights (torch.load weights_only): "
                              f"{str(error).splitlines()[0]}") from error
-        state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
-        if not isinstance(state, dict):
+        found_state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+        if not isinstance(found_state, dict):
             raise ValueError(f"{weights} holds no state dict")
+        state = found_state
     return _model_cfg(config, weights), state  # DDP's "module." prefixes: from_open_clip_state drops them
 
 

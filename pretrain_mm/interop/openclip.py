@@ -14,11 +14,13 @@ BatchNorm have no open_clip counterpart.
 from __future__ import annotations
 
 import re
+from typing import cast
 
 import torch
 
 from pretrain_mm.data.transforms import CLIP_MEAN, CLIP_STD
 from pretrain_mm.models import CLIP
+from pretrain_mm.models.layers import Block
 from pretrain_mm.models.vit import ConvStem
 
 # (our name, open_clip's name) for the parameters that are only renamed; blocks by regex below.
@@ -68,9 +70,9 @@ def open_clip_config(model: CLIP) -> dict:
     """open_clip's `model_cfg` (the open_clip_config.json's) for this model."""
     _check_exportable(model)
     v, t = model.visual, model.text
-    v_block, t_block = v.blocks[0], t.blocks[0]
+    v_block, t_block = cast(Block, v.blocks[0]), cast(Block, t.blocks[0])
     cfg = {
-        "embed_dim": int(v.head.weight.shape[0]),
+        "embed_dim": int(cast(torch.nn.Linear, v.head).weight.shape[0]),  # CLIP's image tower projects
         "vision_cfg": {
             "image_size": v.image_size, "patch_size": v.patch_size, "width": v.width, "layers": v.depth,
             "head_width": v.width // v_block.attn.num_heads, "mlp_ratio": v_block.mlp.fc1.out_features / v.width,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pretrain_mm.builders import model_from_config, pin_model_args
+from pretrain_mm.config import Config
 
 MODEL_FILE = "model.safetensors"
 CONFIG_KEY, STEP_KEY = "pretrain_mm.config", "pretrain_mm.step"
@@ -81,7 +83,7 @@ def load_weights_model(path, device: torch.device | str = "cpu") -> tuple[torch.
     cfg = config_of(path, header)
     state = load_weights(path)
     vocab = int(state["text.token_embedding.weight"].shape[0]) if "text.token_embedding.weight" in state else 0
-    model = model_from_config(cfg, vocab)
+    model = model_from_config(cast(Config, cfg), vocab)
     mismatch = state_mismatch(state, model.state_dict())
     if mismatch:
         raise ValueError(f"{path} does not match the model its config builds: {mismatch}")

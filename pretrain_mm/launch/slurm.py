@@ -14,9 +14,11 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import cast
 
 import submitit
-from omegaconf import OmegaConf
+import submitit.slurm.slurm  # check_request's _make_sbatch_string
+from omegaconf import DictConfig, OmegaConf
 
 from pretrain_mm.config import Config
 from pretrain_mm.launch.requeue import in_submitit_slurm_job
@@ -45,7 +47,7 @@ def submit(cfg: Config, run_dir: str | Path) -> list:
     check_cluster(launcher.partition)
     check_request(params, folder)
     cfg = copy.deepcopy(cfg)
-    OmegaConf.resolve(cfg)  # ${...} (${hydra:...} too) mean what they mean here: the job has no Hydra
+    OmegaConf.resolve(cast(DictConfig, cfg))  # ${...} (${hydra:...} too) mean what they mean here: the job has no Hydra
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=launcher.max_requeues)
     executor.update_parameters(**params)
     jobs = [_submit(executor, PretrainTask(cfg, run_dir, stages_of(cfg)), params)]
@@ -95,11 +97,11 @@ def sbatch_parameters(cfg: Config) -> dict:
         # A task's threads: its CPUs, not the node's (unless OMP_NUM_THREADS is set already).
         "setup": ["export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}", *launcher.setup],
         # --requeue: the job may requeue itself even where the cluster's default says no.
-        "additional_parameters": {"requeue": True, **OmegaConf.to_container(launcher.sbatch_extra)},
+        "additional_parameters": {"requeue": True, **cast(dict, OmegaConf.to_container(launcher.sbatch_extra))},
     }
     for key in ("partition", "account", "qos", "constraint"):
-        if launcher[key] is not None:
-            params[key] = launcher[key]
+        if getattr(launcher, key) is not None:
+            params[key] = getattr(launcher, key)
     if launcher.gpus_per_node:
         params["gpus_per_node"] = launcher.gpus_per_node
     if launcher.mem_gb is not None:
