@@ -9,7 +9,7 @@ public ones.
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -269,3 +269,11 @@ def default_config(kind: ModelKind | str = ModelKind.clip) -> Config:
     from omegaconf import OmegaConf
 
     return OmegaConf.merge(OmegaConf.structured(Config), {"model": MODEL_SCHEMAS[ModelKind(kind)]()})  # type: ignore[return-value]
+
+
+def plain_config(cfg: Any) -> dict:
+    """A config (or a slice of one) as plain, resolved Python values: choices as their strings, so that
+    YAML, JSON and a safetensors header can hold it."""
+    from omegaconf import OmegaConf
+
+    return cast(dict, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))

@@ -22,6 +22,7 @@ from typing import cast
 import torch
 from omegaconf import OmegaConf
 
+from pretrain_mm.config import plain_config
 FORMATS = ("open_clip", "safetensors")
 
 
@@ -52,7 +53,7 @@ def export(source, out, fmt: str) -> list[Path]:
         written.append(out / "open_clip_model.safetensors")
         save_file({k: v.contiguous() for k, v in state.items()}, str(written[-1]), metadata={"format": "pt"})
     else:
-        resolved = cast(dict, OmegaConf.to_container(cfg, resolve=True))
+        resolved = plain_config(cfg)
         if read.suffix == ".safetensors":
             step = read_header(read).get(STEP_KEY)
         else:

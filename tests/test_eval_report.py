@@ -6,13 +6,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pretrain_mm.builders import LEGACY_CLIP_ARGS, model_from_config, pin_model_args
+from pretrain_mm.builders import LEGACY_CLIP_ARGS, model_from_config
 from pretrain_mm.config import default_config
+from pretrain_mm.distributed import DistInfo
 from pretrain_mm.eval import EvalConfig, evaluate_checkpoint
 from pretrain_mm.eval.loading import load_checkpoint_model
 from pretrain_mm.eval.report import write_report
+from pretrain_mm.precision import Precision
 from pretrain_mm.train.checkpoint import Checkpointer
-from pretrain_mm.distributed import DistInfo
+from pretrain_mm.train.loop import write_config
 
 # One process saving a checkpoint without a process group is what these tests mean to do.
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
@@ -36,7 +38,7 @@ def save_run(run_dir, cfg):
     torch.manual_seed(1)
     model = model_from_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(pin_model_args(OmegaConf.to_container(cfg, resolve=True))))
+    write_config(run_dir / "config.yaml", cfg, Precision(False, "fp32"))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 5.0 / s, "lr": 1e-3}) + "\n"
                                                    for s in range(1, 6)) + '{"step": 6, "lo')  # a torn last line
     optimizer = torch.optim.AdamW(model.parameters())

@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain_mm.builders import build_tokenizer, model_from_config
+from pretrain_mm.config import plain_config
 from pretrain_mm.eval.loading import load_checkpoint_model
 from pretrain_mm.interop import read_header, save_weights
 from test_eval_cli import TRAIN, run_cli
@@ -70,7 +71,7 @@ def test_what_open_clip_cannot_express_and_existing_files_are_refused_in_one_lin
     cfg = OmegaConf.load(run / "config.yaml")
     cfg.model.args.vision_stem = "conv"
     conv = tmp_path / "conv.safetensors"
-    save_weights(conv, model_from_config(cfg, 300).state_dict(), OmegaConf.to_container(cfg), step=2)
+    save_weights(conv, model_from_config(cfg, 300).state_dict(), plain_config(cfg), step=2)
     done = export_cli(conv, tmp_path / "never", "--format", "open_clip")
     assert done.returncode == 2 and "vision_stem=conv" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "never").exists()

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain_mm.builders import build_tokenizer, split_urls
-from pretrain_mm.config import Config
+from pretrain_mm.config import Config, plain_config
 from pretrain_mm.distributed import DistInfo, rank_world
 from pretrain_mm.data import build_loader, expand_urls
 from pretrain_mm.eval.datasets import EvalSet, attach_json_labels, eval_sets
@@ -190,12 +190,12 @@ def run_evaluation(cfg: Config, run_dir: str | Path, model: torch.nn.Module, inf
     results = {
         "checkpoint": str(checkpoint) if checkpoint else None,
         "run_dir": str(run_dir),
-        "model": {"kind": cfg.model.kind, "size": cfg.model.size, "image_size": cfg.data.image_size},
+        "model": {"kind": str(cfg.model.kind), "size": cfg.model.size, "image_size": cfg.data.image_size},
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "world_size": info.world_size,
         "eval_seconds": round(time.perf_counter() - started, 1),
         **run.results,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": plain_config(cfg),
     }
     if info.is_main:
         report_dir = write_report(Path(run_dir) / "report", results, run.extras,
@@ -225,7 +225,7 @@ def evaluate_checkpoint(cfg: Config, info: DistInfo, checkpoint: str | Path | No
     else:
         model, run_cfg, resolved = load_checkpoint_model(path, info.device)
         default_out = run_dir_of(resolved)
-    merged = OmegaConf.merge(run_cfg, {"eval": OmegaConf.to_container(cfg.eval, resolve=True)})
+    merged = OmegaConf.merge(run_cfg, {"eval": plain_config(cfg.eval)})
     out = cfg.eval.output_dir or output_dir or default_out
     return run_evaluation(cast(Config, merged), out, model, info, checkpoint=resolved,
                           metrics_file=run_dir_of(resolved) / "metrics.jsonl")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from pretrain_mm.config import plain_config
 from pretrain_mm.interop.openclip import from_open_clip_state
 from pretrain_mm.interop.weights import CONFIG_KEY, load_weights, read_header, state_mismatch
 
@@ -134,7 +135,7 @@ def with_open_clip_architecture(cfg, model_cfg: dict):
     args = clip_args(model_cfg)
     data = {"image_size": args.pop("image_size"), "context_length": args.pop("context_length")}
     args.pop("vocab_size")  # the tokenizer's: load_open_clip_weights names a mismatch
-    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    out = OmegaConf.create(plain_config(cfg))
     given = dict(out.model.get("args") or {})
     replaced = {f"model.args.{k}": (given[k], v) for k, v in args.items() if k in given and given[k] != v}
     replaced.update({f"data.{k}": (out.data[k], v) for k, v in data.items() if out.data[k] != v})

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import cast
+from collections.abc import Mapping
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -57,14 +58,19 @@ def load_weights(path) -> dict[str, torch.Tensor]:
         raise ValueError(f"cannot read {path} as safetensors: {error}") from error
 
 
-def state_mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:
-    """What keeps `state` from loading into a model whose state dict is `expected` ("" when nothing):
-    names only in either, and shared names of other shapes (load_state_dict would say it less plainly)."""
+def state_mismatch(state: Mapping[str, Any], expected: Mapping[str, Any], where: str = "the file") -> str:
+    """What keeps `state` (tensors, or anything with a `shape` or `size`: DCP's metadata) from loading into a
+    model whose state dict is `expected` ("" when nothing): names only in either, and shared names of other
+    shapes (load_state_dict would say it less plainly; DCP's load would quietly fill only the shared ones)."""
+    def shape(value: Any) -> tuple[int, ...] | None:  # a tensor's shape, DCP's TensorStorageMetadata.size
+        found = value.shape if hasattr(value, "shape") else getattr(value, "size", None)
+        return tuple(found) if found is not None else None
+
     extra, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
-    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    wrong = sorted(k for k in set(state) & set(expected) if shape(state[k]) != shape(expected[k]))
     if not (extra or missing or wrong):
         return ""
-    return f"weights only in the file {extra[:4]}, only in the model {missing[:4]}, of other shapes {wrong[:4]}"
+    return f"weights only in {where} {extra[:4]}, only in the model {missing[:4]}, of other shapes {wrong[:4]}"
 
 
 def config_of(path, header: dict[str, str] | None = None) -> DictConfig:

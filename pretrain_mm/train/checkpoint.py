@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 
-from pretrain_mm.interop.weights import save_weights
+from pretrain_mm.interop.weights import save_weights, state_mismatch
 
 from pretrain_mm.distributed import DistInfo, barrier
 
@@ -165,25 +165,29 @@ def load_model_weights(path, model) -> Path:
     model_state, _ = get_state_dict(model, [])
     check_model_keys(path, model_state, "evaluate it with the config it was trained with")
     state = {"model": model_state}
-    try:
-        with one_process_quietly():
-            dcp.load(state, checkpoint_id=str(path))
-    except (Exception, CheckpointException) as error:  # corrupt or foreign files (CheckpointException is a BaseException)
-        raise ValueError(f"cannot read model weights from {path}: {error}") from error
+    with reading_weights(path), one_process_quietly():
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={})
     return path
 
 
-def check_model_keys(path: Path, model_state: dict, advice: str) -> None:
-    """A ValueError naming the weights unless the checkpoint holds exactly the model's. dcp.load fills
-    the keys it is asked for and ignores the rest, so a model built differently from the one saved
-    (an architecture default changed, the wrong config) would otherwise load partially, quietly."""
+@contextlib.contextmanager
+def reading_weights(path: Path):
+    """Corrupt or foreign checkpoint files become a ValueError naming them (CheckpointException is a
+    BaseException, so it is caught by name)."""
     try:
-        metadata = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    except (Exception, CheckpointException) as error:  # corrupt or foreign files (CheckpointException is a BaseException)
+        yield
+    except (Exception, CheckpointException) as error:
         raise ValueError(f"cannot read model weights from {path}: {error}") from error
-    saved = {key.removeprefix("model.") for key in metadata if key.startswith("model.")}
-    extra, missing = sorted(saved - set(model_state)), sorted(set(model_state) - saved)
-    if extra or missing:
-        raise ValueError(f"{path} does not match the model this config builds: weights only in the checkpoint "
-                         f"{extra[:4]}, only in the model {missing[:4]}; {advice}")
+
+
+def check_model_keys(path: Path, model_state: dict, advice: str) -> None:
+    """A ValueError naming the weights unless the checkpoint holds exactly the model's names and shapes.
+    dcp.load fills the keys it is asked for and ignores the rest, so a model built differently from the one
+    saved (an architecture default changed, the wrong config) would otherwise load partially, quietly."""
+    with reading_weights(path):
+        metadata = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    saved = {key.removeprefix("model."): value for key, value in metadata.items() if key.startswith("model.")}
+    mismatch = state_mismatch(saved, model_state, where="the checkpoint")
+    if mismatch:
+        raise ValueError(f"{path} does not match the model this config builds: {mismatch}; {advice}")

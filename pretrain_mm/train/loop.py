@@ -23,7 +23,7 @@ from typing import Optional, cast
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain_mm.config import Config, TrainerConfig
+from pretrain_mm.config import Config, TrainerConfig, plain_config
 from pretrain_mm.builders import build_tokenizer, build_train_loader, model_from_config, pin_model_args
 from pretrain_mm.interop.init_from import load_open_clip_weights, read_open_clip, with_open_clip_architecture
 from pretrain_mm.interop.weights import MODEL_FILE
@@ -230,7 +230,7 @@ def batch_split(trainer: TrainerConfig, world_size: int) -> tuple[int, int]:
 def resolved_config(cfg: Config, precision: Precision) -> dict:
     """The resolved config, with the precision `auto` chose and the model's changeable defaults
     written in (so it rebuilds and reruns the same way): config.yaml and model.safetensors' header."""
-    resolved = pin_model_args(cast(dict, OmegaConf.to_container(cfg, resolve=True)))
+    resolved = pin_model_args(plain_config(cfg))
     resolved["trainer"]["precision"] = precision.name
     return resolved
 
