@@ -44,10 +44,8 @@ def _extension():
     import torch
     from torch.utils import cpp_extension
 
-    # The portable sources first: the linker keeps the first copy of an inline function that
-    # several objects define, and the AVX2/AVX-512 objects must not provide it (see there).
-    # setuptools sorts sources before linking, so the SIMD builds live in cpu/simd/, which
-    # sorts after every portable source that could share an inline function with them.
+    # In any order: no AVX2/AVX-512 object (csrc/cpu/simd/) defines a function that the linker
+    # could take for a portable caller (csrc/cpu/panel_kernels_headers.h says how).
     cpu_sources = ["csrc/contrastive.cpp", "csrc/cpu/brgemm.cpp", "csrc/cpu/panel_kernels.cpp",
                    "csrc/cpu/panel_kernels_default.cpp", "csrc/cpu/tiled_gemm.cpp",
                    "csrc/cpu/simd/gemm_microkernel_avx2.cpp",

@@ -20,7 +20,19 @@
 #define PM_HD inline
 #endif
 
+// The formulas are inline functions, compiled into each object that uses them: the portable
+// ones, and the CPU kernels' SIMD builds with AVX2 or AVX-512 enabled. A build for a CPU
+// capability (CPU_CAPABILITY, as in ATen: DEFAULT, AVX2, AVX512) gets its own inline namespace,
+// pretrain_mm::AVX2::lse_merge and so on, so the linker never takes a SIMD copy for a portable
+// caller (cpu/panel_kernels_headers.h explains); the others use pretrain_mm::portable.
+#ifdef CPU_CAPABILITY
+#define PM_NUMERICS_NAMESPACE CPU_CAPABILITY
+#else
+#define PM_NUMERICS_NAMESPACE portable
+#endif
+
 namespace pretrain_mm {
+inline namespace PM_NUMERICS_NAMESPACE {
 
 // Scalar math for float and double, usable on host and device.
 struct ScalarMath {
@@ -87,4 +99,5 @@ PM_HD V sigmoid_pair_grad(V x, V z, V g) {
   return (V(0) - z * g) / (V(1) + M::exp(z * x));
 }
 
+}  // namespace PM_NUMERICS_NAMESPACE
 }  // namespace pretrain_mm

@@ -1,20 +1,18 @@
 // CPU panel kernels, written once over at::vec and compiled once per CPU capability.
 //
-// Included by panel_kernels_default.cpp and simd/panel_kernels_{avx2,avx512}.cpp, each of which sets
-// CPU_CAPABILITY (and, for AVX-512, the target) first; the namespace carries the
-// capability so the two instantiations never collide. The body of every row runs
-// SIMD (VecMath), its tail runs ScalarMath — the CUDA kernels' arithmetic.
+// Included by panel_kernels_default.cpp and simd/panel_kernels_{avx2,avx512}.cpp, each of
+// which sets CPU_CAPABILITY (and, for AVX2 and AVX-512, the target) first; the namespace
+// carries the capability so the instantiations never collide. The body of every row runs
+// SIMD (VecMath), its tail runs ScalarMath — the CUDA kernels' arithmetic. A SIMD build
+// includes panel_kernels_headers.h before its target pragma (that header says why).
 #pragma once
 
-#include <ATen/Parallel.h>
+#include "panel_kernels_headers.h"
+
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
-#include <algorithm>
-#include <type_traits>
-
 #include "../numerics.h"
-#include "../panel.h"
 
 namespace pretrain_mm::cpu::CPU_CAPABILITY {
 
