@@ -4,11 +4,15 @@
 // "math policy" M and a value type T. The CUDA kernels instantiate them with ScalarMath
 // and float/double; the CPU kernels instantiate them with a SIMD policy over
 // at::vec::Vectorized for the body of a row and with ScalarMath for its tail, so the CPU
-// tests run exactly the arithmetic the GPU runs (see tests/test_numerics_header.py,
-// which drives the scalar path on sizes smaller than one SIMD vector).
+// tests run exactly the arithmetic the GPU runs. csrc/tests/test_numerics_and_ops.cpp (ctest
+// cpp_tests) checks the formulas with ScalarMath against long-double references, edge cases
+// included; tests/test_contrastive_loss.py runs the CPU kernels on rows shorter than one SIMD
+// vector (n = 1, 2, 7: the scalar tail only) and longer, and compares the default and AVX2
+// builds (test_every_cpu_build_agrees).
 //
-// Notation (see shared/design.md): x = s * p is a logit, p = q_i . k_j the raw product,
-// r_i / c_j the row / column log-sum-exps, z = +1 on a positive pair and -1 elsewhere.
+// Notation (see ../shared/design.md, beside the repository, as the README says): x = s * p
+// is a logit, p = q_i . k_j the raw product, r_i / c_j the row / column log-sum-exps, z = +1
+// on a positive pair and -1 elsewhere.
 #pragma once
 
 #include <cmath>
