@@ -40,19 +40,22 @@ def _want_cuda(torch):
     return found if forced is None else forced == "1"
 
 
+def _sources():
+    """csrc/sources.txt, the one list of the ops' sources (CMakeLists.txt reads it too)."""
+    with open(os.path.join(ROOT, "csrc", "sources.txt")) as f:
+        lines = (line.split("#", 1)[0].strip() for line in f)
+        return [line for line in lines if line]
+
+
 def _extension():
     import torch
     from torch.utils import cpp_extension
 
-    # The portable sources first: the linker keeps the first copy of an inline function that
-    # several objects define, and the AVX2/AVX-512 objects must not provide it (see there).
-    # setuptools sorts sources before linking, so the SIMD builds live in cpu/simd/, which
-    # sorts after every portable source that could share an inline function with them.
-    cpu_sources = ["csrc/contrastive.cpp", "csrc/cpu/brgemm.cpp", "csrc/cpu/panel_kernels.cpp",
-                   "csrc/cpu/panel_kernels_default.cpp", "csrc/cpu/tiled_gemm.cpp",
-                   "csrc/cpu/simd/gemm_microkernel_avx2.cpp",
-                   "csrc/cpu/simd/panel_kernels_avx2.cpp", "csrc/cpu/simd/panel_kernels_avx512.cpp",
-                   "csrc/module.cpp"]
+    # In any order: no AVX2/AVX-512 object (csrc/cpu/simd/) defines a function that the linker
+    # could take for a portable caller (csrc/cpu/panel_kernels_headers.h says how).
+    sources = _sources()
+    cpu_sources = [s for s in sources if not s.endswith(".cu")] + ["csrc/module.cpp"]
+    cuda_sources = [s for s in sources if s.endswith(".cu")]
     # No FMA contraction: a logit is s * p rounded to the compute dtype wherever it is formed.
     # Contracted, the backward's exp(s * p - lse) took the unrounded product, so a saturated
     # loss (lse = that logit) got a gradient of one ulp of the logit instead of zero.
@@ -75,7 +78,7 @@ def _extension():
     include_dirs = glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*", "include"))
     nvcc = ["-O3", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr", "--fmad=false"]  # as -ffp-contract=off
     return cpp_extension.CUDAExtension(
-        "pretrain_mm._C", cpu_sources + ["csrc/cuda/panel_kernels.cu"],
+        "pretrain_mm._C", cpu_sources + cuda_sources,
         include_dirs=[os.path.abspath(d) for d in include_dirs],
         define_macros=[("PRETRAIN_MM_WITH_CUDA", None)],
         extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)

@@ -41,8 +41,8 @@ void check_features(const Tensor& q, const Tensor& k, int64_t offset) {
                     k.sizes());
   TORCH_CHECK_VALUE(q.scalar_type() == k.scalar_type(), "contrastive loss: dtypes differ: image ", q.scalar_type(),
                     " vs text ", k.scalar_type());
-  TORCH_CHECK_VALUE(q.device() == k.device(), "contrastive loss: devices differ: image on ", q.device(),
-                    ", text on ", k.device());
+  TORCH_CHECK_VALUE(q.device() == k.device(), "contrastive loss: devices differ: image on ", q.device(), ", text on ",
+                    k.device());
   const auto dt = q.scalar_type();
   TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf,
                     "contrastive loss: unsupported dtype ", dt, " (use float32, float64, bfloat16 or float16)");
@@ -57,9 +57,7 @@ void check_scalar(const Tensor& t, const Tensor& like, const char* name) {
 }
 
 // float64 inputs are computed in float64; every other dtype in float32.
-at::ScalarType compute_dtype(const Tensor& q) {
-  return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
+at::ScalarType compute_dtype(const Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 // Inputs in `dtype`, contiguous. Half-precision features are widened to the compute dtype
 // once here — O((n + N) * D) — so that every panel product and gradient matmul accumulates
@@ -94,7 +92,9 @@ struct Inputs : Operands {
   }
 
   template <typename T>
-  const T* bias_ptr() const { return bias.defined() ? bias.const_data_ptr<T>() : nullptr; }
+  const T* bias_ptr() const {
+    return bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  }
 };
 
 // ---- the panel walk -----------------------------------------------------------------
@@ -103,8 +103,7 @@ struct Inputs : Operands {
 template <typename F>
 void walk_panels(const Inputs& in, const Products& products, int64_t workspace_bytes, const F& visit) {
   const int64_t n = in.q.size(0), N = in.k.size(0);
-  TORCH_CHECK_VALUE(workspace_bytes > 0, "contrastive loss: workspace_bytes must be positive, got ",
-                    workspace_bytes);
+  TORCH_CHECK_VALUE(workspace_bytes > 0, "contrastive loss: workspace_bytes must be positive, got ", workspace_bytes);
   // The ops' derivatives are registered separately (ops/_extension.py); inside, nothing is
   // recorded, and mm_out would refuse inputs that require grad.
   const at::NoGradGuard no_grad;
@@ -122,9 +121,8 @@ void walk_panels(const Inputs& in, const Products& products, int64_t workspace_b
 }
 
 template <typename T>
-Panel<T> make_panel(const Tensor& panel, int64_t r0, int64_t c0, int64_t offset, const Tensor& scale,
-                    const T* bias) {
-  return {panel.data_ptr<T>(), panel.size(0), panel.size(1), panel.stride(0), r0, c0, offset,
+Panel<T> make_panel(const Tensor& panel, int64_t r0, int64_t c0, int64_t offset, const Tensor& scale, const T* bias) {
+  return {panel.data_ptr<T>(),       panel.size(0), panel.size(1), panel.stride(0), r0, c0, offset,
           scale.const_data_ptr<T>(), bias};
 }
 

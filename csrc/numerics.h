@@ -4,11 +4,15 @@
 // "math policy" M and a value type T. The CUDA kernels instantiate them with ScalarMath
 // and float/double; the CPU kernels instantiate them with a SIMD policy over
 // at::vec::Vectorized for the body of a row and with ScalarMath for its tail, so the CPU
-// tests run exactly the arithmetic the GPU runs (see tests/test_numerics_header.py,
-// which drives the scalar path on sizes smaller than one SIMD vector).
+// tests run exactly the arithmetic the GPU runs. csrc/tests/test_numerics_and_ops.cpp (ctest
+// cpp_tests) checks the formulas with ScalarMath against long-double references, edge cases
+// included; tests/test_contrastive_loss.py runs the CPU kernels on rows shorter than one SIMD
+// vector (n = 1, 2, 7: the scalar tail only) and longer, and compares the default and AVX2
+// builds (test_every_cpu_build_agrees).
 //
-// Notation (see shared/design.md): x = s * p is a logit, p = q_i . k_j the raw product,
-// r_i / c_j the row / column log-sum-exps, z = +1 on a positive pair and -1 elsewhere.
+// Notation (see ../shared/design.md, beside the repository, as the README says): x = s * p
+// is a logit, p = q_i . k_j the raw product, r_i / c_j the row / column log-sum-exps, z = +1
+// on a positive pair and -1 elsewhere.
 #pragma once
 
 #include <cmath>
@@ -20,7 +24,19 @@
 #define PM_HD inline
 #endif
 
+// The formulas are inline functions, compiled into each object that uses them: the portable
+// ones, and the CPU kernels' SIMD builds with AVX2 or AVX-512 enabled. A build for a CPU
+// capability (CPU_CAPABILITY, as in ATen: DEFAULT, AVX2, AVX512) gets its own inline namespace,
+// pretrain_mm::AVX2::lse_merge and so on, so the linker never takes a SIMD copy for a portable
+// caller (cpu/panel_kernels_headers.h explains); the others use pretrain_mm::portable.
+#ifdef CPU_CAPABILITY
+#define PM_NUMERICS_NAMESPACE CPU_CAPABILITY
+#else
+#define PM_NUMERICS_NAMESPACE portable
+#endif
+
 namespace pretrain_mm {
+inline namespace PM_NUMERICS_NAMESPACE {
 
 // Scalar math for float and double, usable on host and device.
 struct ScalarMath {
@@ -87,4 +103,5 @@ PM_HD V sigmoid_pair_grad(V x, V z, V g) {
   return (V(0) - z * g) / (V(1) + M::exp(z * x));
 }
 
+}  // namespace PM_NUMERICS_NAMESPACE
 }  // namespace pretrain_mm

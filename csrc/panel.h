@@ -30,8 +30,10 @@ struct Panel {
 // running (max, sum) pairs and record the diagonal logits that fall inside the panel.
 template <typename T>
 struct SoftmaxForwardState {
-  T* row_max; T* row_sum;   // length n, indexed by local row
-  T* col_max; T* col_sum;   // length N, indexed by global column
+  T* row_max;
+  T* row_sum;   // length n, indexed by local row
+  T* col_max;
+  T* col_sum;   // length N, indexed by global column
   T* diag;                  // length n
 };
 
@@ -39,8 +41,11 @@ struct SoftmaxForwardState {
 // sum(dLoss/dlogit * p) (the gradient with respect to s) into *dscale.
 template <typename T>
 struct SoftmaxBackwardState {
-  const T* row_lse; const T* col_lse;
-  const T* g_row; const T* g_col; const T* g_diag;
+  const T* row_lse;
+  const T* col_lse;
+  const T* g_row;
+  const T* g_col;
+  const T* g_diag;
   T* dscale;
 };
 
@@ -55,7 +60,8 @@ struct SigmoidForwardState {
 template <typename T>
 struct SigmoidBackwardState {
   const T* g_row;           // upstream gradient of each row's loss
-  T* dscale; T* dbias;
+  T* dscale;
+  T* dbias;
 };
 
 namespace cpu {

@@ -43,12 +43,14 @@ Gemm fp32_gemm() {
   const std::string want = env == nullptr || *env == '\0' ? "auto" : env;
   if (want == "aten") return Gemm::kAten;
   if (want == "avx2") {
-    TORCH_CHECK_VALUE(cpu::tiled_gemm::available(), "PRETRAIN_MM_FP32_GEMM=avx2, but this CPU (or "
+    TORCH_CHECK_VALUE(cpu::tiled_gemm::available(),
+                      "PRETRAIN_MM_FP32_GEMM=avx2, but this CPU (or "
                       "ATEN_CPU_CAPABILITY) has no AVX2 and FMA; unset it or use aten");
     return Gemm::kAvx2;
   }
   if (want == "brgemm") {
-    TORCH_CHECK_VALUE(bg::f32_available(), "PRETRAIN_MM_FP32_GEMM=brgemm, but oneDNN's fp32 brgemm is not "
+    TORCH_CHECK_VALUE(bg::f32_available(),
+                      "PRETRAIN_MM_FP32_GEMM=brgemm, but oneDNN's fp32 brgemm is not "
                       "available here (no x86-64 AVX2, or torch.backends.mkldnn disabled); unset it or use aten");
     return Gemm::kF32;
   }
@@ -72,9 +74,7 @@ struct Operands {
   Tensor q, k;
 };
 
-struct PanelPlan {
-  int64_t rows, cols;
-};
+struct PanelPlan { int64_t rows, cols; };
 
 // Full-width panels when the budget allows at least kMinRows rows of them (row statistics
 // are then complete per panel and matmuls stay large); narrower ones otherwise. `elem_bytes`
@@ -162,9 +162,7 @@ class Products {
     const int64_t rows = panel.size(0), cols = panel.size(1), D = in_.q.size(1);
     float* out = in_.gemm == Gemm::kAten ? nullptr : panel.data_ptr<float>();
     switch (in_.gemm) {
-      case Gemm::kAten:
-        at::mm_out(panel, in_.q.narrow(0, r0, rows), in_.k.narrow(0, c0, cols).t());
-        return;
+      case Gemm::kAten: at::mm_out(panel, in_.q.narrow(0, r0, rows), in_.k.narrow(0, c0, cols).t()); return;
       case Gemm::kAvx2:
         cpu::tiled_gemm::gemm(rows, cols, D, {f32(in_.q) + r0 * D, D, false}, {f32(k_packed_), D}, c0, out,
                               panel.stride(0), false);
@@ -218,9 +216,7 @@ class Products {
 
   // The gradients, in the inputs' dtypes.
   Tensor dq(at::ScalarType dtype) const { return dq_.contiguous().to(dtype); }
-  Tensor dk(at::ScalarType dtype) const {
-    return (in_.gemm == Gemm::kBf16 ? dk_.t() : dk_).contiguous().to(dtype);
-  }
+  Tensor dk(at::ScalarType dtype) const { return (in_.gemm == Gemm::kBf16 ? dk_.t() : dk_).contiguous().to(dtype); }
 
  private:
   static c10::BFloat16* ptr(const Tensor& t) { return t.data_ptr<c10::BFloat16>(); }

@@ -72,8 +72,8 @@ bool usable(bool probed) { return at::globalContext().userEnabledMkldnn() && pro
 // C (M x N) [+]= A . B over tiles of C in parallel: tile_a(m0, m, lda) gives the m rows of A
 // from row m0 (and sets their leading dimension), b_at(k0, n0) the B block at (k0, n0).
 template <typename T, typename TileA, typename BAt>
-void tiled_gemm(int64_t M, int64_t N, int64_t K, const BAt& b_at, int64_t ldb, float* C, int64_t ldc,
-                bool accumulate, bool a_per_row_of_tiles, const TileA& tile_a) {
+void tiled_gemm(int64_t M, int64_t N, int64_t K, const BAt& b_at, int64_t ldb, float* C, int64_t ldc, bool accumulate,
+                bool a_per_row_of_tiles, const TileA& tile_a) {
   using Tile = Tiles<T>;
   if (M <= 0 || N <= 0) return;
   const int64_t tiles_m = (M + Tile::M - 1) / Tile::M, tiles_n = (N + Tile::N - 1) / Tile::N;
@@ -106,8 +106,7 @@ void tiled_gemm(int64_t M, int64_t N, int64_t K, const BAt& b_at, int64_t ldb, f
 }  // namespace
 
 bool bf16_available() {
-  static const bool probed = has_feature("avx512_bf16") || has_feature("amx_bf16") ? probe<c10::BFloat16>()
-                                                                                           : false;
+  static const bool probed = has_feature("avx512_bf16") || has_feature("amx_bf16") ? probe<c10::BFloat16>() : false;
   // Without AVX512-BF16 or AMX, oneDNN emulates bf16 products: no faster than fp32.
   const char* force = std::getenv("PRETRAIN_MM_BF16_GEMM");
   return !(force != nullptr && std::strcmp(force, "widen") == 0) && usable(probed);
@@ -138,8 +137,7 @@ void pack_vnni(int64_t K, int64_t N, const c10::BFloat16* src, int64_t ld, c10::
   });
 }
 
-void pack_vnni_transposed(int64_t K, int64_t N, const c10::BFloat16* src, int64_t ld, c10::BFloat16* dst,
-                          int64_t ldb) {
+void pack_vnni_transposed(int64_t K, int64_t N, const c10::BFloat16* src, int64_t ld, c10::BFloat16* dst, int64_t ldb) {
   const uint16_t* s = bits(src);
   uint32_t* d = pairs(dst);
   const int64_t full_pairs = K / 2;
@@ -160,16 +158,16 @@ void pack_vnni_transposed(int64_t K, int64_t N, const c10::BFloat16* src, int64_
   });
 }
 
-void gemm(int64_t M, int64_t N, int64_t K, const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B,
-          int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+void gemm(int64_t M, int64_t N, int64_t K, const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb,
+          float* C, int64_t ldc, bool accumulate) {
   TORCH_CHECK(K > 0 && K % 2 == 0, "brgemm: a bf16 K must be even and positive (zero-pad the operands), got ", K);
   tiled_gemm<c10::BFloat16>(
       M, N, K, [&](int64_t k0, int64_t n0) { return B + k0 * ldb + 2 * n0; }, ldb, C, ldc, accumulate, false,
       [&](int64_t m0, int64_t, int64_t& ld) { return ld = lda, A + m0 * lda; });
 }
 
-void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool a_transposed, const float* B,
-          int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool a_transposed, const float* B, int64_t ldb,
+          float* C, int64_t ldc, bool accumulate) {
   TORCH_CHECK(K > 0, "brgemm: K must be positive, got ", K);
   const auto b_at = [&](int64_t k0, int64_t n0) { return B + k0 * ldb + n0; };
   if (!a_transposed) {

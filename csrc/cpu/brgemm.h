@@ -50,21 +50,20 @@ void pack_vnni(int64_t K, int64_t N, const c10::BFloat16* src, int64_t ld, c10::
 
 // Packs B = src^T, where src is N x K row-major with leading dimension ld: the layout that
 // turns a product with src's transpose (Q . K^T) into a brgemm.
-void pack_vnni_transposed(int64_t K, int64_t N, const c10::BFloat16* src, int64_t ld, c10::BFloat16* dst,
-                          int64_t ldb);
+void pack_vnni_transposed(int64_t K, int64_t N, const c10::BFloat16* src, int64_t ld, c10::BFloat16* dst, int64_t ldb);
 
 // C (M x N, ldc) = A (M x K, row-major, lda) . B  [+ C when accumulate], in fp32, with B
 // packed by pack_vnni* with row length ldb (B may point at an even row of a larger packing).
 // K must be even: an operand with an odd K is zero-padded by its owner (A with a zero
 // column, B with the zero row pack_vnni adds). Runs in parallel over tiles of C.
-void gemm(int64_t M, int64_t N, int64_t K, const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B,
-          int64_t ldb, float* C, int64_t ldc, bool accumulate);
+void gemm(int64_t M, int64_t N, int64_t K, const c10::BFloat16* A, int64_t lda, const c10::BFloat16* B, int64_t ldb,
+          float* C, int64_t ldc, bool accumulate);
 
 // C (M x N, ldc) = op(A) . B  [+ C when accumulate], fp32, B row-major (K x N, ldb).
 // op(A) is A (M x K, row-major, lda) or, with a_transposed, A^T for an A stored K x M
 // (row-major, lda): each thread then copies its tiles of A^T before multiplying them.
 // Runs in parallel over tiles of C.
-void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool a_transposed, const float* B,
-          int64_t ldb, float* C, int64_t ldc, bool accumulate);
+void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool a_transposed, const float* B, int64_t ldb,
+          float* C, int64_t ldc, bool accumulate);
 
 }  // namespace pretrain_mm::cpu::brgemm

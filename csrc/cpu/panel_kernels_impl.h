@@ -1,20 +1,18 @@
 // CPU panel kernels, written once over at::vec and compiled once per CPU capability.
 //
-// Included by panel_kernels_default.cpp and simd/panel_kernels_{avx2,avx512}.cpp, each of which sets
-// CPU_CAPABILITY (and, for AVX-512, the target) first; the namespace carries the
-// capability so the two instantiations never collide. The body of every row runs
-// SIMD (VecMath), its tail runs ScalarMath — the CUDA kernels' arithmetic.
+// Included by panel_kernels_default.cpp and simd/panel_kernels_{avx2,avx512}.cpp, each of
+// which sets CPU_CAPABILITY (and, for AVX2 and AVX-512, the target) first; the namespace
+// carries the capability so the instantiations never collide. The body of every row runs
+// SIMD (VecMath), its tail runs ScalarMath — the CUDA kernels' arithmetic. A SIMD build
+// includes panel_kernels_headers.h before its target pragma (that header says why).
 #pragma once
 
-#include <ATen/Parallel.h>
+#include "panel_kernels_headers.h"
+
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
-#include <algorithm>
-#include <type_traits>
-
 #include "../numerics.h"
-#include "../panel.h"
 
 namespace pretrain_mm::cpu::CPU_CAPABILITY {
 
@@ -37,11 +35,17 @@ template <typename V> using MathFor = typename MathOf<V>::type;
 
 template <typename V, typename T>
 inline V load(const T* p) {
-  if constexpr (std::is_same_v<V, T>) return *p; else return V::loadu(p);
+  if constexpr (std::is_same_v<V, T>)
+    return *p;
+  else
+    return V::loadu(p);
 }
 template <typename V, typename T>
 inline void store(T* p, V v) {
-  if constexpr (std::is_same_v<V, T>) *p = v; else v.store(p);
+  if constexpr (std::is_same_v<V, T>)
+    *p = v;
+  else
+    v.store(p);
 }
 
 // Calls f(j, V{}) for j in [a, b): V = Vec<T> at steps of one vector over the body,
@@ -74,8 +78,8 @@ struct MaxAcc {
   void add(Vec<T> x) { lanes = VecMath<T>::max(lanes, x); }
   void add(T x) { tail = ScalarMath::max(tail, x); }
   T total() const {
-    return ScalarMath::max(
-        tail, at::vec::vec_reduce_all<T>([](Vec<T> u, Vec<T> v) { return VecMath<T>::max(u, v); }, lanes));
+    return ScalarMath::max(tail,
+                           at::vec::vec_reduce_all<T>([](Vec<T> u, Vec<T> v) { return VecMath<T>::max(u, v); }, lanes));
   }
 };
 
@@ -133,7 +137,8 @@ void softmax_forward_panel(const Panel<T>& P, const SoftmaxForwardState<T>& st) 
         store(ms, m);
         store(sums, sum);
         constexpr int64_t lanes = std::is_same_v<V, T> ? 1 : W;
-        for (int64_t l = 0; l < lanes; ++l) lse_merge(st.col_max[P.col0 + j + l], st.col_sum[P.col0 + j + l], ms[l], sums[l]);
+        for (int64_t l = 0; l < lanes; ++l)
+          lse_merge(st.col_max[P.col0 + j + l], st.col_sum[P.col0 + j + l], ms[l], sums[l]);
       };
       simd_loop<T>(j0, std::min<int64_t>(j0 + W, P.cols), column_stats);
     }
@@ -242,8 +247,8 @@ void sigmoid_backward_panel(const Panel<T>& P, const SigmoidBackwardState<T>& st
 #define PM_STR(x) PM_STR2(x)
 template <typename T>
 PanelKernels<T> kernels() {
-  return {&softmax_forward_panel<T>, &softmax_backward_panel<T>, &sigmoid_forward_panel<T>,
-          &sigmoid_backward_panel<T>, PM_STR(CPU_CAPABILITY)};
+  return {&softmax_forward_panel<T>, &softmax_backward_panel<T>, &sigmoid_forward_panel<T>, &sigmoid_backward_panel<T>,
+          PM_STR(CPU_CAPABILITY)};
 }
 template PanelKernels<float> kernels<float>();
 template PanelKernels<double> kernels<double>();

@@ -69,8 +69,7 @@ float* scratch(std::vector<float>& buffer, int64_t floats) {
 // C[i0 + i][j] for a partial tile (mr x n of kMR x kNR): computed in full into a local
 // tile, then the valid part written or added, element by element (the same one rounding
 // as the micro-kernel's own addition).
-void partial_tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool add, int64_t mr,
-                  int64_t n) {
+void partial_tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool add, int64_t mr, int64_t n) {
   alignas(32) float tile[kMR * kNR];
   tiles::microkernel_6x16_avx2(kc, a, b, tile, kNR, false);
   for (int64_t i = 0; i < mr; ++i) {
@@ -157,8 +156,7 @@ void run(int64_t M, int64_t N, int64_t K, const Operand& A, const Operand* B, co
 
 }  // namespace
 
-void gemm(int64_t M, int64_t N, int64_t K, const Operand& A, const Operand& B, float* C, int64_t ldc,
-          bool accumulate) {
+void gemm(int64_t M, int64_t N, int64_t K, const Operand& A, const Operand& B, float* C, int64_t ldc, bool accumulate) {
   run(M, N, K, A, &B, nullptr, 0, C, ldc, accumulate);
 }
 

@@ -26,8 +26,7 @@ struct Operand {
 };
 
 // C (M x N, row stride ldc) = [C +] op(A) (M x K) . op(B) (K x N), in parallel over tiles of C.
-void gemm(int64_t M, int64_t N, int64_t K, const Operand& A, const Operand& B, float* C, int64_t ldc,
-          bool accumulate);
+void gemm(int64_t M, int64_t N, int64_t K, const Operand& A, const Operand& B, float* C, int64_t ldc, bool accumulate);
 
 // B = X^T for an X (N x K, row-major) packed once for many products: the loss's panels read
 // columns of K^T in every panel product, forward and backward, and would pack them again each

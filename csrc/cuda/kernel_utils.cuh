@@ -159,10 +159,14 @@ using PerRow = std::integral_constant<bool, B>;
 template <typename T, typename Launch>
 void with_forward_variant(const Panel<T>& P, const Launch& launch) {
   const bool vec = rows_aligned(P), long_rows = P.cols >= kBlockPerRowCols;
-  if (vec && long_rows) launch(Width<kVec<T>>{}, PerRow<true>{});
-  else if (vec) launch(Width<kVec<T>>{}, PerRow<false>{});
-  else if (long_rows) launch(Width<1>{}, PerRow<true>{});
-  else launch(Width<1>{}, PerRow<false>{});
+  if (vec && long_rows)
+    launch(Width<kVec<T>>{}, PerRow<true>{});
+  else if (vec)
+    launch(Width<kVec<T>>{}, PerRow<false>{});
+  else if (long_rows)
+    launch(Width<1>{}, PerRow<true>{});
+  else
+    launch(Width<1>{}, PerRow<false>{});
 }
 
 // Blocks of a forward kernel's row part: one row per block, or a row per warp.

@@ -92,8 +92,8 @@ __device__ __forceinline__ void row_lse(const T* __restrict__ row, int64_t cols,
 // This thread's sum of sigmoid pair losses over its elements of one row; the positive
 // pair sits at column d (possibly outside the panel).
 template <typename T, int VEC, int G>
-__device__ __forceinline__ double row_sigmoid_loss(const T* __restrict__ row, int64_t cols, int64_t d, T scale,
-                                                   T bias, int t) {
+__device__ __forceinline__ double row_sigmoid_loss(const T* __restrict__ row, int64_t cols, int64_t d, T scale, T bias,
+                                                   int t) {
   double acc = 0;
   for (int64_t base = int64_t(t) * VEC; base < cols; base += int64_t(G) * VEC * kUnroll) {
     T p[kUnroll][VEC];
@@ -347,8 +347,9 @@ void softmax_forward_panel(const Panel<T>& P, const SoftmaxForwardState<T>& st, 
   with_forward_variant(P, [&](auto width, auto per_row) {
     const int64_t row_blocks = row_part_blocks<per_row()>(P.rows);
     const int64_t col_blocks = std::min(ceil_div(P.cols, 32), kMaxPartBlocks);
-    softmax_forward_kernel<T, width(), per_row()><<<static_cast<unsigned>(row_blocks + col_blocks), kBlock, 0,
-                                                    static_cast<cudaStream_t>(stream)>>>(P, st, row_blocks);
+    softmax_forward_kernel<T, width(), per_row()>
+        <<<static_cast<unsigned>(row_blocks + col_blocks), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(P, st,
+                                                                                                           row_blocks);
   });
 }
 
@@ -356,8 +357,9 @@ template <typename T>
 void sigmoid_forward_panel(const Panel<T>& P, const SigmoidForwardState<T>& st, void* stream) {
   if (P.rows <= 0 || P.cols <= 0) return;
   with_forward_variant(P, [&](auto width, auto per_row) {
-    sigmoid_forward_kernel<T, width(), per_row()><<<static_cast<unsigned>(row_part_blocks<per_row()>(P.rows)),
-                                                    kBlock, 0, static_cast<cudaStream_t>(stream)>>>(P, st);
+    sigmoid_forward_kernel<T, width(), per_row()>
+        <<<static_cast<unsigned>(row_part_blocks<per_row()>(P.rows)), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
+            P, st);
   });
 }
 
@@ -380,10 +382,10 @@ void sigmoid_backward_panel(const Panel<T>& P, const SigmoidBackwardState<T>& st
     launch_backward<T, 1, sigmoid_backward_kernel<T, 1>>(P, st, stream);
 }
 
-#define PM_INSTANTIATE(T)                                                                             \
-  template void softmax_forward_panel<T>(const Panel<T>&, const SoftmaxForwardState<T>&, void*);     \
-  template void softmax_backward_panel<T>(const Panel<T>&, const SoftmaxBackwardState<T>&, void*);   \
-  template void sigmoid_forward_panel<T>(const Panel<T>&, const SigmoidForwardState<T>&, void*);     \
+#define PM_INSTANTIATE(T)                                                                          \
+  template void softmax_forward_panel<T>(const Panel<T>&, const SoftmaxForwardState<T>&, void*);   \
+  template void softmax_backward_panel<T>(const Panel<T>&, const SoftmaxBackwardState<T>&, void*); \
+  template void sigmoid_forward_panel<T>(const Panel<T>&, const SigmoidForwardState<T>&, void*);   \
   template void sigmoid_backward_panel<T>(const Panel<T>&, const SigmoidBackwardState<T>&, void*);
 PM_INSTANTIATE(float)
 PM_INSTANTIATE(double)

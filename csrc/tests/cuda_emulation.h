@@ -27,9 +27,7 @@
 #define __launch_bounds__(...)
 #define __shared__ static
 
-struct EmuDim3 {
-  unsigned x = 1, y = 1, z = 1;
-};
+struct EmuDim3 { unsigned x = 1, y = 1, z = 1; };
 inline thread_local EmuDim3 threadIdx, blockIdx;
 inline EmuDim3 gridDim, blockDim;  // written before a launch's threads start
 

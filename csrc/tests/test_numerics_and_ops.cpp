@@ -39,10 +39,14 @@ std::string fmt(const char* what, long double got, long double want) {
 }
 
 template <typename T>
-const char* tname() { return sizeof(T) == 4 ? "float" : "double"; }
+const char* tname() {
+  return sizeof(T) == 4 ? "float" : "double";
+}
 
 template <typename T>
-long double eps() { return sizeof(T) == 4 ? 4e-7L : 1e-15L; }
+long double eps() {
+  return sizeof(T) == 4 ? 4e-7L : 1e-15L;
+}
 
 // ---- (a) numerics.h --------------------------------------------------------------------
 
@@ -62,14 +66,16 @@ void numerics() {
     lse_merge(m, s, m2, s2);
     return static_cast<long double>(m) + std::log(static_cast<long double>(s));
   };
-  const struct { T m, s, m2, s2; } merges[] = {
-      {T(1), T(2), T(3), T(4)}, {T(3), T(4), T(1), T(2)}, {T(-5), T(1), T(80), T(3)},
+  const struct {
+    T m, s, m2, s2;
+  } merges[] = {
+      {T(1), T(2), T(3), T(4)}, {T(3), T(4), T(1), T(2)},         {T(-5), T(1), T(80), T(3)},
       {T(0), T(1), T(0), T(1)}, {T(-200), T(7), T(-201), T(0.5)}, {T(60), T(1), T(-60), T(1e6)},
   };
   for (const auto& c : merges) {
     const long double want = std::log(c.s * std::exp((long double)c.m) + c.s2 * std::exp((long double)c.m2));
-    check(close(merged(c.m, c.s, c.m2, c.s2), want, 4 * eps<T>(), 4 * eps<T>()), fmt((ty + " lse_merge").c_str(),
-          merged(c.m, c.s, c.m2, c.s2), want));
+    check(close(merged(c.m, c.s, c.m2, c.s2), want, 4 * eps<T>(), 4 * eps<T>()),
+          fmt((ty + " lse_merge").c_str(), merged(c.m, c.s, c.m2, c.s2), want));
   }
   // An empty partial (-inf, 0) changes nothing, on either side; two empties stay empty.
   {
@@ -95,12 +101,14 @@ void numerics() {
   check(merged(T(1), T(2), inf, T(1)) == inf, ty + " lse_merge +inf");
 
   // softplus, stable at both ends and exact at +-large.
-  const T ts[] = {T(-1000), T(-100), T(-50), T(-20), T(-1), T(-1e-3), T(0), T(1e-3), T(1), T(20), T(50), T(1000), T(1e30)};
+  const T ts[] = {T(-1000), T(-100), T(-50), T(-20), T(-1),   T(-1e-3), T(0),
+                  T(1e-3),  T(1),    T(20),  T(50),  T(1000), T(1e30)};
   for (T t : ts) {
     const long double want = ref_softplus(t), got = softplus<ScalarMath>(t);
     // Relative accuracy wherever the result is a normal number of T.
     const long double tiny = std::numeric_limits<T>::min();
-    check(close(got, want, 8 * eps<T>(), tiny), fmt((ty + " softplus(" + std::to_string(double(t)) + ")").c_str(), got, want));
+    check(close(got, want, 8 * eps<T>(), tiny),
+          fmt((ty + " softplus(" + std::to_string(double(t)) + ")").c_str(), got, want));
   }
   check(softplus<ScalarMath>(T(1e30)) == T(1e30), ty + " softplus(+large) == t exactly");
   check(softplus<ScalarMath>(inf) == inf && softplus<ScalarMath>(-inf) == T(0), ty + " softplus(+-inf)");
@@ -155,11 +163,10 @@ const auto& op_softmax_forward() {
   return op;
 }
 const auto& op_softmax_backward() {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("pretrain_mm::softmax_backward", "")
-          .typed<Tensor3(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                         const Tensor&, const Tensor&, int64_t, int64_t)>();
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("pretrain_mm::softmax_backward", "")
+                             .typed<Tensor3(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                            const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t)>();
   return op;
 }
 const auto& op_sigmoid_forward() {
@@ -181,8 +188,8 @@ void expect_close(const Tensor& got, const Tensor& want, double rtol, double ato
   ++checks;
   const bool ok = got.sizes() == want.sizes() && at::allclose(got.to(at::kDouble), want.to(at::kDouble), rtol, atol);
   if (!ok && ++failures <= 40) {
-    const double err = got.sizes() == want.sizes() ? (got.to(at::kDouble) - want.to(at::kDouble)).abs().max().item<double>()
-                                                   : -1.0;
+    const double err =
+        got.sizes() == want.sizes() ? (got.to(at::kDouble) - want.to(at::kDouble)).abs().max().item<double>() : -1.0;
     std::printf("FAIL %s: max |diff| %g (shapes %s vs %s)\n", what.c_str(), err, c10::str(got.sizes()).c_str(),
                 c10::str(want.sizes()).c_str());
   }
@@ -272,8 +279,8 @@ void ops() {
     threw = true;
   }
   check(threw, "softmax_forward rejects rows that do not fit at the offset");
-  const auto build_info = c10::Dispatcher::singleton().findSchemaOrThrow("pretrain_mm::build_info", "")
-                              .typed<std::string()>().call();
+  const auto build_info =
+      c10::Dispatcher::singleton().findSchemaOrThrow("pretrain_mm::build_info", "").typed<std::string()>().call();
   check(build_info.find("cpu=") != std::string::npos, "build_info: " + build_info);
   std::printf("build_info: %s\n", build_info.c_str());
 }

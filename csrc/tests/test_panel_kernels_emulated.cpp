@@ -39,7 +39,8 @@ struct Case {
 
 std::string describe(const Case& c) {
   char buf[256];
-  std::snprintf(buf, sizeof buf, "rows=%lld cols=%lld ld=+%lld row0=%lld col0=%lld offset=%lld misalign=%d special=%d s=%g",
+  std::snprintf(buf, sizeof buf,
+                "rows=%lld cols=%lld ld=+%lld row0=%lld col0=%lld offset=%lld misalign=%d special=%d s=%g",
                 (long long)c.rows, (long long)c.cols, (long long)c.ld_extra, (long long)c.row0, (long long)c.col0,
                 (long long)c.offset, int(c.misalign), int(c.special), c.scale);
   return buf;
@@ -84,7 +85,10 @@ struct Rig {
     const T inf = std::numeric_limits<T>::infinity();
     switch (c.special) {
       case kNaN: at(c.rows / 2, c.cols / 3) = std::numeric_limits<T>::quiet_NaN(); break;
-      case kPosInf: at(c.rows - 1, c.cols - 1) = inf; at(0, c.cols / 2) = inf; break;
+      case kPosInf:
+        at(c.rows - 1, c.cols - 1) = inf;
+        at(0, c.cols / 2) = inf;
+        break;
       case kNegInfRow:
         for (int64_t j = 0; j < c.cols; ++j) at(c.rows / 2, j) = -inf;
         break;
@@ -98,7 +102,9 @@ struct Rig {
   }
 
   Panel<T> panel(T* data) const { return {data, c.rows, c.cols, ld, c.row0, c.col0, c.offset, &scale, &bias}; }
-  Panel<T> panel_no_bias(T* data) const { return {data, c.rows, c.cols, ld, c.row0, c.col0, c.offset, &scale, nullptr}; }
+  Panel<T> panel_no_bias(T* data) const {
+    return {data, c.rows, c.cols, ld, c.row0, c.col0, c.offset, &scale, nullptr};
+  }
 
   std::vector<T> copy_storage() const { return storage; }
   T* panel_in(std::vector<T>& s) const { return s.data() + (c.misalign ? 1 : 0); }
@@ -168,9 +174,9 @@ void softmax_backward(const Case& c) {
   const auto g_row = rig.random(rig.n, -1, 1), g_col = rig.random(rig.N, -1, 1), g_diag = rig.random(rig.n, -1, 1);
   T ds_cpu = T(0.25), ds_gpu = T(0.25);
   auto mem_cpu = rig.copy_storage(), mem_gpu = rig.copy_storage();
-  cpu::kernels<T>().softmax_backward(rig.panel_no_bias(rig.panel_in(mem_cpu)),
-                                     {row_lse.data(), col_lse.data(), g_row.data(), g_col.data(), g_diag.data(),
-                                      &ds_cpu});
+  cpu::kernels<T>().softmax_backward(
+      rig.panel_no_bias(rig.panel_in(mem_cpu)),
+      {row_lse.data(), col_lse.data(), g_row.data(), g_col.data(), g_diag.data(), &ds_cpu});
   gpu::softmax_backward_panel<T>(rig.panel_no_bias(rig.panel_in(mem_gpu)),
                                  {row_lse.data(), col_lse.data(), g_row.data(), g_col.data(), g_diag.data(), &ds_gpu},
                                  nullptr);
