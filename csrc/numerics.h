@@ -10,7 +10,7 @@
 // vector (n = 1, 2, 7: the scalar tail only) and longer, and compares the default and AVX2
 // builds (test_every_cpu_build_agrees).
 //
-// Notation (see ../shared/design.md, beside the repository, as the README says): x = s * p
+// Notation (see docs/design.md): x = s * p
 // is a logit, p = q_i . k_j the raw product, r_i / c_j the row / column log-sum-exps, z = +1
 // on a positive pair and -1 elsewhere.
 #pragma once
