@@ -28,8 +28,15 @@ def _find_cuda_home():
         candidates.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
     # A toolkit keeps its headers next to nvcc; /usr/local, behind a wrapper script
     # /usr/local/bin/nvcc, does not.
-    return next((c for c in candidates if os.path.exists(os.path.join(c, "bin", "nvcc"))
-                 and os.path.exists(os.path.join(c, "include", "cuda_runtime.h"))), None)
+    return next(
+        (
+            c
+            for c in candidates
+            if os.path.exists(os.path.join(c, "bin", "nvcc"))
+            and os.path.exists(os.path.join(c, "include", "cuda_runtime.h"))
+        ),
+        None,
+    )
 
 
 def _want_cuda(torch):
@@ -68,8 +75,9 @@ def _extension():
         cxx.append("-fopenmp")
         link.append("-fopenmp")
     if not _want_cuda(torch):
-        return cpp_extension.CppExtension("pretrain_mm._C", cpu_sources, extra_compile_args={"cxx": cxx},
-                                          extra_link_args=link)
+        return cpp_extension.CppExtension(
+            "pretrain_mm._C", cpu_sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
+        )
 
     os.environ["CUDA_HOME"] = _find_cuda_home()
     cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
@@ -78,10 +86,13 @@ def _extension():
     include_dirs = glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*", "include"))
     nvcc = ["-O3", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr", "--fmad=false"]  # as -ffp-contract=off
     return cpp_extension.CUDAExtension(
-        "pretrain_mm._C", cpu_sources + cuda_sources,
+        "pretrain_mm._C",
+        cpu_sources + cuda_sources,
         include_dirs=[os.path.abspath(d) for d in include_dirs],
         define_macros=[("PRETRAIN_MM_WITH_CUDA", None)],
-        extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        extra_link_args=link,
+    )
 
 
 def _build_ext():
@@ -123,6 +134,15 @@ setup(
     ],
     # test: the suite (it compares with open_clip) and the gates that run before it (.ci/gates), pinned so that
     # a new release of a linter cannot fail a change that did not touch what it checks.
-    extras_require={"test": ["pytest>=8", "expecttest", "open_clip_torch>=3.3,<4", "ruff==0.17.6", "mypy==2.4.1",
-                             "pylint==4.1.4", "clang-format==23.1.5"]},
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "expecttest",
+            "open_clip_torch>=3.3,<4",
+            "ruff==0.17.6",
+            "mypy==2.4.1",
+            "pylint==4.1.4",
+            "clang-format==23.1.5",
+        ]
+    },
 )

@@ -12,7 +12,8 @@ two micro-batches. "step MiB" is the peak RSS above the state before the step (i
 optimiser state already there), measured in its own process with MALLOC_MMAP_THRESHOLD_=65536
 so that glibc returns every freed block and the high-water mark is the step's real peak (that
 allocator is slow, so samples/s comes from another process with the default one, the median of
-a few steps); "inputs MiB" is the global batch's inputs. The "no accumulation" rows take the same global batch in one piece
+a few steps); "inputs MiB" is the global batch's inputs. The "no accumulation" rows take the same global
+batch in one piece
 (every sample's activations at once), up to --max-unaccumulated. The ratios compare each row's
 samples/s with the unaccumulated step at the micro-batch size, measured in the same run.
 """
@@ -20,10 +21,8 @@ samples/s with the unaccumulated step at the micro-batch size, measured in the s
 import argparse
 import json
 import os
-import subprocess
-import sys
 
-from common import PeakMemory, median_seconds, random_training_setup
+from common import PeakMemory, median_seconds, random_training_setup, run_fresh
 
 GLOBAL_BATCHES = [1024, 2048, 4096, 8192, 16384, 32768]
 
@@ -48,8 +47,13 @@ def measure(mode, size, image_size, global_batch, micro, device_name, precision_
     def step(batch_size):
         parts = batch_size // micro
         batch = {"image": images[:batch_size], "text": text[:batch_size]}
-        accumulate_gradients(model, objective, split_batch(batch, parts, device), in_precision,
-                             prepare=lambda m: {**m, "image": normalize(m["image"])})
+        accumulate_gradients(
+            model,
+            objective,
+            split_batch(batch, parts, device),
+            in_precision,
+            prepare=lambda m: {**m, "image": normalize(m["image"])},
+        )
         clip_gradients(model.parameters(), 1.0, grad_norm(model.parameters()))
         optimizer.step()
         objective.after_step(model)
@@ -71,14 +75,10 @@ def run_worker(args, global_batch, micro):
     """Samples/s and peak memory of one configuration, each from a fresh process."""
     result = {}
     for mode in ("speed", "memory"):
-        cmd = [sys.executable, __file__, "--device", args.device, "--size", args.size, "--image-size",
-               str(args.image_size), "--precision", args.precision, "--kind", args.kind,
-               "--worker", mode, str(global_batch), str(micro)]
+        config = ["--device", args.device, "--size", args.size, "--image-size", args.image_size]
+        config += ["--precision", args.precision, "--kind", args.kind]
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536") if mode == "memory" else None
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if out.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-        result.update(json.loads(out.stdout.strip().splitlines()[-1]))
+        result.update(run_fresh(__file__, *config, "--worker", mode, global_batch, micro, env=env))
     return result
 
 
@@ -90,16 +90,29 @@ def main():
     parser.add_argument("--micro", type=int, default=256)
     parser.add_argument("--kind", default="softmax", choices=["softmax", "sigmoid"])
     parser.add_argument("--global-batches", type=int, nargs="+", default=GLOBAL_BATCHES)
-    parser.add_argument("--max-unaccumulated", type=int, default=8192,
-                        help="the largest global batch also run without accumulation")
+    parser.add_argument(
+        "--max-unaccumulated", type=int, default=8192, help="the largest global batch also run without accumulation"
+    )
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--plot", help="write a PNG of memory and samples/s against the global batch")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         mode, global_batch, micro = args.worker
-        print(json.dumps(measure(mode, args.size, args.image_size, int(global_batch), int(micro), args.device,
-                                 args.precision, args.kind)))
+        print(
+            json.dumps(
+                measure(
+                    mode,
+                    args.size,
+                    args.image_size,
+                    int(global_batch),
+                    int(micro),
+                    args.device,
+                    args.precision,
+                    args.kind,
+                )
+            )
+        )
         return
 
     import torch
@@ -107,13 +120,21 @@ def main():
     from pretrain_mm.precision import resolve_precision
 
     precision = resolve_precision(args.precision, torch.device(args.device))
-    print(f"device={args.device}, {precision.name} ({precision.reason}); CLIP {args.size} at {args.image_size} px, "
-          f"{args.kind} loss, micro-batch {args.micro}", flush=True)
+    print(
+        f"device={args.device}, {precision.name} ({precision.reason}); CLIP {args.size} at {args.image_size} px, "
+        f"{args.kind} loss, micro-batch {args.micro}",
+        flush=True,
+    )
     base = run_worker(args, args.micro, args.micro)
-    print(f"unaccumulated step at the micro-batch ({args.micro}): {base['samples_per_s']:.1f} samples/s, "
-          f"step {base['step_bytes'] / 2**20:.0f} MiB", flush=True)
-    header = (f"{'global':>7} {'micro':>6} | {'step MiB':>8} {'vs 1st':>6} {'inputs MiB':>10} | {'sam/s':>7} "
-              f"{'vs micro':>8} | {'no-accum MiB':>12} {'no-accum sam/s':>14}")
+    print(
+        f"unaccumulated step at the micro-batch ({args.micro}): {base['samples_per_s']:.1f} samples/s, "
+        f"step {base['step_bytes'] / 2**20:.0f} MiB",
+        flush=True,
+    )
+    header = (
+        f"{'global':>7} {'micro':>6} | {'step MiB':>8} {'vs 1st':>6} {'inputs MiB':>10} | {'sam/s':>7} "
+        f"{'vs micro':>8} | {'no-accum MiB':>12} {'no-accum sam/s':>14}"
+    )
     print(header)
     print("-" * len(header))
     rows = []
@@ -122,11 +143,17 @@ def main():
         plain = run_worker(args, global_batch, global_batch) if global_batch <= args.max_unaccumulated else None
         rows.append((global_batch, acc, plain))
         first = rows[0][1]["step_bytes"]
-        print(f"{global_batch:>7} {args.micro:>6} | {acc['step_bytes'] / 2**20:>8.0f} {acc['step_bytes'] / first:>5.2f}x "
-              f"{acc['input_bytes'] / 2**20:>10.0f} | {acc['samples_per_s']:>7.1f} "
-              f"{acc['samples_per_s'] / base['samples_per_s']:>7.2f}x | "
-              + (f"{plain['step_bytes'] / 2**20:>12.0f} {plain['samples_per_s']:>14.1f}" if plain else
-                 f"{'-':>12} {'-':>14}"), flush=True)
+        print(
+            f"{global_batch:>7} {args.micro:>6} | {acc['step_bytes'] / 2**20:>8.0f} {acc['step_bytes'] / first:>5.2f}x "
+            f"{acc['input_bytes'] / 2**20:>10.0f} | {acc['samples_per_s']:>7.1f} "
+            f"{acc['samples_per_s'] / base['samples_per_s']:>7.2f}x | "
+            + (
+                f"{plain['step_bytes'] / 2**20:>12.0f} {plain['samples_per_s']:>14.1f}"
+                if plain
+                else f"{'-':>12} {'-':>14}"
+            ),
+            flush=True,
+        )
     if args.plot:
         plot(rows, base, args)
 

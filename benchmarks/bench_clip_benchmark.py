@@ -29,10 +29,24 @@ ROOT = Path(__file__).resolve().parent.parent
 def train_run(work: Path, steps: int) -> Path:
     run = work / "run"
     # bench_vs_openclip's shape (patch 8 at 64 px, batch 64): open_clip's image tower, CLIP's BPE.
-    subprocess.run([sys.executable, "-m", "pretrain_mm", "+exp=clip", "data=stamps", "model.args.vision_stem=patch",
-                    "model.args.patch_size=8", f"trainer.max_steps={steps}", "trainer.batch_size=64",
-                    "trainer.checkpoint_every=1000",
-                    "eval.enabled=false", f"hydra.run.dir={run}"], check=True, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pretrain_mm",
+            "+exp=clip",
+            "data=stamps",
+            "model.args.vision_stem=patch",
+            "model.args.patch_size=8",
+            f"trainer.max_steps={steps}",
+            "trainer.batch_size=64",
+            "trainer.checkpoint_every=1000",
+            "eval.enabled=false",
+            f"hydra.run.dir={run}",
+        ],
+        check=True,
+        cwd=ROOT,
+    )
     return run
 
 
@@ -41,8 +55,9 @@ def clip_benchmark_python(venv: Path) -> Path:
     check = "import clip_benchmark, numpy; assert tuple(map(int, numpy.__version__.split('.')[:2])) < (2, 4)"
     if subprocess.run([python, "-c", check], capture_output=True).returncode:
         print(f"installing {CLIP_BENCHMARK} and {NUMPY} into {venv} ...", flush=True)
-        subprocess.run([python, "-m", "pip", "install", "-q", "-c", venv / "pins.txt", CLIP_BENCHMARK, NUMPY],
-                       check=True)
+        subprocess.run(
+            [python, "-m", "pip", "install", "-q", "-c", venv / "pins.txt", CLIP_BENCHMARK, NUMPY], check=True
+        )
     return python
 
 
@@ -71,12 +86,38 @@ def retrieval_dir(val_urls, out: Path) -> Path:
 
 def theirs(python: Path, exported: Path, classification: Path, retrieval: Path | None, work: Path) -> dict:
     """CLIP_benchmark's figures in %, named as ours: zero-shot top1/top5, retrieval R@1/5/10 both ways."""
+
     def run(directory, task, extra=()):
         out = work / f"clip_benchmark-{task}.json"
-        subprocess.run([python, "-m", "clip_benchmark.cli", "eval", "--dataset", f"wds/{directory.name}",
-                        "--dataset_root", str(directory), "--task", task, "--model_type", "open_clip",
-                        "--model", f"local-dir:{exported}", "--pretrained", "none", "--output", str(out),
-                        "--batch_size", "64", "--num_workers", "0", "--no_amp", *extra], check=True)
+        subprocess.run(
+            [
+                python,
+                "-m",
+                "clip_benchmark.cli",
+                "eval",
+                "--dataset",
+                f"wds/{directory.name}",
+                "--dataset_root",
+                str(directory),
+                "--task",
+                task,
+                "--model_type",
+                "open_clip",
+                "--model",
+                f"local-dir:{exported}",
+                "--pretrained",
+                "none",
+                "--output",
+                str(out),
+                "--batch_size",
+                "64",
+                "--num_workers",
+                "0",
+                "--no_amp",
+                *extra,
+            ],
+            check=True,
+        )
         return json.loads(out.read_text())["metrics"]
 
     metrics = run(classification, "zeroshot_classification")
@@ -92,10 +133,23 @@ def theirs(python: Path, exported: Path, classification: Path, retrieval: Path |
 def ours(run: Path, classification: Path, retrieval: Path | None, work: Path) -> dict:
     out = work / "ours"
     dirs = ",".join(str(d) for d in (classification, retrieval) if d is not None)
-    subprocess.run([sys.executable, "-m", "pretrain_mm", "+exp=eval", f"eval.checkpoint={run}",
-                    f"eval.clip_benchmark_dirs=[{dirs}]", "eval.retrieval=[]", "eval.classification=[]",
-                    "eval.random_baseline=false", f"eval.output_dir={out}", f"hydra.run.dir={work / 'eval_job'}"],
-                   check=True, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pretrain_mm",
+            "+exp=eval",
+            f"eval.checkpoint={run}",
+            f"eval.clip_benchmark_dirs=[{dirs}]",
+            "eval.retrieval=[]",
+            "eval.classification=[]",
+            "eval.random_baseline=false",
+            f"eval.output_dir={out}",
+            f"hydra.run.dir={work / 'eval_job'}",
+        ],
+        check=True,
+        cwd=ROOT,
+    )
     results = json.loads((out / "report" / "results.json").read_text())["metrics"]["trained"]
     entry = results["zeroshot"].get(f"{classification.name}/label")
     if entry is None:
@@ -111,8 +165,11 @@ def main():
     parser.add_argument("--run", type=Path, help="a finished run (default: train one on stamps)")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--dir", type=Path, help="a CLIP_benchmark classification directory (default: stamps' val)")
-    parser.add_argument("--retrieval-dir", type=Path,
-                        help="a CLIP_benchmark retrieval directory (default: stamps' val with its captions)")
+    parser.add_argument(
+        "--retrieval-dir",
+        type=Path,
+        help="a CLIP_benchmark retrieval directory (default: stamps' val with its captions)",
+    )
     parser.add_argument("--venv", type=Path, default=Path.home() / ".cache" / "pretrain_mm" / "openclip-venv")
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()

@@ -33,6 +33,7 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 # ---- one measurement, in its own process --------------------------------------------
 
+
 def _floor_step(img, txt, workspace_bytes):
     """The fused op's matmuls alone: one product per panel forward; backward recomputes it
     and multiplies it into dQ and dK."""
@@ -43,13 +44,13 @@ def _floor_step(img, txt, workspace_bytes):
     panel = torch.empty(rows, n, dtype=img.dtype, device=img.device)
     with torch.no_grad():
         for r0 in range(0, n, rows):
-            torch.mm(img[r0:r0 + rows], txt.T, out=panel[: min(rows, n - r0)])
+            torch.mm(img[r0 : r0 + rows], txt.T, out=panel[: min(rows, n - r0)])
         dq, dk = torch.zeros_like(img), torch.zeros_like(txt)
         for r0 in range(0, n, rows):
             p = panel[: min(rows, n - r0)]
-            torch.mm(img[r0:r0 + rows], txt.T, out=p)
-            dq[r0:r0 + rows].addmm_(p, txt)
-            dk.addmm_(p.T, img[r0:r0 + rows])
+            torch.mm(img[r0 : r0 + rows], txt.T, out=p)
+            dq[r0 : r0 + rows].addmm_(p, txt)
+            dk.addmm_(p.T, img[r0 : r0 + rows])
     return dq, dk
 
 
@@ -99,14 +100,29 @@ def measure(impl, n, dim, dtype_name, device_name, repeats, memory_run):
 
 # ---- the driver: every measurement side by side, one table ---------------------------
 
+
 def run_in_subprocess(impl, n, args):
     """Times in one process; peak memory in another, where glibc's mmap threshold is fixed
     (otherwise it rises as large blocks are freed and keeps later ones in the heap, so RSS
     would miss or keep memory) — which would slow the timed steps with page faults."""
     result = {"impl": impl, "n": n}
     for memory_run in (False, True):
-        cmd = [sys.executable, __file__, "--worker", impl, "--sizes", str(n), "--dim", str(args.dim),
-               "--dtypes", args.dtype_now, "--device", args.device, "--repeats", str(args.repeats)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            impl,
+            "--sizes",
+            str(n),
+            "--dim",
+            str(args.dim),
+            "--dtypes",
+            args.dtype_now,
+            "--device",
+            args.device,
+            "--repeats",
+            str(args.repeats),
+        ]
         env = dict(os.environ)
         if memory_run:
             cmd.append("--memory")
@@ -141,14 +157,19 @@ def main():
     args = parser.parse_args()
 
     if args.worker:
-        print(json.dumps(measure(args.worker, args.sizes[0], args.dim, args.dtypes[0], args.device, args.repeats,
-                                 args.memory)))
+        print(
+            json.dumps(
+                measure(args.worker, args.sizes[0], args.dim, args.dtypes[0], args.device, args.repeats, args.memory)
+            )
+        )
         return
 
     from pretrain_mm.ops import _extension
 
-    print(f"device={args.device} D={args.dim} repeats={args.repeats} build: {_extension.BUILD_INFO}, "
-          f"workspace {_extension.DEFAULT_WORKSPACE_BYTES >> 20} MiB")
+    print(
+        f"device={args.device} D={args.dim} repeats={args.repeats} build: {_extension.BUILD_INFO}, "
+        f"workspace {_extension.DEFAULT_WORKSPACE_BYTES >> 20} MiB"
+    )
     header = " ".join([f"{'N':>6}", f"{'dtype':>5}", *(f"{title:>{width}}" for title, width, _ in COLUMNS)])
     print(header)
     print("-" * len(header))

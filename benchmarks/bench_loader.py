@@ -40,7 +40,7 @@ class DecodeFloor(IterableDataset):
 
     def __iter__(self):
         info = get_worker_info()
-        mine = self.urls[info.id::info.num_workers] if info else self.urls
+        mine = self.urls[info.id :: info.num_workers] if info else self.urls
         for url in mine:
             n = 0
             if self.project_reader:
@@ -79,8 +79,15 @@ def run_floor(urls, workers, project_reader, args, tokenizer, epoch):
 
 
 def run_loader(urls, workers, args, tokenizer, epoch):
-    loader = build_loader(urls, batch_size=args.batch_size, tokenizer=tokenizer, image_size=args.image_size,
-                          train=True, num_workers=workers, seed=0)
+    loader = build_loader(
+        urls,
+        batch_size=args.batch_size,
+        tokenizer=tokenizer,
+        image_size=args.image_size,
+        train=True,
+        num_workers=workers,
+        seed=0,
+    )
     loader.set_epoch(epoch)
     return timed(loader, lambda batch: batch["image"].shape[0])
 
@@ -88,8 +95,12 @@ def run_loader(urls, workers, args, tokenizer, epoch):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", help="shard set (default: built-in shapes train)")
-    parser.add_argument("--source-px", type=int, default=64,
-                        help="without --shards: side of the generated shapes images (64 is the default dataset)")
+    parser.add_argument(
+        "--source-px",
+        type=int,
+        default=64,
+        help="without --shards: side of the generated shapes images (64 is the default dataset)",
+    )
     parser.add_argument("--num", type=int, default=10_000, help="without --shards: number of shapes images")
     parser.add_argument("--tokenizer", default="shapes", help="tokenizer name or path ('' for image-only)")
     parser.add_argument("--workers", type=int, default=2)
@@ -101,7 +112,9 @@ def main() -> None:
     if args.shards:
         urls = expand_urls(args.shards)
     else:
-        params = {} if (args.source_px, args.num) == (64, 10_000) else {"image_size": args.source_px, "num_train": args.num}
+        params = (
+            {} if (args.source_px, args.num) == (64, 10_000) else {"image_size": args.source_px, "num_train": args.num}
+        )
         urls = get_builtin("shapes", "train", **params)
     tokenizer = load_tokenizer(args.tokenizer, context_length=32) if args.tokenizer else None
     methods = {
@@ -120,18 +133,29 @@ def main() -> None:
             cpu_us[name].append(cpu / n * 1e6)
     plain = next(iter(methods))
     best0, med0, cpu0 = max(rates[plain]), statistics.median(rates[plain]), min(cpu_us[plain])
-    print(f"\n{len(urls)} shards, {counts[plain]} samples, {args.workers} workers, batch {args.batch_size}, "
-          f"output {args.image_size}px, {args.rounds} rounds, torch {torch.__version__}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"\n{len(urls)} shards, {counts[plain]} samples, {args.workers} workers, batch {args.batch_size}, "
+        f"output {args.image_size}px, {args.rounds} rounds, torch {torch.__version__}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     header = ("samples", "best/s", "median/s", "ratio best", "ratio median", "CPU us/smp", "ratio CPU")
     print(f"{'method':62s}" + "".join(f"{h:>13s}" for h in header))
     for name in methods:
         best, med, cpu = max(rates[name]), statistics.median(rates[name]), min(cpu_us[name])
-        row = (counts[name], f"{best:.0f}", f"{med:.0f}", f"{best / best0:.2f}", f"{med / med0:.2f}",
-               f"{cpu:.0f}", f"{cpu0 / cpu:.2f}")
+        row = (
+            counts[name],
+            f"{best:.0f}",
+            f"{med:.0f}",
+            f"{best / best0:.2f}",
+            f"{med / med0:.2f}",
+            f"{cpu:.0f}",
+            f"{cpu0 / cpu:.2f}",
+        )
         print(f"{name:62s}" + "".join(f"{v:>13}" for v in row))
-    print("ratio = samples/s relative to the plain floor (first row); ratio CPU = floor's CPU time per sample\n"
-          "over the method's (main process + workers, best round). Target for build_loader: >= 0.80.")
+    print(
+        "ratio = samples/s relative to the plain floor (first row); ratio CPU = floor's CPU time per sample\n"
+        "over the method's (main process + workers, best round). Target for build_loader: >= 0.80."
+    )
 
 
 if __name__ == "__main__":

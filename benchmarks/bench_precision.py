@@ -12,10 +12,8 @@ runs in its own process; the step is the trainer's: forward, loss, backward, cli
 
 import argparse
 import json
-import subprocess
-import sys
 
-from common import median_seconds, random_training_setup, train_step
+from common import median_seconds, random_training_setup, run_fresh, train_step
 
 # The default experiments' models and batches (conf/exp/clip.yaml, conf/exp/mae.yaml).
 DEFAULT_CONFIGS = ["clip:tiny:32:256", "mae:tiny:64:256"]
@@ -61,8 +59,10 @@ def main():
 
     device = torch.device(args.device)
     choice = resolve_precision("auto", device)
-    print(f"device={args.device}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} threads; auto -> {choice.name} ({choice.reason})")
+    print(
+        f"device={args.device}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{torch.get_num_threads()} threads; auto -> {choice.name} ({choice.reason})"
+    )
     header = f"{'config':>20} | {'fp32 s/step':>11} {'bf16 s/step':>11} | {'auto':>4} {'auto/best':>9}"
     print(header)
     print("-" * len(header))
@@ -70,18 +70,18 @@ def main():
     for config in args.configs:
         seconds = {}
         for precision in ("fp32", "bf16"):
-            cmd = [sys.executable, __file__, "--device", args.device, "--steps", str(args.steps),
-                   "--worker", *config.split(":"), precision]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
-            seconds[precision] = json.loads(out.stdout.strip().splitlines()[-1])
+            worker = ["--device", args.device, "--steps", args.steps, "--worker", *config.split(":"), precision]
+            seconds[precision] = run_fresh(__file__, *worker)
         ratio = seconds[choice.name] / min(seconds.values())
         worst = max(worst, ratio)
-        print(f"{config:>20} | {seconds['fp32']:>11.3f} {seconds['bf16']:>11.3f} | {choice.name:>4} "
-              f"{ratio:>8.2f}x", flush=True)
-    print(f"auto is at most {worst:.2f}x the faster precision's step time (target <= 1.20): "
-          f"{'met' if worst <= 1.20 else 'NOT met'}")
+        print(
+            f"{config:>20} | {seconds['fp32']:>11.3f} {seconds['bf16']:>11.3f} | {choice.name:>4} {ratio:>8.2f}x",
+            flush=True,
+        )
+    print(
+        f"auto is at most {worst:.2f}x the faster precision's step time (target <= 1.20): "
+        f"{'met' if worst <= 1.20 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

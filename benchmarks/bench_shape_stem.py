@@ -43,8 +43,17 @@ def train_one(stem: str, data, steps: int, batch: int, lr: float, patch: int, se
 
     (x, y), (xv, yv) = data
     torch.manual_seed(seed)
-    model = VisionTransformer(image_size=64, patch_size=patch, width=192, depth=4, num_heads=3, output_dim=6,
-                              norm_pre=True, init="clip", stem=stem)
+    model = VisionTransformer(
+        image_size=64,
+        patch_size=patch,
+        width=192,
+        depth=4,
+        num_heads=3,
+        output_dim=6,
+        norm_pre=True,
+        init="clip",
+        stem=stem,
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
@@ -73,8 +82,10 @@ def main() -> None:
     args = parser.parse_args()
     data = load("train", 10_000), load("val", 1_000)
     rows = [train_one(s, data, args.steps, args.batch, args.lr, args.patch, args.seed) for s in args.stems]
-    print(f"\nshape from labels: tiny ViT, 64 px in {args.patch} px patches, {args.steps} steps of {args.batch}, "
-          f"seed {args.seed}; chance 16.7%")
+    print(
+        f"\nshape from labels: tiny ViT, 64 px in {args.patch} px patches, {args.steps} steps of {args.batch}, "
+        f"seed {args.seed}; chance 16.7%"
+    )
     print(f"{'stem':<6} {'training scenes':>16} {'held-out pairs':>15} {'s/step':>7}")
     for r in rows:
         print(f"{r['stem']:<6} {r['seen']:>15.1f}% {r['held_out']:>14.1f}% {r['s_per_step']:>7.2f}")

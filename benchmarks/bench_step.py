@@ -34,7 +34,9 @@ def variant(name, args, images, text, device):
         apply_compile(model)
     fused = "fused" in name or "compile" in name
     # the for-loop AdamW is what torch picks on the CPU when neither is asked for
-    optimizer = torch.optim.AdamW(weight_decay_groups(model, 0.1), lr=1e-4, **({"fused": True} if fused else {"foreach": False}))
+    optimizer = torch.optim.AdamW(
+        weight_decay_groups(model, 0.1), lr=1e-4, **({"fused": True} if fused else {"foreach": False})
+    )
     if name in ("before", "fused"):  # a non-pad id in the last column: nothing can be cut, as before
         text = text.clone()
         text[:, -1] = 1
@@ -48,6 +50,7 @@ def variant(name, args, images, text, device):
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
+
     return step
 
 
@@ -89,9 +92,11 @@ def main():
             times[name].append((time.perf_counter() - t0) / args.steps)
 
     base = statistics.median(times["before"])
-    print(f"\nCLIP {args.size} at {args.image_size} px, batch {args.batch}, fp32 on {args.device} "
-          f"({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads), "
-          f"{args.rounds} rounds x {args.steps} steps")
+    print(
+        f"\nCLIP {args.size} at {args.image_size} px, batch {args.batch}, fp32 on {args.device} "
+        f"({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads), "
+        f"{args.rounds} rounds x {args.steps} steps"
+    )
     print("| variant | median step (ms) | samples/s | vs before |\n| --- | --- | --- | --- |")
     for name in names:
         median = statistics.median(times[name])

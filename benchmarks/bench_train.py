@@ -12,10 +12,8 @@ memory is measured above the state before the first step.
 
 import argparse
 import json
-import subprocess
-import sys
 
-from common import PeakMemory, median_seconds, random_training_setup, train_step
+from common import PeakMemory, median_seconds, random_training_setup, run_fresh, train_step
 
 DEFAULT_CONFIGS = ["tiny:64:256", "tiny:32:1024", "small:64:128"]
 
@@ -47,14 +45,17 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="size:image_size:batch")
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                        help="as trainer.precision (auto: bf16 only where the hardware has it natively)")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16", "fp32"],
+        help="as trainer.precision (auto: bf16 only where the hardware has it natively)",
+    )
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         size, image_size, batch, impl = args.worker
-        print(json.dumps(measure(size, int(image_size), int(batch), impl, args.device, args.steps,
-                                 args.precision)))
+        print(json.dumps(measure(size, int(image_size), int(batch), impl, args.device, args.steps, args.precision)))
         return
 
     import torch
@@ -62,27 +63,28 @@ def main():
     from pretrain_mm.precision import resolve_precision
 
     precision = resolve_precision(args.precision, torch.device(args.device))
-    print(f"device={args.device}, {precision.name} ({precision.reason}), AdamW; samples/s and peak memory above the "
-          "start")
-    header = f"{'model':>6} {'image':>5} {'batch':>5} | {'fused sam/s':>11} {'ref sam/s':>10} {'ratio':>6} | " \
-             f"{'fused MiB':>9} {'ref MiB':>8}"
+    print(
+        f"device={args.device}, {precision.name} ({precision.reason}), AdamW; samples/s and peak memory above the start"
+    )
+    header = (
+        f"{'model':>6} {'image':>5} {'batch':>5} | {'fused sam/s':>11} {'ref sam/s':>10} {'ratio':>6} | "
+        f"{'fused MiB':>9} {'ref MiB':>8}"
+    )
     print(header)
     print("-" * len(header))
     for config in args.configs:
         size, image_size, batch = config.split(":")
         row = {}
         for impl in ("fused", "reference"):
-            cmd = [sys.executable, __file__, "--device", args.device, "--steps", str(args.steps), "--precision",
-                   args.precision,
-                   "--worker", size, image_size, batch, impl]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
-            row[impl] = json.loads(out.stdout.strip().splitlines()[-1])
+            worker = ["--device", args.device, "--steps", args.steps, "--precision", args.precision, "--worker"]
+            row[impl] = run_fresh(__file__, *worker, size, image_size, batch, impl)
         f, r = row["fused"], row["reference"]
-        print(f"{size:>6} {image_size:>5} {batch:>5} | {f['samples_per_s']:>11.1f} {r['samples_per_s']:>10.1f} "
-              f"{f['samples_per_s'] / r['samples_per_s']:>5.2f}x | {f['peak_extra_bytes'] / 2**20:>9.0f} "
-              f"{r['peak_extra_bytes'] / 2**20:>8.0f}", flush=True)
+        print(
+            f"{size:>6} {image_size:>5} {batch:>5} | {f['samples_per_s']:>11.1f} {r['samples_per_s']:>10.1f} "
+            f"{f['samples_per_s'] / r['samples_per_s']:>5.2f}x | {f['peak_extra_bytes'] / 2**20:>9.0f} "
+            f"{r['peak_extra_bytes'] / 2**20:>8.0f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

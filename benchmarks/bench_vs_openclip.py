@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 
 # ----------------------------------------------------------------------------- shared data
 
+
 def read_split(urls, label_key):
     """[(image bytes, caption, label)] of shards, in order; label_key 'cls' or 'json:<field>'."""
     out = []
@@ -59,8 +60,12 @@ def eval_inputs(data):
 
     info = builtin_info(data)
     primary = info["label"]
-    return {"val_urls": get_builtin(data, "val"), "label_key": info["label_keys"][primary],
-            "classes": info["classes"][primary], "templates": info["prompts"][primary]}
+    return {
+        "val_urls": get_builtin(data, "val"),
+        "label_key": info["label_keys"][primary],
+        "classes": info["classes"][primary],
+        "templates": info["prompts"][primary],
+    }
 
 
 def embed(side, checkpoint, inputs, model_dir=None, batch=128):
@@ -91,12 +96,14 @@ def embed(side, checkpoint, inputs, model_dir=None, batch=128):
 
     def run(encode, items, prepare):
         with torch.no_grad():
-            return torch.cat([encode(prepare(items[i:i + batch])).float() for i in range(0, len(items), batch)])
+            return torch.cat([encode(prepare(items[i : i + batch])).float() for i in range(0, len(items), batch)])
 
-    return {"images": run(model.encode_image, [s[0] for s in samples], lambda xs: torch.stack([to_input(x) for x in xs])),
-            "captions": run(model.encode_text, [s[1] for s in samples], tokenizer),
-            "prompts": run(model.encode_text, prompts, tokenizer),
-            "labels": torch.tensor([s[2] for s in samples])}
+    return {
+        "images": run(model.encode_image, [s[0] for s in samples], lambda xs: torch.stack([to_input(x) for x in xs])),
+        "captions": run(model.encode_text, [s[1] for s in samples], tokenizer),
+        "prompts": run(model.encode_text, prompts, tokenizer),
+        "labels": torch.tensor([s[2] for s in samples]),
+    }
 
 
 def score(features, num_classes):
@@ -112,12 +119,18 @@ def score(features, num_classes):
     accuracy, _ = zeroshot_evaluate(features["images"], features["labels"], classifier)
     recall = retrieval_recall(features["images"], features["captions"], torch.arange(len(features["captions"])))
     out = {"zero-shot top-1": 100 * accuracy["top1"]}
-    out.update({name.replace("image_to_text", "i->t").replace("text_to_image", "t->i"): 100 * value
-                for name, value in recall.items() if not name.endswith("R@10")})
+    out.update(
+        {
+            name.replace("image_to_text", "i->t").replace("text_to_image", "t->i"): 100 * value
+            for name, value in recall.items()
+            if not name.endswith("R@10")
+        }
+    )
     return out
 
 
 # ----------------------------------------------------------------------------- the two trainers
+
 
 def ensure_venv(venv):
     python = venv / "bin" / "python"
@@ -140,13 +153,26 @@ def openclip_model_dir(out, args, vocab_size=49408):
     from pretrain_mm.models.sizes import SIZES
 
     s = SIZES[args.size]
-    cfg = {"model_cfg": {
-        "embed_dim": s["embed_dim"],
-        "vision_cfg": {"image_size": args.image_size, "layers": s["vision_depth"], "width": s["vision_width"],
-                       "head_width": s["vision_width"] // s["vision_heads"], "patch_size": args.patch_size},
-        "text_cfg": {"context_length": args.context_length, "vocab_size": vocab_size, "width": s["text_width"],
-                     "heads": s["text_heads"], "layers": s["text_depth"]}},
-        "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)}}
+    cfg = {
+        "model_cfg": {
+            "embed_dim": s["embed_dim"],
+            "vision_cfg": {
+                "image_size": args.image_size,
+                "layers": s["vision_depth"],
+                "width": s["vision_width"],
+                "head_width": s["vision_width"] // s["vision_heads"],
+                "patch_size": args.patch_size,
+            },
+            "text_cfg": {
+                "context_length": args.context_length,
+                "vocab_size": vocab_size,
+                "width": s["text_width"],
+                "heads": s["text_heads"],
+                "layers": s["text_depth"],
+            },
+        },
+        "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)},
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "open_clip_config.json").write_text(json.dumps(cfg, indent=1))
     return out
@@ -164,13 +190,54 @@ def train_openclip(python, seed, args, train_urls, work):
     model_dir = openclip_model_dir(work / "openclip-model", args)
     first, last = Path(train_urls[0]).stem, Path(train_urls[-1]).stem
     pattern = str(Path(train_urls[0]).parent / f"{{{first}..{last}}}.tar")
-    cmd = [python, "-m", "open_clip_train.main", "--model", f"local-dir:{model_dir}", "--train-data", pattern,
-           "--dataset-type", "webdataset", "--dataset-resampled", "--train-num-samples", str(args.steps * args.batch_size),
-           "--epochs", "1", "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--wd", str(args.wd),
-           "--warmup", str(args.warmup), "--beta1", "0.9", "--beta2", "0.98", "--eps", str(args.eps),
-           "--grad-clip-norm", str(args.grad_clip), "--precision", "fp32", "--workers", str(args.workers),
-           "--seed", str(seed), "--logs", str(work), "--name", run.name, "--log-every-n-steps", "10",
-           "--save-frequency", "1", "--report-to", ""]
+    cmd = [
+        python,
+        "-m",
+        "open_clip_train.main",
+        "--model",
+        f"local-dir:{model_dir}",
+        "--train-data",
+        pattern,
+        "--dataset-type",
+        "webdataset",
+        "--dataset-resampled",
+        "--train-num-samples",
+        str(args.steps * args.batch_size),
+        "--epochs",
+        "1",
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--wd",
+        str(args.wd),
+        "--warmup",
+        str(args.warmup),
+        "--beta1",
+        "0.9",
+        "--beta2",
+        "0.98",
+        "--eps",
+        str(args.eps),
+        "--grad-clip-norm",
+        str(args.grad_clip),
+        "--precision",
+        "fp32",
+        "--workers",
+        str(args.workers),
+        "--seed",
+        str(seed),
+        "--logs",
+        str(work),
+        "--name",
+        run.name,
+        "--log-every-n-steps",
+        "10",
+        "--save-frequency",
+        "1",
+        "--report-to",
+        "",
+    ]
     log = subprocess.run(cmd, capture_output=True, text=True)
     if log.returncode:
         raise RuntimeError(f"open_clip's trainer failed:\n{log.stdout[-3000:]}\n{log.stderr[-3000:]}")
@@ -181,15 +248,33 @@ def train_openclip(python, seed, args, train_urls, work):
 
 def train_ours(seed, args, work):
     run = work / f"ours-seed{seed}"
-    cmd = [sys.executable, "-m", "pretrain_mm", "+exp=clip", f"data={args.data}", f"model.size={args.size}",
-           f"++model.args.patch_size={args.patch_size}",
-           "++model.args.vision_stem=patch",  # open_clip's ViT embeds patches with one conv: the same shape
-           f"data.image_size={args.image_size}", f"data.context_length={args.context_length}",
-           f"data.num_workers={args.workers}", f"trainer.max_steps={args.steps}",
-           f"trainer.batch_size={args.batch_size}", f"trainer.seed={seed}", "trainer.precision=fp32",
-           f"trainer.checkpoint_every={args.steps}", "trainer.resume=never", f"optim.lr={args.lr}",
-           f"optim.weight_decay={args.wd}", f"optim.warmup_steps={args.warmup}", f"optim.eps={args.eps}",
-           f"optim.grad_clip={args.grad_clip}", "eval.enabled=false", f"hydra.run.dir={run}", *args.ours]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pretrain_mm",
+        "+exp=clip",
+        f"data={args.data}",
+        f"model.size={args.size}",
+        f"++model.args.patch_size={args.patch_size}",
+        "++model.args.vision_stem=patch",  # open_clip's ViT embeds patches with one conv: the same shape
+        f"data.image_size={args.image_size}",
+        f"data.context_length={args.context_length}",
+        f"data.num_workers={args.workers}",
+        f"trainer.max_steps={args.steps}",
+        f"trainer.batch_size={args.batch_size}",
+        f"trainer.seed={seed}",
+        "trainer.precision=fp32",
+        f"trainer.checkpoint_every={args.steps}",
+        "trainer.resume=never",
+        f"optim.lr={args.lr}",
+        f"optim.weight_decay={args.wd}",
+        f"optim.warmup_steps={args.warmup}",
+        f"optim.eps={args.eps}",
+        f"optim.grad_clip={args.grad_clip}",
+        "eval.enabled=false",
+        f"hydra.run.dir={run}",
+        *args.ours,
+    ]
     log = subprocess.run(cmd, capture_output=True, text=True)
     if log.returncode:
         raise RuntimeError(f"pretrain_mm failed:\n{log.stdout[-3000:]}\n{log.stderr[-3000:]}")
@@ -200,6 +285,7 @@ def train_ours(seed, args, work):
 
 
 # ----------------------------------------------------------------------------- the table
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,8 +306,13 @@ def main():
     parser.add_argument("--venv", type=Path, default=Path("~/.cache/pretrain_mm/openclip-venv").expanduser())
     parser.add_argument("--work", type=Path, default=Path("outputs/bench_vs_openclip"))
     parser.add_argument("--ours", nargs="*", default=[], help="extra Hydra overrides for our side")
-    parser.add_argument("--sides", nargs="+", default=["open_clip", "pretrain_mm"], choices=["open_clip", "pretrain_mm"],
-                        help="train only one side (a recipe experiment); the table needs both")
+    parser.add_argument(
+        "--sides",
+        nargs="+",
+        default=["open_clip", "pretrain_mm"],
+        choices=["open_clip", "pretrain_mm"],
+        help="train only one side (a recipe experiment); the table needs both",
+    )
     parser.add_argument("--embed", nargs=4, metavar=("SIDE", "CHECKPOINT", "MODEL_DIR", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -253,8 +344,9 @@ def main():
                 model_dir, embed_python, embed_side = "-", sys.executable, "ours"
             out = work / f"{side}-seed{seed}.features.pt"
             out.with_suffix(".inputs.json").write_text(json.dumps(inputs))
-            subprocess.run([embed_python, __file__, "--embed", embed_side, str(checkpoint), str(model_dir), str(out)],
-                           check=True)
+            subprocess.run(
+                [embed_python, __file__, "--embed", embed_side, str(checkpoint), str(model_dir), str(out)], check=True
+            )
             result = score(torch.load(out, weights_only=True), num_classes)
             result["samples/s"] = rate
             rows[side].append(result)
@@ -262,10 +354,12 @@ def main():
 
     if len(args.sides) < 2:
         return
-    print(f"\n{args.data}: {len(train_urls)} train shards, {len(read_split(inputs['val_urls'], inputs['label_key']))} "
-          f"held-out images, {num_classes} classes x {len(inputs['templates'])} prompts; {args.size} at "
-          f"{args.image_size} px, batch {args.batch_size}, {args.steps} steps, lr {args.lr}, wd {args.wd}, fp32, "
-          f"seeds {args.seeds}")
+    print(
+        f"\n{args.data}: {len(train_urls)} train shards, {len(read_split(inputs['val_urls'], inputs['label_key']))} "
+        f"held-out images, {num_classes} classes x {len(inputs['templates'])} prompts; {args.size} at "
+        f"{args.image_size} px, batch {args.batch_size}, {args.steps} steps, lr {args.lr}, wd {args.wd}, fp32, "
+        f"seeds {args.seeds}"
+    )
     print("| metric (mean over seeds) | open_clip 3.3 | pretrain_mm | ours / theirs |\n| --- | --- | --- | --- |")
     for metric in rows["open_clip"][0]:
         theirs = [r[metric] for r in rows["open_clip"]]

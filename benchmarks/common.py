@@ -1,6 +1,21 @@
-"""What the benchmarks share: peak memory above a starting point in a fresh process, a training step, a timer."""
+"""What the benchmarks share: a measurement in a fresh process, peak memory above a starting point, a training
+step, a timer."""
 
+import json
+import subprocess
+import sys
 import time
+
+
+def run_fresh(script, *args, env=None):
+    """Runs `python script args...` in a fresh process (so one measurement cannot warm or bloat the next) and
+    returns the JSON its last line of output prints; a failure ends the benchmark with the command and its
+    stderr."""
+    cmd = [sys.executable, str(script), *map(str, args)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _rss_bytes(field):
@@ -58,7 +73,7 @@ def median_seconds(fn, repeats, device, warmup=True):
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    timed = times[int(warmup):]
+    timed = times[int(warmup) :]
     return sorted(timed)[len(timed) // 2]
 
 

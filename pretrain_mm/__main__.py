@@ -78,8 +78,7 @@ def main(cfg) -> None:
 
         # HYDRA_FULL_ERROR=1 asks for the traceback (Hydra's own switch). In a job of Hydra's submitit
         # launcher (a sweep on Slurm) submitit must see the exception to hand it to the submitting side.
-        if (os.environ.get("HYDRA_FULL_ERROR") == "1" or in_submitit_slurm_job()
-                or not is_user_error(error)):
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or in_submitit_slurm_job() or not is_user_error(error):
             raise
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -9,8 +9,17 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from pretrain_mm.config import ClipModelConfig, Config, DataConfig, MaeModelConfig
-from pretrain_mm.data import (BUILTINS, CLIP, Loader, Tokenizer, build_loader, expand_urls, find_tokenizer_file,
-                              get_builtin, load_tokenizer)
+from pretrain_mm.data import (
+    BUILTINS,
+    CLIP,
+    Loader,
+    Tokenizer,
+    build_loader,
+    expand_urls,
+    find_tokenizer_file,
+    get_builtin,
+    load_tokenizer,
+)
 from pretrain_mm.distributed import DistInfo
 
 log = logging.getLogger(__name__)
@@ -43,12 +52,17 @@ def split_urls(data_cfg: DataConfig, split: str) -> str | list[str]:
         return urls
     mixture = builtin_mixture(data_cfg)
     if not mixture:
-        raise ValueError(f"data={data_cfg.name} needs shards: set data.{split}.urls to a directory, a brace pattern "
-                         f"('/data/cc3m/{{00000..00331}}.tar') or a comma-separated list (built-in sets: "
-                         f"{', '.join(BUILTINS)}, or a mixture such as shapes+digits)")
+        raise ValueError(
+            f"data={data_cfg.name} needs shards: set data.{split}.urls to a directory, a brace pattern "
+            f"('/data/cc3m/{{00000..00331}}.tar') or a comma-separated list (built-in sets: "
+            f"{', '.join(BUILTINS)}, or a mixture such as shapes+digits)"
+        )
     # A weight repeats the set's training shards: the trainer draws shards with replacement.
-    return [url for name, weight in mixture
-            for url in get_builtin(name, split, root=data_cfg.root) * (weight if split == "train" else 1)]
+    return [
+        url
+        for name, weight in mixture
+        for url in get_builtin(name, split, root=data_cfg.root) * (weight if split == "train" else 1)
+    ]
 
 
 def build_tokenizer(data_cfg: DataConfig) -> Tokenizer:
@@ -63,8 +77,11 @@ def build_tokenizer(data_cfg: DataConfig) -> Tokenizer:
         source = find_tokenizer_file(shard_dir) or CLIP
         if source == CLIP and not _said_clip_default:
             _said_clip_default = True
-            log.info("no tokenizer.json beside the shards in %s (nor in its parent): using OpenAI CLIP's BPE "
-                     "(data.tokenizer=clip, 49408 ids); set data.tokenizer to use another", shard_dir or ".")
+            log.info(
+                "no tokenizer.json beside the shards in %s (nor in its parent): using OpenAI CLIP's BPE "
+                "(data.tokenizer=clip, 49408 ids); set data.tokenizer to use another",
+                shard_dir or ".",
+            )
     return load_tokenizer(source, context_length=data_cfg.context_length, root=data_cfg.root)
 
 
@@ -101,13 +118,21 @@ def model_from_config(cfg: Config, vocab_size: int | None = None, **overrides) -
         vocab_size = build_tokenizer(cfg.data).vocab_size
     model_cfg = cfg.model  # at run time a DictConfig of the kind's schema
     clip_cfg, mae_cfg = cast(ClipModelConfig, model_cfg), cast(MaeModelConfig, model_cfg)
-    extra: dict = ({"patch_dropout": clip_cfg.patch_dropout, "loss_kind": str(cfg.loss.kind)}
-                   if model_cfg.kind == "clip"
-                   else {"mask_ratio": mae_cfg.mask_ratio, "norm_pix_loss": mae_cfg.norm_pix_loss})
+    extra: dict = (
+        {"patch_dropout": clip_cfg.patch_dropout, "loss_kind": str(cfg.loss.kind)}
+        if model_cfg.kind == "clip"
+        else {"mask_ratio": mae_cfg.mask_ratio, "norm_pix_loss": mae_cfg.norm_pix_loss}
+    )
     args = cast(DictConfig, model_cfg).get("args")  # `get`: a config without model.args is accepted
     extra.update(drop_path_rate=model_cfg.drop_path, **dict(args or {}), **overrides)
-    return build_model(str(model_cfg.kind), model_cfg.size, image_size=cfg.data.image_size,
-                       vocab_size=vocab_size or None, context_length=cfg.data.context_length, **extra)
+    return build_model(
+        str(model_cfg.kind),
+        model_cfg.size,
+        image_size=cfg.data.image_size,
+        vocab_size=vocab_size or None,
+        context_length=cfg.data.context_length,
+        **extra,
+    )
 
 
 def build_train_loader(cfg: Config, info: DistInfo, per_rank_batch: int, tokenizer: Tokenizer | None = None) -> Loader:
@@ -127,9 +152,23 @@ def build_train_loader(cfg: Config, info: DistInfo, per_rank_batch: int, tokeniz
     if cfg.model.kind == "clip" and tokenizer is None:
         tokenizer = build_tokenizer(data)
     return build_loader(
-        split_urls(data, "train"), batch_size=per_rank_batch, tokenizer=tokenizer if cfg.model.kind == "clip" else None,
-        image_size=data.image_size, train=True, num_workers=data.num_workers, seed=trainer.seed, resampled=True,
+        split_urls(data, "train"),
+        batch_size=per_rank_batch,
+        tokenizer=tokenizer if cfg.model.kind == "clip" else None,
+        image_size=data.image_size,
+        train=True,
+        num_workers=data.num_workers,
+        seed=trainer.seed,
+        resampled=True,
         samples_per_epoch=trainer.checkpoint_every * per_rank_batch * info.world_size,
-        rank=info.rank, world_size=info.world_size, image_key=data.image_key, caption_key=data.caption_key,
-        label_key=data.label_key, shuffle_buffer=data.shuffle_buffer, hflip=data.hflip, drop_last=True,
-        normalize=False, hard_negatives=data.hard_negatives)
+        rank=info.rank,
+        world_size=info.world_size,
+        image_key=data.image_key,
+        caption_key=data.caption_key,
+        label_key=data.label_key,
+        shuffle_buffer=data.shuffle_buffer,
+        hflip=data.hflip,
+        drop_last=True,
+        normalize=False,
+        hard_negatives=data.hard_negatives,
+    )

@@ -9,7 +9,7 @@ public ones.
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Optional, cast
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -18,8 +18,8 @@ from omegaconf import MISSING
 # Choices. StrEnum members compare equal to their strings ("clip" == ModelKind.clip) and print as them; the
 # members are named as their values because OmegaConf validates a value by member name.
 class Mode(StrEnum):
-    train = "train"                         # train, then evaluate if eval.enabled
-    eval = "eval"                           # evaluate eval.checkpoint only
+    train = "train"  # train, then evaluate if eval.enabled
+    eval = "eval"  # evaluate eval.checkpoint only
 
 
 class ModelKind(StrEnum):
@@ -28,66 +28,67 @@ class ModelKind(StrEnum):
 
 
 class LossKind(StrEnum):
-    softmax = "softmax"                     # CLIP's symmetric cross-entropy
-    sigmoid = "sigmoid"                     # SigLIP
+    softmax = "softmax"  # CLIP's symmetric cross-entropy
+    sigmoid = "sigmoid"  # SigLIP
 
 
 class LossImpl(StrEnum):
-    auto = "auto"                           # fused where the extension is built, else reference
+    auto = "auto"  # fused where the extension is built, else reference
     fused = "fused"
     reference = "reference"
 
 
 class PrecisionChoice(StrEnum):
-    auto = "auto"                           # bf16 only where native (pretrain_mm/precision.py)
+    auto = "auto"  # bf16 only where native (pretrain_mm/precision.py)
     bf16 = "bf16"
     fp32 = "fp32"
 
 
 class DeviceChoice(StrEnum):
-    auto = "auto"                           # cuda if available
+    auto = "auto"  # cuda if available
     cpu = "cpu"
     cuda = "cuda"
 
 
 class LauncherName(StrEnum):
-    local = "local"                         # run here (torchrun / srun work too)
-    slurm = "slurm"                         # submit with submitit
+    local = "local"  # run here (torchrun / srun work too)
+    slurm = "slurm"  # submit with submitit
 
 
 @dataclass
 class SplitConfig:
     # Shards: a directory, a brace pattern ('/data/cc3m/{00000..00331}.tar') or a comma list.
     # None: the built-in dataset's split of that name (made on first use).
-    urls: Optional[str] = None
+    urls: str | None = None
 
 
 @dataclass
 class DataConfig:
-    name: str = "shapes"                    # shapes | digits (built-in) | wds (your shards)
+    name: str = "shapes"  # shapes | digits (built-in) | wds (your shards)
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
     image_size: int = 64
-    tokenizer: Optional[str] = None         # a tokenizer file, a built-in name or clip; None: the dataset's own
-                                            # (shards without tokenizer.json: clip, OpenAI CLIP's BPE)
+    tokenizer: str | None = None  # a tokenizer file, a built-in name or clip; None: the dataset's own
+    # (shards without tokenizer.json: clip, OpenAI CLIP's BPE)
     context_length: int = 32
     image_key: str = "jpg;png;jpeg;webp"
     caption_key: str = "txt"
-    label_key: Optional[str] = None
+    label_key: str | None = None
     num_workers: int = 2
     shuffle_buffer: int = 2000
-    hflip: bool = True                      # random horizontal flips; off where captions say left/right
+    hflip: bool = True  # random horizontal flips; off where captions say left/right
     # Word groups for hard-negative captions (data/negatives.py): [[circle, square, triangle]] swaps a
     # caption's shape word for another shape; the loss then asks each image to prefer its own caption.
     hard_negatives: list[list[str]] = field(default_factory=list)
-    root: Optional[str] = None              # cache of built-in data; None: $PRETRAIN_MM_DATA or ~/.cache
+    root: str | None = None  # cache of built-in data; None: $PRETRAIN_MM_DATA or ~/.cache
 
 
 @dataclass
 class ModelConfig:
     """What every model kind has; `model=clip` (the default) or `model=mae` picks the kind's schema below."""
+
     kind: ModelKind = MISSING
-    size: str = "tiny"                      # a named size (pretrain_mm.models): tiny ... vit_l14
+    size: str = "tiny"  # a named size (pretrain_mm.models): tiny ... vit_l14
     drop_path: float = 0.0
     # Any other constructor argument of CLIP / MAE by name, over the size's row:
     # +model.args.patch_size=16 +model.args.vision_init=timm (an unknown name is an error).
@@ -97,51 +98,53 @@ class ModelConfig:
 @dataclass
 class ClipModelConfig(ModelConfig):
     """CLIP: ViT image tower + causal text transformer."""
+
     kind: ModelKind = ModelKind.clip
-    patch_dropout: float = 0.0              # FLIP-style share of patches dropped in training
+    patch_dropout: float = 0.0  # FLIP-style share of patches dropped in training
     # CLIP from open_clip weights (interop/init_from.py): a .safetensors / open_clip trainer .pt file or an
     # open_clip local-dir; the architecture comes from its config (init_from_config: a JSON file or an open_clip
     # model name; None: the open_clip_config.json beside the weights). Resuming a run ignores it.
-    init_from: Optional[str] = None
-    init_from_config: Optional[str] = None
+    init_from: str | None = None
+    init_from_config: str | None = None
 
 
 @dataclass
 class MaeModelConfig(ModelConfig):
     """ViT-MAE: encoder on the visible patches, light decoder, loss on the masked ones."""
+
     kind: ModelKind = ModelKind.mae
     mask_ratio: float = 0.75
-    norm_pix_loss: bool = True              # per-patch normalised targets
+    norm_pix_loss: bool = True  # per-patch normalised targets
 
 
 @dataclass
 class LossConfig:
     kind: LossKind = LossKind.softmax
     impl: LossImpl = LossImpl.auto
-    hard_negative_weight: float = 1.0       # with data.hard_negatives: weight of the image-prefers-its-caption term
+    hard_negative_weight: float = 1.0  # with data.hard_negatives: weight of the image-prefers-its-caption term
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3                        # peak learning rate, for the global batch
-    weight_decay: float = 0.1               # not applied to norms, biases, embeddings, logit scale/bias
+    lr: float = 1e-3  # peak learning rate, for the global batch
+    weight_decay: float = 0.1  # not applied to norms, biases, embeddings, logit scale/bias
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
-    warmup_steps: int = 50                  # linear warm-up, then cosine to min_lr_ratio * lr
+    warmup_steps: int = 50  # linear warm-up, then cosine to min_lr_ratio * lr
     min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0                  # max global gradient norm; 0 disables
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables
 
 
 @dataclass
 class TrainerConfig:
     max_steps: int = 300
-    batch_size: int = 256                   # global: the contrastive loss's N, whatever the split below
-    grad_accum: int = 1                     # micro-batches per rank and step (CLIP: GradCache, the whole batch's loss)
-    micro_batch_size: Optional[int] = None  # per rank; the friendlier knob: grad_accum = batch_size / world / this
+    batch_size: int = 256  # global: the contrastive loss's N, whatever the split below
+    grad_accum: int = 1  # micro-batches per rank and step (CLIP: GradCache, the whole batch's loss)
+    micro_batch_size: int | None = None  # per rank; the friendlier knob: grad_accum = batch_size / world / this
     precision: PrecisionChoice = PrecisionChoice.auto
-    checkpoint_every: int = 100             # steps; a checkpoint is also written at the end
+    checkpoint_every: int = 100  # steps; a checkpoint is also written at the end
     keep_checkpoints: int = 2
-    resume: str = "auto"                    # auto: newest complete checkpoint in the run dir | never | a path
+    resume: str = "auto"  # auto: newest complete checkpoint in the run dir | never | a path
     seed: int = 0
     log_every: int = 10
     activation_checkpointing: bool = False
@@ -152,9 +155,10 @@ class TrainerConfig:
 @dataclass
 class ProbeConfig:
     """Linear probe on frozen, cached features: BatchNorm without affine, then a linear layer (MAE's recipe)."""
+
     epochs: int = 100
     batch_size: int = 64
-    lr: float = 1e-2                        # AdamW peak, cosine to 0 after a linear warm-up
+    lr: float = 1e-2  # AdamW peak, cosine to 0 after a linear warm-up
     weight_decay: float = 0.0
     warmup_epochs: int = 5
 
@@ -162,45 +166,47 @@ class ProbeConfig:
 @dataclass
 class FinetuneConfig:
     """The whole encoder and a new linear head, trained on the classification set's train split."""
-    enabled: bool = False                   # costs whole-encoder training: off unless asked for
+
+    enabled: bool = False  # costs whole-encoder training: off unless asked for
     epochs: int = 10
-    batch_size: int = 64                    # global; per rank = batch_size / world size
-    lr: float = 1e-3                        # AdamW peak for the head; layer i gets lr * layer_decay^(depth+1-i)
-    layer_decay: float = 0.75               # BEiT / MAE layer-wise learning-rate decay
+    batch_size: int = 64  # global; per rank = batch_size / world size
+    lr: float = 1e-3  # AdamW peak for the head; layer i gets lr * layer_decay^(depth+1-i)
+    layer_decay: float = 0.75  # BEiT / MAE layer-wise learning-rate decay
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
-    drop_path: float = 0.1                  # stochastic depth of the last block, rising linearly from 0
+    drop_path: float = 0.1  # stochastic depth of the last block, rising linearly from 0
     warmup_epochs: int = 1
-    hflip: bool = False                     # random horizontal flips (wrong for digits and for left/right labels)
+    hflip: bool = False  # random horizontal flips (wrong for digits and for left/right labels)
 
 
 @dataclass
 class WdsEvalConfig:
     """Your own labelled WebDataset (`.cls`, or `label` in `.json`) for probe / k-NN / fine-tune, and
     zero-shot when class names are given. Used when `eval.classification` names "wds"."""
-    train_urls: Optional[str] = None        # a directory, brace pattern or comma list, as data.train.urls
-    test_urls: Optional[str] = None
+
+    train_urls: str | None = None  # a directory, brace pattern or comma list, as data.train.urls
+    test_urls: str | None = None
     label_key: str = "cls;json:label"
-    classnames: Optional[str] = None        # a text file, one class name per line (enables zero-shot)
-    templates: Optional[str] = None         # a text file, one prompt a line with {c} or {}; default "a photo of a {c}."
+    classnames: str | None = None  # a text file, one class name per line (enables zero-shot)
+    templates: str | None = None  # a text file, one prompt a line with {c} or {}; default "a photo of a {c}."
 
 
 @dataclass
 class EvalConfig:
-    enabled: bool = True                    # evaluate at the end of a finished training run
-    checkpoint: Optional[str] = None        # +exp=eval: a run directory or checkpoints/step_<N>
-    output_dir: Optional[str] = None        # where report/ goes; None: the run directory of the checkpoint
-    batch_size: int = 128                   # per rank, for feature extraction
-    num_workers: int = 0                    # loader workers per rank (the eval sets are small)
-    max_samples: int = 5000                 # cap per split over all ranks (each its share) to bound the time; 0: none
-    seed: int = 0                           # the random tower's initialisation, probe / fine-tune order
-    random_baseline: bool = True            # the same evaluators on a freshly initialised tower, side by side
+    enabled: bool = True  # evaluate at the end of a finished training run
+    checkpoint: str | None = None  # +exp=eval: a run directory or checkpoints/step_<N>
+    output_dir: str | None = None  # where report/ goes; None: the run directory of the checkpoint
+    batch_size: int = 128  # per rank, for feature extraction
+    num_workers: int = 0  # loader workers per rank (the eval sets are small)
+    max_samples: int = 5000  # cap per split over all ranks (each its share) to bound the time; 0: none
+    seed: int = 0  # the random tower's initialisation, probe / fine-tune order
+    random_baseline: bool = True  # the same evaluators on a freshly initialised tower, side by side
     # Zero-shot classification (CLIP): built-in sets, and for shapes the attributes to classify.
     zeroshot: list[str] = field(default_factory=lambda: ["shapes", "digits"])
     shapes_attributes: list[str] = field(default_factory=lambda: ["colour", "shape"])
     # Image <-> text retrieval (CLIP): built-in sets; shapes uses json:full_caption (every attribute named).
     retrieval: list[str] = field(default_factory=lambda: ["shapes"])
-    retrieval_chunk_size: int = 1024        # rows of the similarity matrix computed at a time
+    retrieval_chunk_size: int = 1024  # rows of the similarity matrix computed at a time
     # Linear probe, k-NN (and fine-tune): built-in sets (train split -> val split) or "wds" (eval.wds).
     classification: list[str] = field(default_factory=lambda: ["digits"])
     wds: WdsEvalConfig = field(default_factory=WdsEvalConfig)
@@ -211,8 +217,8 @@ class EvalConfig:
     knn_temperature: float = 0.07
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    examples: int = 3                       # retrieval examples per direction in the report
-    reconstructions: int = 6                # MAE: images in the original / masked / reconstructed grid
+    examples: int = 3  # retrieval examples per direction in the report
+    reconstructions: int = 6  # MAE: images in the original / masked / reconstructed grid
 
 
 @dataclass
@@ -220,30 +226,32 @@ class LauncherConfig:
     name: LauncherName = LauncherName.local
     # The rest is for launcher=slurm (pretrain_mm/launch/slurm.py).
     nodes: int = 1
-    gpus_per_node: int = 0                  # 0: a CPU job
-    tasks_per_node: Optional[int] = None    # processes per node; None: one per GPU (1 on CPU)
-    cpus_per_task: Optional[int] = None     # None: data.num_workers + 1
-    mem_gb: Optional[float] = None          # per node; None: the cluster's default
-    partition: Optional[str] = None         # None: the cluster's default partition
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
-    timeout_min: int = 60                   # time limit of one run (minutes); at the limit the job checkpoints and requeues
-    signal_delay_s: int = 120               # the stop signal (SIGUSR2) comes this long before the time limit
-    max_requeues: int = 10                  # how often the job may requeue itself (time limits + preemptions)
+    gpus_per_node: int = 0  # 0: a CPU job
+    tasks_per_node: int | None = None  # processes per node; None: one per GPU (1 on CPU)
+    cpus_per_task: int | None = None  # None: data.num_workers + 1
+    mem_gb: float | None = None  # per node; None: the cluster's default
+    partition: str | None = None  # None: the cluster's default partition
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    timeout_min: int = 60  # time limit of one run (minutes); at the limit the job checkpoints and requeues
+    signal_delay_s: int = 120  # the stop signal (SIGUSR2) comes this long before the time limit
+    max_requeues: int = 10  # how often the job may requeue itself (time limits + preemptions)
     job_name: str = "${run_name}"
-    sbatch_extra: dict[str, Any] = field(default_factory=dict)   # more #SBATCH options: {exclusive: true, mail-type: END}
-    setup: list[str] = field(default_factory=list)               # shell lines before srun: ["module load cuda/12.4"]
-    folder: Optional[str] = None            # submitit's scripts, logs and results; None: <run dir>/slurm
-    eval_job: bool = False                  # evaluate in a dependent job instead of after training in the same job
-    wait: bool = False                      # wait for the job and report how it ended
+    sbatch_extra: dict[str, Any] = field(
+        default_factory=dict
+    )  # more #SBATCH options: {exclusive: true, mail-type: END}
+    setup: list[str] = field(default_factory=list)  # shell lines before srun: ["module load cuda/12.4"]
+    folder: str | None = None  # submitit's scripts, logs and results; None: <run dir>/slurm
+    eval_job: bool = False  # evaluate in a dependent job instead of after training in the same job
+    wait: bool = False  # wait for the job and report how it ended
 
 
 @dataclass
 class Config:
-    run_name: str = "${model.kind}-${data.name}"   # the default run directory is outputs/<run_name>
+    run_name: str = "${model.kind}-${data.name}"  # the default run directory is outputs/<run_name>
     mode: Mode = Mode.train
-    model: ModelConfig = MISSING            # model=clip (default) | model=mae
+    model: ModelConfig = MISSING  # model=clip (default) | model=mae
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

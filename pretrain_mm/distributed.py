@@ -29,8 +29,9 @@ class DistInfo:
 def _first_slurm_host(nodelist: str) -> str:
     """The first host of a Slurm node list ('node[003-005,9]' -> 'node003')."""
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                             check=True, timeout=30)
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True, timeout=30
+        )
         return out.stdout.split()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         head = nodelist.split(",")[0]
@@ -68,8 +69,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(minutes=30)
+        )
     return DistInfo(rank, world, local_rank, dev)
 
 

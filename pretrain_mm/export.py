@@ -23,18 +23,20 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain_mm.config import plain_config
+
 FORMATS = ("open_clip", "safetensors")
 
 
 def export(source, out, fmt: str) -> list[Path]:
     """Write the files of `fmt` for the model of `source` (a run, a checkpoint or a .safetensors file)
     into the new or empty directory `out`; returns the paths written."""
+    from safetensors.torch import save_file
+
     from pretrain_mm.builders import build_tokenizer
     from pretrain_mm.eval.loading import load_checkpoint_model
     from pretrain_mm.interop import MODEL_FILE, read_header, save_weights, to_open_clip
     from pretrain_mm.interop.weights import STEP_KEY
     from pretrain_mm.models import CLIP
-    from safetensors.torch import save_file
 
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
@@ -69,8 +71,12 @@ def export(source, out, fmt: str) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pretrain_mm.export", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pretrain_mm.export",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("source", help="a run directory, one of its checkpoints/step_<N>, or a .safetensors file")
     parser.add_argument("out", help="a new (or empty) directory")
     parser.add_argument("--format", choices=FORMATS, required=True)

@@ -21,7 +21,7 @@ NATIVE_BF16_FEATURES = ("avx512_bf16", "amx_bf16")
 @dataclass(frozen=True)
 class Precision:
     bf16: bool
-    reason: str                  # why, for the run's log and config.yaml
+    reason: str  # why, for the run's log and config.yaml
 
     @property
     def name(self) -> str:
@@ -49,8 +49,11 @@ def resolve_precision(requested: str, device: torch.device, *, key: str = "train
         features = cpu_bf16_features()
         if features:
             return Precision(True, f"auto: this CPU multiplies bf16 natively ({', '.join(features)})")
-        return Precision(False, "auto: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 autocast "
-                                "is emulated and about 20x slower than fp32")
+        return Precision(
+            False,
+            "auto: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 autocast "
+            "is emulated and about 20x slower than fp32",
+        )
     return Precision(False, f"auto: fp32 on {device.type}")
 
 

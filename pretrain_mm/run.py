@@ -38,9 +38,14 @@ def run(cfg, run_dir, stages=("train", "eval")) -> dict:
     try:
         if "train" in stages:
             result = train(cfg, run_dir, info)
-            summary = {"run_dir": str(run_dir), "status": result.status, "step": result.step,
-                       "max_steps": cfg.trainer.max_steps, "final_loss": result.final_loss,
-                       "checkpoint": str(result.checkpoint) if result.checkpoint else None}
+            summary = {
+                "run_dir": str(run_dir),
+                "status": result.status,
+                "step": result.step,
+                "max_steps": cfg.trainer.max_steps,
+                "final_loss": result.final_loss,
+                "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+            }
         elif cfg.mode == "eval":  # +exp=eval: a checkpoint of any run, nothing trained here
             summary = {"run_dir": str(run_dir), "status": "finished"}
         else:  # a dependent evaluation job (launcher.eval_job): its training must have finished
@@ -63,8 +68,10 @@ def check_eval_checkpoint(cfg) -> None:
     loader's own message speaks of "checkpoint", not of the key the user set)."""
     path = cfg.eval.checkpoint
     if cfg.mode == "eval" and path and not Path(path).expanduser().exists():
-        raise ValueError(f"checkpoint {path} does not exist (eval.checkpoint): give a training run's directory, "
-                         "e.g. eval.checkpoint=outputs/clip, or one of its checkpoints/step_<N>")
+        raise ValueError(
+            f"checkpoint {path} does not exist (eval.checkpoint): give a training run's directory, "
+            "e.g. eval.checkpoint=outputs/clip, or one of its checkpoints/step_<N>"
+        )
 
 
 def evaluate(cfg, run_dir, info):
@@ -86,6 +93,8 @@ def finished_training(run_dir) -> dict:
         raise ValueError(f"{path} does not exist: the training job ended before it finished; nothing to evaluate")
     summary = json.loads(path.read_text())
     if summary.get("status") != "finished":
-        raise ValueError(f"training in {run_dir} did not finish (status {summary.get('status')!r} at step "
-                         f"{summary.get('step')}); not evaluating")
+        raise ValueError(
+            f"training in {run_dir} did not finish (status {summary.get('status')!r} at step "
+            f"{summary.get('step')}); not evaluating"
+        )
     return {"run_dir": str(run_dir), **summary}

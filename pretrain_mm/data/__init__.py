@@ -19,14 +19,47 @@ from .decode import DEFAULT_CAPTION_KEY, DEFAULT_IMAGE_KEY
 from .pipeline import SKIP_REASONS, Loader, build_loader
 from .reader import ShardError, TruncatedShard, iter_shard
 from .shards import ShardWriter, expand_urls, read_sizes, write_sizes
-from .tokenizer import (CLIP, TOKENIZER_FILE, Tokenizer, clip_tokenizer, find_tokenizer_file, train_tokenizer,
-                        train_tokenizer_on_shards)
+from .tokenizer import (
+    CLIP,
+    TOKENIZER_FILE,
+    Tokenizer,
+    clip_tokenizer,
+    find_tokenizer_file,
+    train_tokenizer,
+    train_tokenizer_on_shards,
+)
 from .transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, image_transform
 
 __all__ = [
-    "BUILTINS", "CLIP", "CLIP_MEAN", "CLIP_STD", "DEFAULT_CAPTION_KEY", "DEFAULT_IMAGE_KEY", "IMAGENET_MEAN",
-    "IMAGENET_STD", "SKIP_REASONS", "TOKENIZER_FILE", "Loader", "ShardError", "ShardWriter", "Tokenizer",
-    "TruncatedShard", "build_loader", "builtin_dir", "builtin_info", "check_shards", "clip_tokenizer",
-    "expand_urls", "find_tokenizer_file", "get_builtin", "image_transform", "iter_shard", "load_tokenizer",
-    "read_sizes", "train_tokenizer", "train_tokenizer_on_shards", "write_builtin", "write_sizes",
+    "BUILTINS",
+    "CLIP",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "DEFAULT_CAPTION_KEY",
+    "DEFAULT_IMAGE_KEY",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SKIP_REASONS",
+    "TOKENIZER_FILE",
+    "Loader",
+    "ShardError",
+    "ShardWriter",
+    "Tokenizer",
+    "TruncatedShard",
+    "build_loader",
+    "builtin_dir",
+    "builtin_info",
+    "check_shards",
+    "clip_tokenizer",
+    "expand_urls",
+    "find_tokenizer_file",
+    "get_builtin",
+    "image_transform",
+    "iter_shard",
+    "load_tokenizer",
+    "read_sizes",
+    "train_tokenizer",
+    "train_tokenizer_on_shards",
+    "write_builtin",
+    "write_sizes",
 ]

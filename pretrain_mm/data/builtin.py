@@ -1,4 +1,4 @@
-"""Built-in datasets made on first use: synthetic captioned `shapes`, scikit-learn `digits`, and real `stamps` (Debian)."""
+"""Built-in datasets made on first use: synthetic captioned `shapes`, scikit-learn `digits`, real `stamps` (Debian)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import random
 import re
 import shutil
 import tempfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -28,13 +29,30 @@ SPLITS = ("train", "val")
 
 # ----------------------------------------------------------------------------- shapes
 
-COLOURS = {"red": (215, 35, 35), "green": (35, 165, 55), "blue": (35, 75, 215), "yellow": (240, 215, 35),
-           "purple": (135, 55, 185), "orange": (245, 135, 25), "pink": (245, 125, 185), "cyan": (35, 205, 215)}
+COLOURS = {
+    "red": (215, 35, 35),
+    "green": (35, 165, 55),
+    "blue": (35, 75, 215),
+    "yellow": (240, 215, 35),
+    "purple": (135, 55, 185),
+    "orange": (245, 135, 25),
+    "pink": (245, 125, 185),
+    "cyan": (35, 205, 215),
+}
 BACKGROUNDS = {"white": (232, 232, 232), "grey": (125, 125, 125), "black": (22, 22, 22), "brown": (105, 70, 40)}
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 SHAPE_SIZES = ("small", "large")
-POSITIONS = ("top left", "top centre", "top right", "middle left", "centre", "middle right",
-             "bottom left", "bottom centre", "bottom right")
+POSITIONS = (
+    "top left",
+    "top centre",
+    "top right",
+    "middle left",
+    "centre",
+    "middle right",
+    "bottom left",
+    "bottom centre",
+    "bottom right",
+)
 # Half the captions describe everything, half only some attributes besides the shape: then no
 # attribute but the shape tells every caption apart, and a model cannot match captions while
 # ignoring shapes (with full captions only, colour + background + position suffice).
@@ -55,20 +73,33 @@ PARTIAL_TEMPLATES = (
 # Zero-shot prompts: templates no training caption uses (check_unseen_prompts asserts it at build
 # time), so zero-shot accuracy measures transfer to new wording, not recall of seen captions.
 PROMPT_TEMPLATES = (
-    "a drawing of a {shape}", "the outline of a {shape}", "one {shape} and nothing else",
+    "a drawing of a {shape}",
+    "the outline of a {shape}",
+    "one {shape} and nothing else",
     "an image showing a single {shape}",
-    "an object painted {colour}", "something coloured {colour}", "a {colour} thing", "mostly {colour} paint",
-    "an object that looks {size}", "the figure is {size}", "a {size} object",
-    "a figure toward the {pos}", "something placed toward the {pos}", "an object near the {pos}",
-    "a plain {bg} backdrop behind the object", "a figure resting on a {bg} backdrop", "an empty {bg} backdrop",
+    "an object painted {colour}",
+    "something coloured {colour}",
+    "a {colour} thing",
+    "mostly {colour} paint",
+    "an object that looks {size}",
+    "the figure is {size}",
+    "a {size} object",
+    "a figure toward the {pos}",
+    "something placed toward the {pos}",
+    "an object near the {pos}",
+    "a plain {bg} backdrop behind the object",
+    "a figure resting on a {bg} backdrop",
+    "an empty {bg} backdrop",
 )
 # The compositional split: (shape, colour) index pairs that no training scene shows and that are
 # the only pairs val shows, so val asks for known shapes and known colours in unseen combinations.
 # Shape s loses colours s and s - 2 (mod 8): every shape 2 of its 8 colours, every colour 1 or 2
 # shapes, 12 of the 48 pairs; a fixed rule, so every build holds out the same pairs.
 HELD_OUT = tuple((s, c) for s in range(len(SHAPES)) for c in (s, (s - 2) % len(COLOURS)))
-SPLIT_PAIRS = {"train": tuple((s, c) for s in range(len(SHAPES)) for c in range(len(COLOURS))
-                              if (s, c) not in HELD_OUT), "val": HELD_OUT}
+SPLIT_PAIRS = {
+    "train": tuple((s, c) for s in range(len(SHAPES)) for c in range(len(COLOURS)) if (s, c) not in HELD_OUT),
+    "val": HELD_OUT,
+}
 assert all(sum(s == k for s, _ in HELD_OUT) == 2 for k in range(len(SHAPES)))
 assert all(1 <= sum(c == k for _, c in HELD_OUT) <= 2 for k in range(len(COLOURS)))
 SHAPES_DEFAULTS = {"num_train": 10_000, "num_val": 1_000, "image_size": 64, "seed": 0}
@@ -77,8 +108,13 @@ SHAPES_DEFAULTS = {"num_train": 10_000, "num_val": 1_000, "image_size": 64, "see
 def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     def ring(n: int, radii: tuple[float, ...], start: float = -90.0):
         k = len(radii)
-        return [(cx + radii[i % k] * r * math.cos(math.radians(start + 360.0 * i / n)),
-                 cy + radii[i % k] * r * math.sin(math.radians(start + 360.0 * i / n))) for i in range(n)]
+        return [
+            (
+                cx + radii[i % k] * r * math.cos(math.radians(start + 360.0 * i / n)),
+                cy + radii[i % k] * r * math.sin(math.radians(start + 360.0 * i / n)),
+            )
+            for i in range(n)
+        ]
 
     if shape == "triangle":
         return ring(3, (1.0,))
@@ -91,13 +127,27 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
         return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
     if shape == "cross":
         a, w = r, 0.32 * r
-        pts = [(w, -a), (w, -w), (a, -w), (a, w), (w, w), (w, a), (-w, a), (-w, w), (-a, w), (-a, -w), (-w, -w), (-w, -a)]
+        pts = [
+            (w, -a),
+            (w, -w),
+            (a, -w),
+            (a, w),
+            (w, w),
+            (w, a),
+            (-w, a),
+            (-w, w),
+            (-a, w),
+            (-a, -w),
+            (-w, -w),
+            (-w, -a),
+        ]
         return [(cx + x, cy + y) for x, y in pts]
     raise ValueError(shape)
 
 
-def draw_scene(rng: random.Random, size: int,
-               pairs: tuple[tuple[int, int], ...] | None = None) -> tuple[Image.Image, dict]:
+def draw_scene(
+    rng: random.Random, size: int, pairs: tuple[tuple[int, int], ...] | None = None
+) -> tuple[Image.Image, dict]:
     """One scene: a shape of random kind, colour, size and grid position on a jittered, shaded,
     noisy background. Returns the image and the attribute indices. `pairs`: the (shape, colour)
     index pairs to draw from (a split's, SPLIT_PAIRS), uniformly; None: any shape, any colour."""
@@ -105,9 +155,13 @@ def draw_scene(rng: random.Random, size: int,
         shape_colour = (rng.randrange(len(SHAPES)), rng.randrange(len(COLOURS)))
     else:
         shape_colour = rng.choice(pairs)
-    attrs = {"shape": shape_colour[0], "colour": shape_colour[1],
-             "size": rng.randrange(len(SHAPE_SIZES)), "position": rng.randrange(len(POSITIONS)),
-             "background": rng.randrange(len(BACKGROUNDS))}
+    attrs = {
+        "shape": shape_colour[0],
+        "colour": shape_colour[1],
+        "size": rng.randrange(len(SHAPE_SIZES)),
+        "position": rng.randrange(len(POSITIONS)),
+        "background": rng.randrange(len(BACKGROUNDS)),
+    }
     ss = 4  # supersampling for smooth edges
     row, col = divmod(attrs["position"], 3)
     cx = (0.2 + 0.3 * col + rng.uniform(-0.04, 0.04)) * size * ss
@@ -129,15 +183,20 @@ def draw_scene(rng: random.Random, size: int,
     shade = (math.cos(theta) * ramp[None, :] + math.sin(theta) * ramp[:, None]) * rng.uniform(0, 18)
     bg = base + shade[..., None] + g.normal(0, 4, (size, size, 3)).astype(np.float32)
     fg = np.array(list(COLOURS.values())[attrs["colour"]], np.float32) + np.array(
-        [rng.uniform(-18, 18) for _ in range(3)], np.float32)
+        [rng.uniform(-18, 18) for _ in range(3)], np.float32
+    )
     img = np.clip(bg * (1 - alpha) + fg * alpha, 0, 255).astype(np.uint8)
     return Image.fromarray(img, "RGB"), attrs
 
 
 def shapes_caption(template: str, attrs: dict) -> str:
     return template.format(
-        size=SHAPE_SIZES[attrs["size"]], colour=list(COLOURS)[attrs["colour"]], shape=SHAPES[attrs["shape"]],
-        pos=POSITIONS[attrs["position"]], bg=list(BACKGROUNDS)[attrs["background"]])
+        size=SHAPE_SIZES[attrs["size"]],
+        colour=list(COLOURS)[attrs["colour"]],
+        shape=SHAPES[attrs["shape"]],
+        pos=POSITIONS[attrs["position"]],
+        bg=list(BACKGROUNDS)[attrs["background"]],
+    )
 
 
 def _jpeg(img: Image.Image) -> bytes:
@@ -152,8 +211,10 @@ def _shapes_samples(split: str, num: int, image_size: int, seed: int) -> Iterato
         img, attrs = draw_scene(rng, image_size, SPLIT_PAIRS[split])
         caption = shapes_caption(rng.choice(FULL_TEMPLATES if rng.random() < 0.5 else PARTIAL_TEMPLATES), attrs)
         meta = dict(attrs, caption=caption, full_caption=shapes_caption(FULL_TEMPLATES[0], attrs), label=attrs["shape"])
-        yield f"{i:08d}", {"jpg": _jpeg(img), "txt": caption, "cls": str(attrs["shape"]),
-                           "json": json.dumps(meta, sort_keys=True)}
+        yield (
+            f"{i:08d}",
+            {"jpg": _jpeg(img), "txt": caption, "cls": str(attrs["shape"]), "json": json.dumps(meta, sort_keys=True)},
+        )
 
 
 _FIELDS = {"shape": "shape", "colour": "colour", "size": "size", "position": "pos", "background": "bg"}
@@ -180,6 +241,7 @@ def check_unseen_prompts(prompts, training) -> None:
     """Assert that no zero-shot prompt template is a training caption template (fields renamed
     or not) and that none of its literal pieces of two or more words occurs in one. Single words
     ('a', 'the', 'background') are allowed: no English sentence avoids them all."""
+
     def form(t):
         return re.sub(r"\{[^{}]*\}", "{}", t)
 
@@ -188,28 +250,41 @@ def check_unseen_prompts(prompts, training) -> None:
     for prompt in prompts:
         assert form(prompt) not in seen, f"zero-shot prompt template {prompt!r} is a training caption template"
         for piece in fixed_text(prompt):
-            assert len(piece.split()) < 2 or not any(f" {piece} " in p for p in pieces), \
+            assert len(piece.split()) < 2 or not any(f" {piece} " in p for p in pieces), (
                 f"zero-shot prompt template {prompt!r}: {piece!r} occurs in a training caption template"
+            )
 
 
-SHAPES_EVAL_NOTE = (f"val holds only the {len(HELD_OUT)} shape-colour pairs never seen in training (every shape "
-                    "and every colour is seen, never together); zero-shot prompts are templates never used in "
-                    "training captions")
+SHAPES_EVAL_NOTE = (
+    f"val holds only the {len(HELD_OUT)} shape-colour pairs never seen in training (every shape "
+    "and every colour is seen, never together); zero-shot prompts are templates never used in "
+    "training captions"
+)
 
 
 def _shapes_info(params: dict) -> dict:
     check_unseen_prompts(PROMPT_TEMPLATES, FULL_TEMPLATES + PARTIAL_TEMPLATES)
     return {
-        "name": "shapes", "params": params, "label": "shape",
-        "classes": {"shape": list(SHAPES), "colour": list(COLOURS), "size": list(SHAPE_SIZES),
-                    "position": list(POSITIONS), "background": list(BACKGROUNDS)},
+        "name": "shapes",
+        "params": params,
+        "label": "shape",
+        "classes": {
+            "shape": list(SHAPES),
+            "colour": list(COLOURS),
+            "size": list(SHAPE_SIZES),
+            "position": list(POSITIONS),
+            "background": list(BACKGROUNDS),
+        },
         "label_keys": {a: f"json:{a}" for a in _FIELDS},
         # prompt ensembles for zero-shot classification of each attribute: p.format(class name)
         "prompts": {a: _prompts(a) for a in _FIELDS},
         "notes": "captions name left/right positions: a horizontal flip makes them wrong (hflip=False); "
-                 "json:full_caption describes every attribute, for retrieval without ambiguous captions",
-        "split": {"kind": "compositional", "held_out": [[SHAPES[s], list(COLOURS)[c]] for s, c in HELD_OUT],
-                  "note": "train never shows a held-out (shape, colour) pair; val shows only those"},
+        "json:full_caption describes every attribute, for retrieval without ambiguous captions",
+        "split": {
+            "kind": "compositional",
+            "held_out": [[SHAPES[s], list(COLOURS)[c]] for s, c in HELD_OUT],
+            "note": "train never shows a held-out (shape, colour) pair; val shows only those",
+        },
         # said beside the evaluation's results (eval/report.py)
         "eval_note": SHAPES_EVAL_NOTE,
     }
@@ -220,12 +295,22 @@ def _shapes_info(params: dict) -> dict:
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Training captions use DIGIT_TEMPLATES; zero-shot prompts DIGIT_PROMPT_TEMPLATES, which no caption
 # uses (checked at build time), so zero-shot accuracy is not the recall of seen captions.
-DIGIT_TEMPLATES = ("a handwritten digit {}", "a scan of a handwritten {}", "the number {}, written by hand",
-                   "a small scan of the handwritten number {}")
-DIGIT_PROMPT_TEMPLATES = ("a photo of the digit {}", "a picture of the numeral {}", "a pixelated drawing of {}",
-                          "the figure {} in dark ink", "a blurry picture showing {}")
-DIGITS_EVAL_NOTE = ("val: a stratified random split of the scans; zero-shot prompts are templates never used in "
-                    "training captions")
+DIGIT_TEMPLATES = (
+    "a handwritten digit {}",
+    "a scan of a handwritten {}",
+    "the number {}, written by hand",
+    "a small scan of the handwritten number {}",
+)
+DIGIT_PROMPT_TEMPLATES = (
+    "a photo of the digit {}",
+    "a picture of the numeral {}",
+    "a pixelated drawing of {}",
+    "the figure {} in dark ink",
+    "a blurry picture showing {}",
+)
+DIGITS_EVAL_NOTE = (
+    "val: a stratified random split of the scans; zero-shot prompts are templates never used in training captions"
+)
 DIGITS_DEFAULTS = {"image_size": 32, "val_fraction": 0.2, "seed": 0}
 
 
@@ -247,15 +332,28 @@ def _digits_samples(d: dict, split: str, image_size: int, seed: int) -> Iterator
         caption = random.Random(f"digits/{seed}/{i}").choice(DIGIT_TEMPLATES).format(DIGIT_NAMES[label])
         buf = io.BytesIO()
         img.save(buf, format="PNG")
-        yield f"{int(i):08d}", {"png": buf.getvalue(), "txt": caption, "cls": str(label),
-                                "json": json.dumps({"caption": caption, "label": label, "index": int(i)}, sort_keys=True)}
+        yield (
+            f"{int(i):08d}",
+            {
+                "png": buf.getvalue(),
+                "txt": caption,
+                "cls": str(label),
+                "json": json.dumps({"caption": caption, "label": label, "index": int(i)}, sort_keys=True),
+            },
+        )
 
 
 def _digits_info(params: dict) -> dict:
     check_unseen_prompts(DIGIT_PROMPT_TEMPLATES, DIGIT_TEMPLATES)
-    return {"name": "digits", "params": params, "label": "label", "classes": {"label": list(DIGIT_NAMES)},
-            "label_keys": {"label": "cls"}, "prompts": {"label": list(DIGIT_PROMPT_TEMPLATES)},
-            "eval_note": DIGITS_EVAL_NOTE}
+    return {
+        "name": "digits",
+        "params": params,
+        "label": "label",
+        "classes": {"label": list(DIGIT_NAMES)},
+        "label_keys": {"label": "cls"},
+        "prompts": {"label": list(DIGIT_PROMPT_TEMPLATES)},
+        "eval_note": DIGITS_EVAL_NOTE,
+    }
 
 
 # ----------------------------------------------------------------------------- building and caching
@@ -359,7 +457,9 @@ def builtin_info(name: str, root: str | None = None, **overrides) -> dict:
         return json.load(f)
 
 
-def load_tokenizer(name_or_path: str, context_length: int = DEFAULT_CONTEXT_LENGTH, root: str | None = None) -> Tokenizer:
+def load_tokenizer(
+    name_or_path: str, context_length: int = DEFAULT_CONTEXT_LENGTH, root: str | None = None
+) -> Tokenizer:
     """A tokenizer by name ('clip': OpenAI CLIP's BPE; 'shapes', 'digits', ...: the built-in dataset's own,
     made on first use under `root`, as get_builtin), or from a tokenizer.json file or a directory holding one
     (a shard directory or its parent)."""

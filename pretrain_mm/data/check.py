@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
 
-from .decode import (DEFAULT_CAPTION_KEY, DEFAULT_IMAGE_KEY, SkipSample, decode_image, get_caption,
-                     get_image_bytes, get_label, parse_key_spec, spec_exts)
+from .decode import (
+    DEFAULT_CAPTION_KEY,
+    DEFAULT_IMAGE_KEY,
+    SkipSample,
+    decode_image,
+    get_caption,
+    get_image_bytes,
+    get_label,
+    parse_key_spec,
+    spec_exts,
+)
 from .reader import ShardError, TruncatedShard, iter_shard
-from .shards import is_remote, expand_urls, write_sizes
+from .shards import expand_urls, is_remote, write_sizes
 
 PROBLEMS = ("no_image", "bad_image", "no_caption", "no_label")
 
@@ -43,8 +52,11 @@ class CheckReport:
         return any(s.bad for s in self.shards)
 
     def totals(self) -> dict[str, int]:
-        out = {"shards": len(self.shards), "samples": sum(s.samples for s in self.shards),
-               "ok": sum(s.ok for s in self.shards)}
+        out = {
+            "shards": len(self.shards),
+            "samples": sum(s.samples for s in self.shards),
+            "ok": sum(s.ok for s in self.shards),
+        }
         out.update({p: sum(len(s.problems[p]) for s in self.shards) for p in PROBLEMS})
         for status in ("truncated", "unreadable", "empty"):
             out[f"{status}_shards"] = sum(s.status == status for s in self.shards)
@@ -58,9 +70,12 @@ class CheckReport:
             values = [s.samples, s.ok] + [len(s.problems[p]) for p in PROBLEMS]
             lines.append(f"{s.url:{width}s} " + " ".join(f"{v:10d}" for v in values) + f"  {s.status}")
         t = self.totals()
-        lines.append(f"{'total (%d shards)' % t['shards']:{width}s} " + " ".join(f"{t[c]:10d}" for c in cols)
-                     + f"  {t['truncated_shards']} truncated, {t['unreadable_shards']} unreadable, "
-                       f"{t['empty_shards']} empty")
+        lines.append(
+            f"{'total (%d shards)' % t['shards']:{width}s} "
+            + " ".join(f"{t[c]:10d}" for c in cols)
+            + f"  {t['truncated_shards']} truncated, {t['unreadable_shards']} unreadable, "
+            f"{t['empty_shards']} empty"
+        )
         listed = [f"  {s.url}: {p}: {key}" for s in self.shards for p in PROBLEMS for key in s.problems[p]]
         listed += [f"  {s.url}: {s.status}: {s.error}" for s in self.shards if s.status != "ok"]
         if listed:
@@ -71,8 +86,12 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def check_shard(url: str, image_key: str = DEFAULT_IMAGE_KEY, caption_key: str | None = DEFAULT_CAPTION_KEY,
-                label_key: str | None = None) -> ShardReport:
+def check_shard(
+    url: str,
+    image_key: str = DEFAULT_IMAGE_KEY,
+    caption_key: str | None = DEFAULT_CAPTION_KEY,
+    label_key: str | None = None,
+) -> ShardReport:
     """Read every sample of one shard and test its image (full decode), caption and label."""
     image_spec = parse_key_spec(image_key, "image")
     caption_spec = parse_key_spec(caption_key, "caption")
@@ -89,7 +108,10 @@ def check_shard(url: str, image_key: str = DEFAULT_IMAGE_KEY, caption_key: str |
                 found.append("no_image")
             except Exception:  # whatever Pillow raises for bad bytes
                 found.append("bad_image")
-            for problem, spec, getter in (("no_caption", caption_spec, get_caption), ("no_label", label_spec, get_label)):
+            for problem, spec, getter in (
+                ("no_caption", caption_spec, get_caption),
+                ("no_label", label_spec, get_label),
+            ):
                 try:
                     if spec:
                         getter(sample, spec, cache)
@@ -106,9 +128,16 @@ def check_shard(url: str, image_key: str = DEFAULT_IMAGE_KEY, caption_key: str |
     return report
 
 
-def check_shards(urls: str | Sequence[str], *, image_key: str = DEFAULT_IMAGE_KEY,
-                 caption_key: str | None = DEFAULT_CAPTION_KEY, label_key: str | None = None,
-                 write_sizes_json: bool = True, workers: int = 1, progress: bool = True) -> CheckReport:
+def check_shards(
+    urls: str | Sequence[str],
+    *,
+    image_key: str = DEFAULT_IMAGE_KEY,
+    caption_key: str | None = DEFAULT_CAPTION_KEY,
+    label_key: str | None = None,
+    write_sizes_json: bool = True,
+    workers: int = 1,
+    progress: bool = True,
+) -> CheckReport:
     """Check a shard set (directory, pattern or list). Writes sizes.json (complete samples per shard)
     beside local shards unless told not to. `workers` > 1 checks shards in parallel processes."""
     from tqdm import tqdm
@@ -134,6 +163,8 @@ def check_shards(urls: str | Sequence[str], *, image_key: str = DEFAULT_IMAGE_KE
         by_dir: dict[str, dict[str, int]] = {}
         for rep in shards:
             if not is_remote(rep.url) and os.path.isfile(rep.url):
-                by_dir.setdefault(os.path.dirname(os.path.abspath(rep.url)), {})[os.path.basename(rep.url)] = rep.samples
+                by_dir.setdefault(os.path.dirname(os.path.abspath(rep.url)), {})[os.path.basename(rep.url)] = (
+                    rep.samples
+                )
         report.sizes_files = [write_sizes(d, counts) for d, counts in sorted(by_dir.items())]
     return report

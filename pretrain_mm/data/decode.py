@@ -1,14 +1,16 @@
-"""Safe decoding of shard members (images, text, JSON and class labels only, chosen by key specs), and the counter of what is skipped."""
+"""Safe decoding of shard members (images, text, JSON and class labels only, chosen by key specs), and the
+counter of what is skipped."""
 
 from __future__ import annotations
 
 import io
-import logging
 import json
+import logging
 import re
 import warnings
 from collections import Counter
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -221,8 +223,10 @@ class SkipCounter:
         if n <= 3 or n % 1000 == 0:
             log.warning("skipped (%s, %d so far in this worker): %s", reason, n, exn, exc_info=reason == "error")
         if self.limit is not None and self.consecutive >= self.limit:
-            raise RuntimeError(f"{self.consecutive} samples/shards in a row were skipped "
-                               f"({dict(self.total)}); check the shards and image_key/caption_key") from exn
+            raise RuntimeError(
+                f"{self.consecutive} samples/shards in a row were skipped "
+                f"({dict(self.total)}); check the shards and image_key/caption_key"
+            ) from exn
         return True
 
     def take(self) -> dict[str, int]:

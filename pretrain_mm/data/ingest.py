@@ -6,7 +6,7 @@ import csv
 import json
 import os
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 from .decode import IMAGE_EXTS, as_int, decode_image
 from .shards import write_samples
@@ -34,8 +34,10 @@ def read_table(path: str, columns: list[str]) -> list[dict]:
         raise ValueError(f"table {path!r} must be .csv, .tsv or .parquet")
     missing = [c for c in columns if c not in header]
     if missing:
-        raise ValueError(f"table {path!r} has no column(s) {missing}; its columns are {header}; "
-                         "name the right ones with --path-col/--caption-col/--label-col")
+        raise ValueError(
+            f"table {path!r} has no column(s) {missing}; its columns are {header}; "
+            "name the right ones with --path-col/--caption-col/--label-col"
+        )
     return rows
 
 
@@ -62,9 +64,15 @@ def _records(source: str, root: str | None, path_col: str, caption_col: str, lab
     if os.path.isfile(source) and source.lower().endswith(TABLE_EXTS):
         rows = read_table(source, [path_col, caption_col] + ([label_col] if label_col else []))
         base = root or os.path.dirname(os.path.abspath(source))
-        return [(os.path.join(base, str(r[path_col])), str(r[path_col]),
-                 (str(r[caption_col]).strip() if r[caption_col] is not None else None),
-                 (r[label_col] if label_col else None)) for r in rows]
+        return [
+            (
+                os.path.join(base, str(r[path_col])),
+                str(r[path_col]),
+                (str(r[caption_col]).strip() if r[caption_col] is not None else None),
+                (r[label_col] if label_col else None),
+            )
+            for r in rows
+        ]
     raise ValueError(f"source {source!r} is neither a folder of images nor a .csv/.tsv/.parquet table")
 
 
@@ -79,9 +87,19 @@ def _label_ids(records: list[tuple]) -> tuple[dict, list[str] | None]:
     return {v: names.index(str(v)) for v in labels}, names
 
 
-def write_dataset(source: str, out_dir: str, *, shard_size: int = 1000, root: str | None = None,
-                  path_col: str = "path", caption_col: str = "caption", label_col: str | None = None,
-                  vocab_size: int = 0, verify: bool = True, require_caption: bool = True) -> dict:
+def write_dataset(
+    source: str,
+    out_dir: str,
+    *,
+    shard_size: int = 1000,
+    root: str | None = None,
+    path_col: str = "path",
+    caption_col: str = "caption",
+    label_col: str | None = None,
+    vocab_size: int = 0,
+    verify: bool = True,
+    require_caption: bool = True,
+) -> dict:
     """Write a folder (captions in a .txt beside each image) or a table into shards, deterministically.
 
     Each sample holds the original image bytes, .txt caption, .json metadata (caption, label,
@@ -123,7 +141,9 @@ def write_dataset(source: str, out_dir: str, *, shard_size: int = 1000, root: st
             yield f"{index:09d}", members
             index += 1
 
-    sizes = write_samples(samples(), out_dir, shard_size, total=len(records), desc=f"writing {os.path.basename(out_dir)}")
+    sizes = write_samples(
+        samples(), out_dir, shard_size, total=len(records), desc=f"writing {os.path.basename(out_dir)}"
+    )
     if not sizes:
         raise ValueError(f"no sample of {source!r} could be written (left out: {dict(skipped)})")
     if class_names is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class WordSwapNegatives:
@@ -28,11 +28,14 @@ class WordSwapNegatives:
         for group in groups:
             words = tuple(dict.fromkeys(str(w).strip().lower() for w in group))
             if len(words) < 2 or not all(words):
-                raise ValueError(f"data.hard_negatives: each group needs at least two distinct words, got {list(group)}")
+                raise ValueError(
+                    f"data.hard_negatives: each group needs at least two distinct words, got {list(group)}"
+                )
             for word in words:
                 if word in self.group_of:
-                    raise ValueError(f"data.hard_negatives: {word!r} is in two groups; a word can only be swapped "
-                                     "within one")
+                    raise ValueError(
+                        f"data.hard_negatives: {word!r} is in two groups; a word can only be swapped within one"
+                    )
                 self.group_of[word] = words
         # Longest first, so that a multi-word entry ("top left") wins over a word inside it ("left").
         alternatives = sorted(self.group_of, key=len, reverse=True)
@@ -45,4 +48,4 @@ class WordSwapNegatives:
         match = rng.choice(matches)
         word = match.group(0).lower()
         other = rng.choice([w for w in self.group_of[word] if w != word])
-        return caption[:match.start()] + other + caption[match.end():]
+        return caption[: match.start()] + other + caption[match.end() :]

@@ -6,7 +6,8 @@ import math
 import random
 import warnings
 from collections import Counter
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import webdataset as wds
@@ -14,19 +15,36 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from pretrain_mm.distributed import rank_world
 
-from .decode import (DEFAULT_CAPTION_KEY, DEFAULT_IMAGE_KEY, SkipCounter, SkipSample, decode_image, get_caption,
-                     get_image_bytes, get_label, parse_key_spec, spec_exts)
+from .builtin import load_tokenizer
+from .decode import (
+    DEFAULT_CAPTION_KEY,
+    DEFAULT_IMAGE_KEY,
+    SkipCounter,
+    SkipSample,
+    decode_image,
+    get_caption,
+    get_image_bytes,
+    get_label,
+    parse_key_spec,
+    spec_exts,
+)
 from .negatives import WordSwapNegatives
 from .position import Resumable
 from .reader import EmptyShard, ShardError, iter_shard
 from .shards import describe, expand_urls, read_sizes
-from .builtin import load_tokenizer
 from .tokenizer import Tokenizer
 from .transforms import CLIP_MEAN, CLIP_STD, ImageAugment, Normalize, stack_uint8
 
-
-SKIP_REASONS = ("no_image", "bad_image", "no_caption", "no_label",
-                "truncated_shard", "unreadable_shard", "empty_shard", "error")
+SKIP_REASONS = (
+    "no_image",
+    "bad_image",
+    "no_caption",
+    "no_label",
+    "truncated_shard",
+    "unreadable_shard",
+    "empty_shard",
+    "error",
+)
 MAX_CONSECUTIVE_SKIPS = 10_000  # a resampled stream that only meets bad data stops instead of hanging
 
 
@@ -86,8 +104,7 @@ def split_shards(items: list[dict], index: int, count: int) -> list[dict]:
         return items
     if len(items) >= count:
         return items[index::count]
-    return [dict(item, slice=(item["slice"][0] + item["slice"][1] * index, item["slice"][1] * count))
-            for item in items]
+    return [dict(item, slice=(item["slice"][0] + item["slice"][1] * index, item["slice"][1] * count)) for item in items]
 
 
 class NodeSplitter:
@@ -141,9 +158,15 @@ class SampleDecoder:
     """Raw sample -> {'image': 3 x S x S uint8 tensor, 'caption', 'label', 'key'[, 'negative']}; raises
     SkipSample. 'negative' (with `negatives` and in training): a hard-negative caption or None."""
 
-    def __init__(self, image_spec, caption_spec, label_spec, augment: ImageAugment,
-                 negatives: WordSwapNegatives | None = None):
-        self.image_spec, self.caption_spec, self.label_spec, self.augment = image_spec, caption_spec, label_spec, augment
+    def __init__(
+        self, image_spec, caption_spec, label_spec, augment: ImageAugment, negatives: WordSwapNegatives | None = None
+    ):
+        self.image_spec, self.caption_spec, self.label_spec, self.augment = (
+            image_spec,
+            caption_spec,
+            label_spec,
+            augment,
+        )
         self.negatives = negatives
 
     def __call__(self, sample: dict, rng: random.Random | None = None) -> dict:
@@ -200,15 +223,24 @@ class Batcher:
     counts-only item ('_empty') when some were gathered after the last batch. A resumed epoch
     continues the count and stops at the same max_batches."""
 
-    def __init__(self, ctx: StreamContext, batch_size: int, tokenizer: Tokenizer | None, normalize: Normalize | None,
-                 partial: bool, max_batches: int | None):
+    def __init__(
+        self,
+        ctx: StreamContext,
+        batch_size: int,
+        tokenizer: Tokenizer | None,
+        normalize: Normalize | None,
+        partial: bool,
+        max_batches: int | None,
+    ):
         self.ctx, self.batch_size, self.tokenizer, self.normalize = ctx, batch_size, tokenizer, normalize
         self.partial, self.max_batches = partial, max_batches
 
     def collate(self, samples: list[dict], position: tuple[int, int, int]) -> dict[str, Any]:
         images = stack_uint8([s["image"] for s in samples])
-        batch: dict[str, Any] = {"image": self.normalize(images) if self.normalize else images,
-                                 "key": [s["key"] for s in samples]}
+        batch: dict[str, Any] = {
+            "image": self.normalize(images) if self.normalize else images,
+            "key": [s["key"] for s in samples],
+        }
         if self.tokenizer is not None:
             batch["caption"] = [s["caption"] for s in samples]
             batch["text"] = self.tokenizer(batch["caption"])
@@ -270,13 +302,24 @@ class Loader(Resumable):
     loads its own state. Iterating never draws from the global torch RNG, so that a resumed
     run's model randomness (dropout, ...) is not shifted by the data."""
 
-    def __init__(self, dataset: wds.DataPipeline, ctx: StreamContext, dataloader: DataLoader,
-                 urls: list[str], num_batches: int | None, num_samples: int | None = None,
-                 device: torch.device | None = None, normalize: Normalize | None = None, *,
-                 batch_size: int | None = None, normalize_images: bool = True):
+    def __init__(
+        self,
+        dataset: wds.DataPipeline,
+        ctx: StreamContext,
+        dataloader: DataLoader,
+        urls: list[str],
+        num_batches: int | None,
+        num_samples: int | None = None,
+        device: torch.device | None = None,
+        normalize: Normalize | None = None,
+        *,
+        batch_size: int | None = None,
+        normalize_images: bool = True,
+    ):
         workers = max(1, dataloader.num_workers)  # W = 0 reads as one worker would
-        super().__init__({"rank": ctx.rank, "world_size": ctx.world_size, "workers": workers,
-                          "batch_size": batch_size}, num_batches)
+        super().__init__(
+            {"rank": ctx.rank, "world_size": ctx.world_size, "workers": workers, "batch_size": batch_size}, num_batches
+        )
         self.dataset, self.ctx, self.dataloader, self.urls = dataset, ctx, dataloader, urls
         self.num_samples, self.device = num_samples, device
         self.normalize, self.normalize_images = normalize, normalize_images
@@ -299,8 +342,10 @@ class Loader(Resumable):
                 continue
             delivered += len(batch["key"])
             if self.device is not None:
-                batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                         for k, v in batch.items()}
+                batch = {
+                    k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                    for k, v in batch.items()
+                }
                 if self.normalize_images:
                     assert self.normalize is not None  # build_loader always gives one
                     batch["image"] = self.normalize(batch["image"])
@@ -308,8 +353,10 @@ class Loader(Resumable):
         self.end_epoch(progress)
         if delivered == 0 and not resumed:
             if skipped:
-                raise ValueError(f"no usable sample in {describe(self.urls)} (rank {self.ctx.rank}); every one "
-                                 f"was skipped: {dict(skipped)}; check the shards and image_key/caption_key/label_key")
+                raise ValueError(
+                    f"no usable sample in {describe(self.urls)} (rank {self.ctx.rank}); every one "
+                    f"was skipped: {dict(skipped)}; check the shards and image_key/caption_key/label_key"
+                )
             warnings.warn(f"rank {self.ctx.rank} got no samples from {describe(self.urls)} this epoch", stacklevel=2)
 
 
@@ -323,15 +370,34 @@ def _dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int
     return rank, world_size
 
 
-def build_loader(urls, *, batch_size: int, tokenizer: Tokenizer | str | None = None, image_size: int = 224,
-                 train: bool = True, num_workers: int = 0, seed: int = 0, resampled: bool = False,
-                 samples_per_epoch: int | None = None, rank: int | None = None, world_size: int | None = None,
-                 image_key: str = DEFAULT_IMAGE_KEY, caption_key: str | None = DEFAULT_CAPTION_KEY,
-                 label_key: str | None = None, shuffle_buffer: int = 1000, crop_scale=(0.9, 1.0),
-                 hflip: bool = True, mean=CLIP_MEAN, std=CLIP_STD, drop_last: bool = False,
-                 normalize: bool = True, device: str | torch.device | None = None,
-                 pin_memory: bool | None = None, prefetch_factor: int | None = None,
-                 hard_negatives: Sequence[Sequence[str]] = ()) -> Loader:
+def build_loader(
+    urls,
+    *,
+    batch_size: int,
+    tokenizer: Tokenizer | str | None = None,
+    image_size: int = 224,
+    train: bool = True,
+    num_workers: int = 0,
+    seed: int = 0,
+    resampled: bool = False,
+    samples_per_epoch: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    image_key: str = DEFAULT_IMAGE_KEY,
+    caption_key: str | None = DEFAULT_CAPTION_KEY,
+    label_key: str | None = None,
+    shuffle_buffer: int = 1000,
+    crop_scale=(0.9, 1.0),
+    hflip: bool = True,
+    mean=CLIP_MEAN,
+    std=CLIP_STD,
+    drop_last: bool = False,
+    normalize: bool = True,
+    device: str | torch.device | None = None,
+    pin_memory: bool | None = None,
+    prefetch_factor: int | None = None,
+    hard_negatives: Sequence[Sequence[str]] = (),
+) -> Loader:
     """A loader over WebDataset shards (see Loader). With `tokenizer` (a Tokenizer, a built-in name
     or a path) captions are required and tokenised; without, the stream is image-only.
     train: shard + sample shuffling and random crop/flip; else fixed order, resize + centre crop.
@@ -369,9 +435,12 @@ def build_loader(urls, *, batch_size: int, tokenizer: Tokenizer | str | None = N
     else:
         mine = len(urls[rank::world_size]) if len(urls) >= world_size else len(urls)
         if len(urls) < world_size or mine < workers:
-            warnings.warn(f"{len(urls)} shards for {world_size} rank(s) x {workers} worker(s) ({describe(urls)}): "
-                          "ranks/workers short of shards share shards and deal their samples, which reads "
-                          "them several times; write more, smaller shards for speed", stacklevel=2)
+            warnings.warn(
+                f"{len(urls)} shards for {world_size} rank(s) x {workers} worker(s) ({describe(urls)}): "
+                "ranks/workers short of shards share shards and deal their samples, which reads "
+                "them several times; write more, smaller shards for speed",
+                stacklevel=2,
+            )
 
     ctx = StreamContext(seed, rank, world_size, MAX_CONSECUTIVE_SKIPS if resampled else None)
     augment = ImageAugment(image_size, train, crop_scale=crop_scale, hflip=hflip)
@@ -385,14 +454,38 @@ def build_loader(urls, *, batch_size: int, tokenizer: Tokenizer | str | None = N
     stages.append(DecodeStage(ctx, SampleDecoder(image_spec, caption_spec, label_spec, augment, negatives)))
     norm = Normalize(mean, std)
     device = torch.device(device) if device is not None else None
-    stages.append(Batcher(ctx, batch_size, tokenizer, norm if normalize and device is None else None,
-                          partial=not (drop_last or resampled), max_batches=per_worker))
+    stages.append(
+        Batcher(
+            ctx,
+            batch_size,
+            tokenizer,
+            norm if normalize and device is None else None,
+            partial=not (drop_last or resampled),
+            max_batches=per_worker,
+        )
+    )
     dataset = wds.DataPipeline(*stages)
     if pin_memory is None:
         pin_memory = device is not None and device.type == "cuda"
-    dataloader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
-                            pin_memory=pin_memory, persistent_workers=False,
-                            prefetch_factor=(prefetch_factor or 2) if num_workers > 0 else None,
-                            generator=torch.Generator().manual_seed(ctx.seed % 2**63))  # its own: see Loader
-    return Loader(dataset, ctx, dataloader, urls, num_batches, num_samples, device, norm,
-                  batch_size=batch_size, normalize_images=normalize)
+    dataloader = DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=(prefetch_factor or 2) if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(ctx.seed % 2**63),
+    )  # its own: see Loader
+    return Loader(
+        dataset,
+        ctx,
+        dataloader,
+        urls,
+        num_batches,
+        num_samples,
+        device,
+        norm,
+        batch_size=batch_size,
+        normalize_images=normalize,
+    )

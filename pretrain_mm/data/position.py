@@ -39,13 +39,17 @@ class EpochProgress:
         return num_batches is not None and self.batches >= num_batches
 
     def state(self, layout: Mapping[str, int | None]) -> dict[str, Any]:
-        return {"epoch": self.epoch,
-                "positions": {w: {"batches": b, "samples": s} for w, (b, s) in sorted(self.workers.items())},
-                "next_worker": self.next_worker, "layout": dict(layout)}
+        return {
+            "epoch": self.epoch,
+            "positions": {w: {"batches": b, "samples": s} for w, (b, s) in sorted(self.workers.items())},
+            "next_worker": self.next_worker,
+            "layout": dict(layout),
+        }
 
 
-def parse_state(state: Mapping, layout: Mapping[str, int | None],
-                num_batches: int | None) -> tuple[int, EpochProgress | None]:
+def parse_state(
+    state: Mapping, layout: Mapping[str, int | None], num_batches: int | None
+) -> tuple[int, EpochProgress | None]:
     """A Loader state -> (the epoch to start, or the EpochProgress to continue). Accepts the old
     {"epoch", "skipped"} form (start of that epoch) and JSON round trips (string keys, lists).
     A state saved under another layout (rank, world size, workers, batch size) cannot be replayed:
@@ -58,8 +62,11 @@ def parse_state(state: Mapping, layout: Mapping[str, int | None],
         return epoch, None
     saved = dict(state.get("layout") or {})
     if saved != dict(layout):
-        warnings.warn(f"the data position was saved with {saved}, this loader has {dict(layout)}: it cannot be "
-                      f"replayed, so the rest of epoch {epoch} is skipped and epoch {epoch + 1} starts", stacklevel=3)
+        warnings.warn(
+            f"the data position was saved with {saved}, this loader has {dict(layout)}: it cannot be "
+            f"replayed, so the rest of epoch {epoch} is skipped and epoch {epoch + 1} starts",
+            stacklevel=3,
+        )
         return epoch + 1, None
     num_workers = _workers(layout)
     workers = {}

@@ -9,7 +9,8 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
-from typing import BinaryIO, Callable, Iterator, cast
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, cast
 
 from .shards import is_remote
 
@@ -73,7 +74,7 @@ def _pax(data: bytes) -> dict[str, str]:
     while pos < len(data):
         space = data.index(b" ", pos)
         length = int(data[pos:space])
-        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
         out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         pos += length
     return out
@@ -81,7 +82,8 @@ def _pax(data: bytes) -> dict[str, str]:
 
 def iter_members(f: BinaryIO, want: Callable[[str], bool], where: str = "") -> Iterator[tuple[str, bytes | None]]:
     """Yield (name, None) for each regular member of a tar stream as its header is read, then, if
-    want(name), (name, data) once its data is read; other members are skipped unread. Raises TruncatedShard if the stream ends before the end-of-archive
+    want(name), (name, data) once its data is read; other members are skipped unread. Raises TruncatedShard
+    if the stream ends before the end-of-archive
     marker, ShardError on a damaged header."""
     offset = 0
     long_name: str | None = None
@@ -144,7 +146,7 @@ def iter_members(f: BinaryIO, want: Callable[[str], bool], where: str = "") -> I
 def open_shard(url: str) -> BinaryIO:
     """Open a local path (or file:// URL) or, through webdataset's gopen, a remote/pipe: URL;
     gzip-compressed tars are decompressed on the fly."""
-    path = url[len("file://"):] if url.startswith("file://") else url
+    path = url[len("file://") :] if url.startswith("file://") else url
     if is_remote(path):
         import webdataset as wds
 
@@ -163,7 +165,7 @@ def split_name(name: str) -> tuple[str | None, str | None]:
     dot = name.find(".", slash)
     if dot <= slash or name.startswith("__", slash):
         return None, None
-    return name[:dot], name[dot + 1:].lower()
+    return name[:dot], name[dot + 1 :].lower()
 
 
 def iter_shard(url: str, exts: frozenset[str] | None = None, offset: int = 0, stride: int = 1) -> Iterator[dict]:

@@ -8,7 +8,7 @@ import json
 import os
 import tarfile
 import warnings
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import braceexpand
 
@@ -45,24 +45,33 @@ def _split_top_level(spec: str) -> list[str]:
 def _expand_one(pattern: str) -> list[str]:
     if is_remote(pattern):
         return list(braceexpand.braceexpand(pattern))
-    path = os.path.expanduser(pattern[len("file://"):] if pattern.startswith("file://") else pattern)
+    path = os.path.expanduser(pattern[len("file://") :] if pattern.startswith("file://") else pattern)
     if os.path.isdir(path):
-        found = sorted(f for ext in ("*.tar", "*.tar.gz", "*.tgz") for f in glob.glob(os.path.join(glob.escape(path), ext)))
+        found = sorted(
+            f for ext in ("*.tar", "*.tar.gz", "*.tgz") for f in glob.glob(os.path.join(glob.escape(path), ext))
+        )
         if not found:
-            raise ValueError(f"shard directory {pattern!r} holds no .tar (.tar.gz, .tgz) files; write shards with "
-                             "`python -m pretrain_mm.data write` or point at the right directory")
+            raise ValueError(
+                f"shard directory {pattern!r} holds no .tar (.tar.gz, .tgz) files; write shards with "
+                "`python -m pretrain_mm.data write` or point at the right directory"
+            )
         return found
     result: list[str] = []
     for item in braceexpand.braceexpand(path):
         result.extend(sorted(glob.glob(item)) if glob.has_magic(item) else [item])
     existing = [r for r in result if os.path.isfile(r)]
     if not existing:
-        raise ValueError(f"shard pattern {pattern!r} matches no file; check the path, "
-                         "e.g. 'data/{00000..00099}.tar', a directory of .tar files, or a list of files")
+        raise ValueError(
+            f"shard pattern {pattern!r} matches no file; check the path, "
+            "e.g. 'data/{00000..00099}.tar', a directory of .tar files, or a list of files"
+        )
     if len(existing) < len(result):
         missing = [r for r in result if not os.path.isfile(r)]
-        warnings.warn(f"{len(missing)} of {len(result)} shards of {pattern!r} do not exist "
-                      f"(e.g. {missing[0]!r}); they will be skipped and counted as unreadable", stacklevel=3)
+        warnings.warn(
+            f"{len(missing)} of {len(result)} shards of {pattern!r} do not exist "
+            f"(e.g. {missing[0]!r}); they will be skipped and counted as unreadable",
+            stacklevel=3,
+        )
     return result
 
 
@@ -76,8 +85,10 @@ def expand_urls(urls: str | os.PathLike | Sequence[str | os.PathLike]) -> list[s
     else:
         raise ValueError(f"shards must be a path, a pattern or a list of them, not {type(urls).__name__}")
     if not parts:
-        raise ValueError(f"empty shard set {urls!r}: give a directory, a pattern like "
-                         "'data/{00000..00099}.tar', or a list of .tar files")
+        raise ValueError(
+            f"empty shard set {urls!r}: give a directory, a pattern like "
+            "'data/{00000..00099}.tar', or a list of .tar files"
+        )
     return [u for p in parts for u in _expand_one(p)]
 
 
@@ -198,7 +209,7 @@ class ShardWriter:
             write_sizes(self.out_dir, self.sizes, merge=False)
         return dict(self.sizes)
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, *_) -> None:
@@ -210,8 +221,13 @@ class ShardWriter:
             self._tar = None
 
 
-def write_samples(samples: Iterable[tuple[str, Mapping[str, bytes | str]]], out_dir: str, shard_size: int = 1000,
-                  total: int | None = None, desc: str = "writing shards") -> dict[str, int]:
+def write_samples(
+    samples: Iterable[tuple[str, Mapping[str, bytes | str]]],
+    out_dir: str,
+    shard_size: int = 1000,
+    total: int | None = None,
+    desc: str = "writing shards",
+) -> dict[str, int]:
     """Write (key, members) pairs with a progress bar; returns {shard name: sample count}."""
     from tqdm import tqdm
 

@@ -28,18 +28,35 @@ STAMPS_DEFAULTS = {"image_size": 64, "val_fraction": 0.15, "seed": 0}
 # Zero-shot classes: the top-level categories with 15+ described PNGs (2022.06.04: symbols 247 ...
 # space 16), named to read well in a prompt. The smaller ones (hobbies 13, sports 12, military 8,
 # people 6, medical 5, naturalforces 3) would get one or two val images: they stay in train, unclassed.
-CLASSES = {"animals": "animal", "clothes": "piece of clothing", "food": "food item", "household": "household object",
-           "plants": "plant", "seasonal": "holiday decoration", "space": "space object", "symbols": "symbol",
-           "town": "building or street sign", "vehicles": "vehicle"}
+CLASSES = {
+    "animals": "animal",
+    "clothes": "piece of clothing",
+    "food": "food item",
+    "household": "household object",
+    "plants": "plant",
+    "seasonal": "holiday decoration",
+    "space": "space object",
+    "symbols": "symbol",
+    "town": "building or street sign",
+    "vehicles": "vehicle",
+}
 # Zero-shot prompts in wording no training caption uses (checked against the captions at build time;
 # a template whose wording occurs is dropped): zero-shot then measures transfer, not recall of a caption.
-PROMPT_TEMPLATES = ("a drawing of a {}.", "clip art of a {}.", "an illustration of a {}.", "a cartoon picture of a {}.",
-                    "a simple icon showing a {}.", "a sketch of a {}.", "a sticker with a {} on it.",
-                    "a colourful drawing: {}.")
+PROMPT_TEMPLATES = (
+    "a drawing of a {}.",
+    "clip art of a {}.",
+    "an illustration of a {}.",
+    "a cartoon picture of a {}.",
+    "a simple icon showing a {}.",
+    "a sketch of a {}.",
+    "a sticker with a {} on it.",
+    "a colourful drawing: {}.",
+)
 CLIP_BENCHMARK_DIR = "clip_benchmark"
 
 
 # ----------------------------------------------------------------------------- reading the .deb
+
 
 class _Slice(io.RawIOBase):
     """A read-only window [offset, offset + size) of an open file (one ar member), so the 160 MB
@@ -54,7 +71,7 @@ class _Slice(io.RawIOBase):
     def readinto(self, buf) -> int:
         self.f.seek(self.pos)
         data = self.f.read(max(0, min(len(buf), self.end - self.pos)))
-        buf[:len(data)] = data
+        buf[: len(data)] = data
         self.pos += len(data)
         return len(data)
 
@@ -123,8 +140,10 @@ def read_deb(path: str) -> tuple[dict[str, str], dict[str, bytes]]:
             control = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line and line[0] != " ")
             if control.get("Package") != PACKAGE:
                 raise ValueError(f"{path} is the package {control.get('Package')!r}, not {PACKAGE}")
-            files = _safe_files(_member_stream(f, members, "data.tar", path),
-                                lambda n: n.startswith(STAMPS_DIR) and n.endswith((".png", ".txt", ".dat")))
+            files = _safe_files(
+                _member_stream(f, members, "data.tar", path),
+                lambda n: n.startswith(STAMPS_DIR) and n.endswith((".png", ".txt", ".dat")),
+            )
     except (OSError, EOFError, lzma.LZMAError, tarfile.TarError, zlib.error) as error:  # truncated, damaged
         raise ValueError(f"{path}: cannot read it as {PACKAGE}'s .deb ({error}); download it again") from None
     return control, files
@@ -139,8 +158,9 @@ def obtain_deb(tmp: str) -> str:
         return local
     hint = f"run `apt-get update` (as root) or set {DEB_ENV}=/path/to/{PACKAGE}_*.deb"
     try:
-        run = subprocess.run(["apt-get", "download", PACKAGE], cwd=tmp, capture_output=True, text=True,
-                             timeout=600, check=False)
+        run = subprocess.run(
+            ["apt-get", "download", PACKAGE], cwd=tmp, capture_output=True, text=True, timeout=600, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as error:
         raise ValueError(f"cannot run `apt-get download {PACKAGE}` ({error}); {hint}") from None
     debs = sorted(n for n in os.listdir(tmp) if n.endswith(".deb"))
@@ -152,6 +172,7 @@ def obtain_deb(tmp: str) -> str:
 
 
 # ----------------------------------------------------------------------------- samples
+
 
 def stamp_records(files: dict[str, bytes]) -> list[dict]:
     """One record per PNG stamp that has a description (.txt beside it; its first line is English,
@@ -165,12 +186,19 @@ def stamp_records(files: dict[str, bytes]) -> list[dict]:
         caption = " ".join(first.split())
         if not caption or ".utf8=" in caption:
             continue
-        rel = path[len(STAMPS_DIR):]
+        rel = path[len(STAMPS_DIR) :]
         category = rel.split("/", 1)[0]  # the top-level folder: animals, food, symbols, ...
         # Tux Paint marks stamps that must not be mirrored (letters, signs, coins): kept for the record.
         mirror_ok = b"nomirror" not in files.get(stem + ".dat", b"")
-        out.append({"path": rel, "caption": caption, "category": category, "mirror_ok": mirror_ok,
-                    "label": list(CLASSES).index(category) if category in CLASSES else None})
+        out.append(
+            {
+                "path": rel,
+                "caption": caption,
+                "category": category,
+                "mirror_ok": mirror_ok,
+                "label": list(CLASSES).index(category) if category in CLASSES else None,
+            }
+        )
     return out
 
 
@@ -265,35 +293,50 @@ def write_stamps(out_dir: str, params: dict, shard_size: int) -> tuple[dict, lis
             yield f"{i:05d}", members
 
     for name, indices in split.items():
-        write_samples(samples(indices), os.path.join(out_dir, name), shard_size, total=len(indices),
-                      desc=f"stamps/{name}")
+        write_samples(
+            samples(indices), os.path.join(out_dir, name), shard_size, total=len(indices), desc=f"stamps/{name}"
+        )
 
     # The val split again in CLIP_benchmark's webdataset layout (eval.clip_benchmark_dirs).
     bench = os.path.join(out_dir, CLIP_BENCHMARK_DIR)
     with ShardWriter(os.path.join(bench, "test"), shard_size=len(split["val"]), name_format="{}.tar") as writer:
         for i in split["val"]:
             writer.write(f"{i:05d}", {"png": rendered[i], "cls": str(records[i]["label"])})
-    for name, lines in (("classnames.txt", CLASSES.values()), ("dataset_type.txt", ["classification"]),
-                        ("test/nshards.txt", ["1"]),
-                        ("zeroshot_classification_templates.txt", [p.replace("{}", "{c}") for p in prompts])):
+    for name, lines in (
+        ("classnames.txt", CLASSES.values()),
+        ("dataset_type.txt", ["classification"]),
+        ("test/nshards.txt", ["1"]),
+        ("zeroshot_classification_templates.txt", [p.replace("{}", "{c}") for p in prompts]),
+    ):
         with open(os.path.join(bench, name), "w", encoding="utf-8") as out:
             out.write("".join(line + "\n" for line in lines))
 
     categories = sorted({r["category"] for r in records})
-    counts = {name: {c: sum(records[i]["category"] == c for i in idx) for c in categories}
-              for name, idx in split.items()}
+    counts = {
+        name: {c: sum(records[i]["category"] == c for i in idx) for c in categories} for name, idx in split.items()
+    }
     info = {
-        "name": "stamps", "params": params, "label": "category",
-        "classes": {"category": list(CLASSES.values())}, "label_keys": {"category": "cls"},
-        "prompts": {"category": prompts}, "categories": dict(CLASSES), "counts": counts,
-        "source": {"package": PACKAGE, "version": control.get("Version"), "sha256": digest.hexdigest(),
-                   "license": "GPL-2", "upstream": "Tux Paint stamps, https://tuxpaint.org"},
+        "name": "stamps",
+        "params": params,
+        "label": "category",
+        "classes": {"category": list(CLASSES.values())},
+        "label_keys": {"category": "cls"},
+        "prompts": {"category": prompts},
+        "categories": dict(CLASSES),
+        "counts": counts,
+        "source": {
+            "package": PACKAGE,
+            "version": control.get("Version"),
+            "sha256": digest.hexdigest(),
+            "license": "GPL-2",
+            "upstream": "Tux Paint stamps, https://tuxpaint.org",
+        },
         "notes": "Tux Paint stamps composited onto white and padded to a square; captions are the stamps' "
-                 "English descriptions; val holds only the classed categories; stamps marked nomirror "
-                 "(letters, signs, coins: json:mirror_ok false) are wrong when flipped (hflip=False); train "
-                 "images of the small categories have no .cls, so probes and k-NN skip them (no_label)",
+        "English descriptions; val holds only the classed categories; stamps marked nomirror "
+        "(letters, signs, coins: json:mirror_ok false) are wrong when flipped (hflip=False); train "
+        "images of the small categories have no .cls, so probes and k-NN skip them (no_label)",
         "eval_note": "val: per category a seeded random share of the stamps, images with the same caption kept "
-                     "together (no val caption is a train caption); zero-shot prompts are templates whose "
-                     "wording no training caption holds",
+        "together (no val caption is a train caption); zero-shot prompts are templates whose "
+        "wording no training caption holds",
     }
     return info, train_captions

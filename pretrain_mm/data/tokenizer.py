@@ -9,7 +9,8 @@ import html
 import importlib.util
 import os
 import re
-from typing import Iterable, Sequence, cast
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 # Tokenizing short captions gains nothing from Rust threads, and threads used before a
 # DataLoader forks its workers make `tokenizers` warn and disable them anyway.
@@ -17,8 +18,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from tokenizers import Tokenizer as HFTokenizer  # noqa: E402
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
+from tokenizers import Tokenizer as HFTokenizer  # noqa: E402
 
 PAD, SOT, EOT = "<pad>", "<start_of_text>", "<end_of_text>"
 TOKENIZER_FILE = "tokenizer.json"
@@ -88,15 +89,18 @@ class Tokenizer:
         self.hf, self.context_length, self.source = hf, int(context_length), source
         sot_id, eot_id = hf.token_to_id(SOT), hf.token_to_id(EOT)
         if sot_id is None or eot_id is None:
-            raise ValueError(f"tokenizer {source or ''} lacks the special tokens {SOT}, {EOT}; "
-                             "train one with pretrain_mm.data.train_tokenizer")
+            raise ValueError(
+                f"tokenizer {source or ''} lacks the special tokens {SOT}, {EOT}; "
+                "train one with pretrain_mm.data.train_tokenizer"
+            )
         self.sot_id, self.eot_id = sot_id, eot_id
         pad = hf.token_to_id(PAD)
         self.has_pad_token, self.pad_id = pad is not None, 0 if pad is None else pad
         self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
         if self.eot_id != self.vocab_size - 1:
-            raise ValueError(f"tokenizer {source or ''}: {EOT} must be the largest id ({self.vocab_size - 1}), "
-                             f"it is {self.eot_id}")
+            raise ValueError(
+                f"tokenizer {source or ''}: {EOT} must be the largest id ({self.vocab_size - 1}), it is {self.eot_id}"
+            )
         self.clip_style = _is_clip_bpe(hf)
         self._word_ids: dict[str, list[int]] = {}  # CLIP-style: BPE pieces of the words seen
 
@@ -182,8 +186,9 @@ def _check_vocab_size(vocab_size: int) -> None:
         raise ValueError(f"vocab_size must be >= 260 (256 bytes + special tokens), got {vocab_size}")
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2,
-                    context_length: int = DEFAULT_CONTEXT_LENGTH) -> Tokenizer:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2, context_length: int = DEFAULT_CONTEXT_LENGTH
+) -> Tokenizer:
     """Train a byte-level BPE on `texts`; the result has at most `vocab_size` ids (specials included)."""
     _check_vocab_size(vocab_size)
     hf = HFTokenizer(models.BPE())
@@ -191,16 +196,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024, min_frequency:
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - 1, min_frequency=min_frequency, special_tokens=[PAD, SOT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size - 1,
+        min_frequency=min_frequency,
+        special_tokens=[PAD, SOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     hf.train_from_iterator(texts, trainer)
     hf.add_special_tokens([EOT])  # last id, so argmax over a row finds EOT
     return Tokenizer(hf, context_length)
 
 
-def train_tokenizer_on_shards(urls, vocab_size: int, caption_key: str = "txt", min_frequency: int = 2,
-                              progress: bool = True) -> tuple[Tokenizer, dict[str, int]]:
+def train_tokenizer_on_shards(
+    urls, vocab_size: int, caption_key: str = "txt", min_frequency: int = 2, progress: bool = True
+) -> tuple[Tokenizer, dict[str, int]]:
     """Train a byte-level BPE (train_tokenizer) on the captions of a shard set (a directory, a brace
     pattern, a comma-separated list). Returns it and counts: shards, samples, captions, no_caption,
     bad_shards (unreadable or truncated: read up to the damage, then skipped)."""
@@ -215,8 +224,13 @@ def train_tokenizer_on_shards(urls, vocab_size: int, caption_key: str = "txt", m
     urls = expand_urls(urls)
     sizes = read_sizes(urls)
     counts = {"shards": len(urls), "samples": 0, "captions": 0, "no_caption": 0, "bad_shards": 0}
-    bar = tqdm(total=sum(sizes.values()) if sizes else None, desc="reading captions", unit="sample",
-               disable=not progress, mininterval=0.5)
+    bar = tqdm(
+        total=sum(sizes.values()) if sizes else None,
+        desc="reading captions",
+        unit="sample",
+        disable=not progress,
+        mininterval=0.5,
+    )
 
     def captions() -> Iterable[str]:
         for url in urls:
@@ -238,8 +252,10 @@ def train_tokenizer_on_shards(urls, vocab_size: int, caption_key: str = "txt", m
     tokenizer = train_tokenizer(captions(), vocab_size=vocab_size, min_frequency=min_frequency)
     bar.close()
     if not counts["captions"]:
-        raise ValueError(f"no captions under caption key {caption_key!r} in {describe(urls)} "
-                         f"({counts['samples']} samples read); pass the right --caption-key (e.g. json:caption)")
+        raise ValueError(
+            f"no captions under caption key {caption_key!r} in {describe(urls)} "
+            f"({counts['samples']} samples read); pass the right --caption-key (e.g. json:caption)"
+        )
     return tokenizer, counts
 
 
@@ -251,8 +267,10 @@ def clip_vocab_file() -> str:
         path = os.path.join(folder, CLIP_VOCAB_FILE)
         if os.path.isfile(path):
             return path
-    raise ValueError(f"tokenizer {CLIP!r} reads {CLIP_VOCAB_FILE} from the open_clip_torch package, "
-                     "which is not installed: pip install open_clip_torch")
+    raise ValueError(
+        f"tokenizer {CLIP!r} reads {CLIP_VOCAB_FILE} from the open_clip_torch package, "
+        "which is not installed: pip install open_clip_torch"
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -260,7 +278,7 @@ def _clip_bpe() -> HFTokenizer:
     """OpenAI CLIP's BPE (49,408 ids) as a `tokenizers` BPE, vocabulary and merges built as open_clip's
     SimpleTokenizer builds them; text cleaning is Tokenizer's (clip_clean), outside this object."""
     with gzip.open(clip_vocab_file()) as f:
-        lines = f.read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+        lines = f.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
         merges = cast(list[tuple[str, str]], [tuple(m.split()) for m in lines])  # each line a pair
     chars = list(_bytes_to_unicode().values())
     vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [SOT, EOT]
@@ -268,11 +286,19 @@ def _clip_bpe() -> HFTokenizer:
     # SOT/EOT are plain vocabulary entries, not added tokens: CLIP only recognises them where its
     # split isolates them. Tokenizer splits words itself (_clip_encode); this Split, with the Rust
     # regex's Unicode tables, is for users of a saved file alone and differs on rare characters.
-    hf.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex("(?i)" + CLIP_PATTERN), behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    hf.decoder = decoders.Sequence([decoders.Replace("</w>", chr(256 + 32)),  # the byte-level space
-                                    decoders.ByteLevel(), decoders.Strip(" ", 0, 1)])
+    hf.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex("(?i)" + CLIP_PATTERN), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    hf.decoder = decoders.Sequence(
+        [
+            decoders.Replace("</w>", chr(256 + 32)),  # the byte-level space
+            decoders.ByteLevel(),
+            decoders.Strip(" ", 0, 1),
+        ]
+    )
     return hf
 
 
@@ -290,8 +316,9 @@ def find_tokenizer_file(directory: str) -> str | None:
     return None
 
 
-def read_tokenizer(name_or_path: str, context_length: int = DEFAULT_CONTEXT_LENGTH,
-                   builtin_names: Sequence[str] = ()) -> Tokenizer:
+def read_tokenizer(
+    name_or_path: str, context_length: int = DEFAULT_CONTEXT_LENGTH, builtin_names: Sequence[str] = ()
+) -> Tokenizer:
     """Load 'clip' (OpenAI CLIP's BPE), a tokenizer.json file or a directory holding one (a shard directory
     or its parent). The built-in datasets' names are data.builtin.load_tokenizer's (it knows where they
     live); `builtin_names` only completes the error message."""
@@ -299,13 +326,17 @@ def read_tokenizer(name_or_path: str, context_length: int = DEFAULT_CONTEXT_LENG
         return clip_tokenizer(context_length)
     path = os.path.expanduser(str(name_or_path))
     if not os.path.exists(path):
-        raise ValueError(f"tokenizer {name_or_path!r} is neither a built-in name ({', '.join([CLIP, *builtin_names])}) "
-                         "nor an existing tokenizer.json or directory holding one")
+        raise ValueError(
+            f"tokenizer {name_or_path!r} is neither a built-in name ({', '.join([CLIP, *builtin_names])}) "
+            "nor an existing tokenizer.json or directory holding one"
+        )
     if os.path.isdir(path):
         found = find_tokenizer_file(path)
         if found is None:
-            raise ValueError(f"directory {name_or_path!r} holds no {TOKENIZER_FILE} (nor does its parent); "
-                             "write shards with a tokenizer or pass the tokenizer file")
+            raise ValueError(
+                f"directory {name_or_path!r} holds no {TOKENIZER_FILE} (nor does its parent); "
+                "write shards with a tokenizer or pass the tokenizer file"
+            )
         path = found
     try:
         hf = HFTokenizer.from_file(path)

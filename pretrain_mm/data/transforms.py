@@ -1,10 +1,12 @@
-"""Image transforms (torchvision, on uint8 tensors): train random resized crop + flip, eval resize + centre crop, normalise."""
+"""Image transforms (torchvision, on uint8 tensors): train random resized crop + flip, eval resize + centre crop,
+normalise."""
 
 from __future__ import annotations
 
 import math
 import random
-from typing import Sequence, cast
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.utils.data
@@ -30,12 +32,20 @@ class ImageAugment:
     call, so that every worker's stream is exactly reproducible.
     """
 
-    def __init__(self, image_size: int, train: bool, crop_scale: Sequence[float] = (0.9, 1.0),
-                 crop_ratio: Sequence[float] = (3 / 4, 4 / 3), hflip: bool = True):
+    def __init__(
+        self,
+        image_size: int,
+        train: bool,
+        crop_scale: Sequence[float] = (0.9, 1.0),
+        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        hflip: bool = True,
+    ):
         if image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1 or not 0 < crop_ratio[0] <= crop_ratio[1]:
-            raise ValueError(f"crop_scale {crop_scale} must be within (0, 1] and crop_ratio {crop_ratio} positive, low <= high")
+            raise ValueError(
+                f"crop_scale {crop_scale} must be within (0, 1] and crop_ratio {crop_ratio} positive, low <= high"
+            )
         self.size, self.train = int(image_size), bool(train)
         self.scale, self.ratio, self.hflip = tuple(crop_scale), tuple(crop_ratio), bool(hflip)
         self.log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
@@ -110,8 +120,14 @@ class ImageTransform:
     """One PIL image or 3 x H x W uint8 tensor -> normalised 3 x S x S float tensor: what the loader
     does to each image, for code that has single images (evaluation, demos). Picklable."""
 
-    def __init__(self, image_size: int, train: bool = False, mean: Sequence[float] = CLIP_MEAN,
-                 std: Sequence[float] = CLIP_STD, **augment_kw):
+    def __init__(
+        self,
+        image_size: int,
+        train: bool = False,
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+        **augment_kw,
+    ):
         self.augment = ImageAugment(image_size, train, **augment_kw)
         self.normalize = Normalize(mean, std)
 

@@ -8,7 +8,6 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -25,7 +24,7 @@ BUILTIN_CAPTION_KEYS = {"shapes": "json:full_caption", "digits": "txt"}
 
 @dataclass
 class ZeroShotTask:
-    label: str                      # which Features.labels entry holds the truth
+    label: str  # which Features.labels entry holds the truth
     classnames: list[str]
     templates: list[str]
 
@@ -35,28 +34,34 @@ class EvalSet:
     """One evaluation dataset and what can be done with it: zero-shot tasks (CLIP), retrieval
     (CLIP, when caption_key is set), classification by probe / k-NN / fine-tune (when
     train_urls and label_key are set: train split -> test split)."""
+
     name: str
     test_urls: list[str]
-    train_urls: Optional[list[str]] = None
-    label_key: Optional[str] = None           # loader spec of the class label -> Features.labels["label"]
-    classnames: Optional[list[str]] = None    # of that label
-    caption_key: Optional[str] = None
-    split_captions: bool = False              # one caption per line (CLIP_benchmark retrieval sets)
+    train_urls: list[str] | None = None
+    label_key: str | None = None  # loader spec of the class label -> Features.labels["label"]
+    classnames: list[str] | None = None  # of that label
+    caption_key: str | None = None
+    split_captions: bool = False  # one caption per line (CLIP_benchmark retrieval sets)
     zeroshot: dict[str, ZeroShotTask] = field(default_factory=dict)
     json_labels: list[str] = field(default_factory=list)  # JSON fields read by sample key as extra labels
-    note: Optional[str] = None                # what its split and prompts test (eval_note), for the report
+    note: str | None = None  # what its split and prompts test (eval_note), for the report
 
     @property
     def classification(self) -> bool:
         return bool(self.train_urls) and self.label_key is not None
 
 
-def builtin_set(name: str, eval_cfg: EvalConfig, root: Optional[str] = None) -> EvalSet:
+def builtin_set(name: str, eval_cfg: EvalConfig, root: str | None = None) -> EvalSet:
     """A built-in set with the tasks the eval config asks of it (eval.zeroshot / retrieval / classification)."""
     info = builtin_info(name, root)
     primary = info["label"]
-    out = EvalSet(name=name, test_urls=get_builtin(name, "val", root), label_key=info["label_keys"][primary],
-                  classnames=info["classes"][primary], note=info.get("eval_note"))
+    out = EvalSet(
+        name=name,
+        test_urls=get_builtin(name, "val", root),
+        label_key=info["label_keys"][primary],
+        classnames=info["classes"][primary],
+        note=info.get("eval_note"),
+    )
     if name in eval_cfg.classification:
         out.train_urls = get_builtin(name, "train", root)
     if name in eval_cfg.retrieval:
@@ -65,8 +70,9 @@ def builtin_set(name: str, eval_cfg: EvalConfig, root: Optional[str] = None) -> 
         attributes = list(eval_cfg.shapes_attributes) if name == "shapes" else [primary]
         for attr in attributes:
             if attr not in info["classes"]:
-                raise ValueError(f"eval.shapes_attributes: {name!r} has no attribute {attr!r}; "
-                                 f"choose from {sorted(info['classes'])}")
+                raise ValueError(
+                    f"eval.shapes_attributes: {name!r} has no attribute {attr!r}; choose from {sorted(info['classes'])}"
+                )
             spec = info["label_keys"][attr]
             if spec == out.label_key:
                 label = "label"
@@ -85,10 +91,16 @@ def read_lines(path) -> list[str]:
 def wds_set(w) -> EvalSet:
     """Your labelled WebDataset (eval.wds): classification, and zero-shot when classnames are given."""
     if not w.test_urls:
-        raise ValueError("eval.classification lists 'wds' but eval.wds.test_urls is not set; give the labelled "
-                         "shards, eval_cfg.g. eval.wds.train_urls=/data/x/train eval.wds.test_urls=/data/x/test")
-    out = EvalSet(name="wds", test_urls=expand_urls(w.test_urls), label_key=w.label_key,
-                  train_urls=expand_urls(w.train_urls) if w.train_urls else None)
+        raise ValueError(
+            "eval.classification lists 'wds' but eval.wds.test_urls is not set; give the labelled "
+            "shards, eval_cfg.g. eval.wds.train_urls=/data/x/train eval.wds.test_urls=/data/x/test"
+        )
+    out = EvalSet(
+        name="wds",
+        test_urls=expand_urls(w.test_urls),
+        label_key=w.label_key,
+        train_urls=expand_urls(w.train_urls) if w.train_urls else None,
+    )
     if w.classnames:
         out.classnames = read_lines(w.classnames)
         templates = read_lines(w.templates) if w.templates else DEFAULT_TEMPLATES
@@ -101,7 +113,7 @@ def _numeric(path: str) -> tuple:
     return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
 
 
-def split_shards(directory: Path, split: str) -> Optional[list[str]]:
+def split_shards(directory: Path, split: str) -> list[str] | None:
     """A CLIP_benchmark split's shards: {0..n-1}.tar as nshards.txt says, else every .tar in
     numeric order; None when the split is not there."""
     folder = directory / split
@@ -136,8 +148,10 @@ def dataset_type(directory: Path, first_shard: str) -> str:
         if "txt" in sample:
             return "retrieval"
         break
-    raise ValueError(f"cannot tell the type of {directory}: no dataset_type.txt, and the first sample of "
-                     f"{first_shard} holds neither .cls (classification) nor .txt (retrieval)")
+    raise ValueError(
+        f"cannot tell the type of {directory}: no dataset_type.txt, and the first sample of "
+        f"{first_shard} holds neither .cls (classification) nor .txt (retrieval)"
+    )
 
 
 def clip_benchmark_set(directory) -> EvalSet:
@@ -150,8 +164,10 @@ def clip_benchmark_set(directory) -> EvalSet:
         raise ValueError(f"eval.clip_benchmark_dirs: {directory} is not a directory")
     test = split_shards(root, "test")
     if not test:
-        raise ValueError(f"eval.clip_benchmark_dirs: {directory} holds no test/*.tar shards (CLIP_benchmark's "
-                         "layout: test/0.tar, test/1.tar, ..., classnames.txt, zeroshot_classification_templates.txt)")
+        raise ValueError(
+            f"eval.clip_benchmark_dirs: {directory} holds no test/*.tar shards (CLIP_benchmark's "
+            "layout: test/0.tar, test/1.tar, ..., classnames.txt, zeroshot_classification_templates.txt)"
+        )
     name = root.name or str(root)
     if dataset_type(root, test[0]) == "retrieval":
         return EvalSet(name=name, test_urls=test, caption_key="txt", split_captions=True)
@@ -166,7 +182,7 @@ def clip_benchmark_set(directory) -> EvalSet:
     return out
 
 
-def eval_sets(eval_cfg: EvalConfig, root: Optional[str] = None) -> list[EvalSet]:
+def eval_sets(eval_cfg: EvalConfig, root: str | None = None) -> list[EvalSet]:
     """Every set the eval config names, each once with all the tasks asked of it."""
     sets = []
     for name in dict.fromkeys([*eval_cfg.zeroshot, *eval_cfg.retrieval, *eval_cfg.classification]):

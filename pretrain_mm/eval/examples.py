@@ -56,24 +56,36 @@ def retrieval_examples(features, tower: str, urls: list[str], image_size: int, n
 
     owner = owner.cpu()
     return {
-        "text_to_image": [{"caption": features.captions[t], "images": [picture(i) for i in found.tolist()],
-                           "hits": [i == int(owner[t]) for i in found.tolist()]}
-                          for t, found in zip(text_rows, by_text)],
-        "image_to_text": [{"image": picture(i), "captions": [features.captions[j] for j in found.tolist()],
-                           "hits": [int(owner[j]) == i for j in found.tolist()]}
-                          for i, found in zip(image_rows, by_image)],
+        "text_to_image": [
+            {
+                "caption": features.captions[t],
+                "images": [picture(i) for i in found.tolist()],
+                "hits": [i == int(owner[t]) for i in found.tolist()],
+            }
+            for t, found in zip(text_rows, by_text)
+        ],
+        "image_to_text": [
+            {
+                "image": picture(i),
+                "captions": [features.captions[j] for j in found.tolist()],
+                "hits": [int(owner[j]) == i for j in found.tolist()],
+            }
+            for i, found in zip(image_rows, by_image)
+        ],
     }
 
 
 @torch.no_grad()
-def mae_reconstructions(models: dict, urls: list[str], image_size: int, n: int, device: torch.device,
-                        seed: int = 0, pool: int = 256) -> tuple[dict, dict]:
+def mae_reconstructions(
+    models: dict, urls: list[str], image_size: int, n: int, device: torch.device, seed: int = 0, pool: int = 256
+) -> tuple[dict, dict]:
     """({tower: masked-patch MSE over up to `pool` images}, the trained model's grid of n images:
     {'original', 'masked', 'reconstructed'} uint8 (n, 3, S, S)). One fixed mask (seeded noise)
     for every tower. With norm_pix_loss the predictions are per-patch normalised: they are mapped
     back with each patch's own mean and variance, as MAE's visualisation does."""
-    loader = build_loader(urls, batch_size=pool, image_size=image_size, train=False, num_workers=0,
-                          rank=0, world_size=1)
+    loader = build_loader(
+        urls, batch_size=pool, image_size=image_size, train=False, num_workers=0, rank=0, world_size=1
+    )
     images = next(iter(loader))["image"][:pool].to(device)
     trained = models["trained"]
     generator = torch.Generator().manual_seed(seed)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 
@@ -19,21 +19,29 @@ class Features:
     """One split's features for every tower, in a fixed order (sorted by sample key, so the same
     on any number of ranks). `image[tower]` (N, D); `labels[name]` (N,) long; with captions,
     `text[tower]` (M, D), `captions` (M strings) and `text_image` (M,): each caption's image row."""
+
     keys: list[str]
     image: dict[str, torch.Tensor]
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
     text: dict[str, torch.Tensor] = field(default_factory=dict)
-    captions: Optional[list[str]] = None
-    text_image: Optional[torch.Tensor] = None
+    captions: list[str] | None = None
+    text_image: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
 
 @torch.no_grad()
-def extract_features(loader, image_encoders: dict[str, Encoder], device: torch.device, *,
-                     max_samples: int = 0, text_encoders: Optional[dict[str, Encoder]] = None,
-                     tokenizer=None, split_captions: bool = False) -> Features:
+def extract_features(
+    loader,
+    image_encoders: dict[str, Encoder],
+    device: torch.device,
+    *,
+    max_samples: int = 0,
+    text_encoders: dict[str, Encoder] | None = None,
+    tokenizer=None,
+    split_captions: bool = False,
+) -> Features:
     """Run every encoder over this rank's share of `loader` (a pretrain_mm.data loader split by
     rank), then gather. max_samples caps the split over all ranks (0: no cap). With text_encoders
     (and a loader built with a tokenizer), captions are encoded too; split_captions treats each
@@ -75,7 +83,7 @@ def extract_features(loader, image_encoders: dict[str, Encoder], device: torch.d
 def _gather(keys, image, labels, text, captions, owners, device, with_text: bool) -> Features:
     """Gather every rank's rows, renumber caption owners globally, and sort everything by key."""
     counts = gather_rows(torch.tensor([len(keys)], device=device)).tolist()
-    offset = sum(counts[:rank_world()[0]])
+    offset = sum(counts[: rank_world()[0]])
     all_keys = gather_lists(keys)
     order = sorted(range(len(all_keys)), key=all_keys.__getitem__)
     perm = torch.tensor(order, dtype=torch.long, device=device)
@@ -83,8 +91,9 @@ def _gather(keys, image, labels, text, captions, owners, device, with_text: bool
     for name, parts in image.items():
         feats.image[name] = gather_rows(torch.cat(parts) if parts else torch.zeros(0, 1, device=device))[perm]
     if any(gather_lists([bool(labels)])):  # decided together: a rank without samples must still gather
-        feats.labels["label"] = gather_rows(torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long,
-                                                                                         device=device))[perm]
+        feats.labels["label"] = gather_rows(
+            torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
+        )[perm]
     if with_text:
         # A caption follows its image: new row of image i = position of i in `order`.
         new_row = torch.empty_like(perm)

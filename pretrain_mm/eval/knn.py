@@ -9,9 +9,15 @@ from pretrain_mm.eval.metrics import accuracies
 
 
 @torch.no_grad()
-def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                num_classes: int, ks=(10, 20, 100, 200), temperature: float = 0.07,
-                chunk_size: int = 1024) -> dict[int, torch.Tensor]:
+def knn_predict(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    num_classes: int,
+    ks=(10, 20, 100, 200),
+    temperature: float = 0.07,
+    chunk_size: int = 1024,
+) -> dict[int, torch.Tensor]:
     """Class votes (N_test, C) per k: each of a test sample's k nearest training samples (cosine
     similarity s) adds exp(s / T) to its class. One top-max(k) search serves every k, test rows a
     chunk at a time (memory O(chunk x N_train)). A k beyond the training set uses all of it."""
@@ -24,7 +30,7 @@ def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_f
     k_max = min(max(ks), train.shape[0])
     votes: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     for start in range(0, test.shape[0], chunk_size):
-        sims, idx = (test[start:start + chunk_size] @ train.T).topk(k_max, dim=1)  # sorted, best first
+        sims, idx = (test[start : start + chunk_size] @ train.T).topk(k_max, dim=1)  # sorted, best first
         weights = (sims / temperature).exp()
         neighbours = train_labels[idx]
         for k in ks:
@@ -34,9 +40,15 @@ def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_f
     return {k: torch.cat(v) for k, v in votes.items()}
 
 
-def knn_evaluate(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                 test_labels: torch.Tensor, num_classes: int, ks=(10, 20, 100, 200),
-                 temperature: float = 0.07) -> dict[str, float]:
+def knn_evaluate(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    ks=(10, 20, 100, 200),
+    temperature: float = 0.07,
+) -> dict[str, float]:
     """{'top1@k10': ..., 'top1@k20': ...}: top-1 accuracy (fraction) for each k."""
     votes = knn_predict(train_features, train_labels, test_features, num_classes, ks, temperature)
     return {f"top1@k{k}": accuracies(v, test_labels, num_classes, topk=(1,))["top1"] for k, v in votes.items()}

@@ -7,7 +7,6 @@ at test time it uses the running statistics, like a StandardScaler fitted on the
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 
@@ -24,9 +23,18 @@ def probe_head(dim: int, num_classes: int) -> nn.Sequential:
     return head
 
 
-def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 100,
-                       batch_size: int = 64, lr: float = 1e-2, weight_decay: float = 0.0, warmup_epochs: int = 5,
-                       seed: int = 0) -> nn.Sequential:
+def train_linear_probe(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    epochs: int = 100,
+    batch_size: int = 64,
+    lr: float = 1e-2,
+    weight_decay: float = 0.0,
+    warmup_epochs: int = 5,
+    seed: int = 0,
+) -> nn.Sequential:
     """Fit the probe with AdamW and a per-step warm-up + cosine schedule, shuffled mini-batches
     drawn from a generator of its own (the same result on every rank, whatever the global RNG)."""
     if features.shape[0] < 2:
@@ -44,7 +52,8 @@ def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes
     steps_per_epoch = max(1, n // batch_size)
     total = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup=warmup_epochs * steps_per_epoch, total=total))
+        optimizer, lambda step: warmup_cosine(step, warmup=warmup_epochs * steps_per_epoch, total=total)
+    )
     loss_fn = nn.CrossEntropyLoss()
     head.train()
     for _ in range(epochs):
@@ -59,8 +68,14 @@ def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes
 
 
 @torch.no_grad()
-def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                 test_labels: torch.Tensor, num_classes: int, **train_kw) -> tuple[dict, torch.Tensor]:
+def linear_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    **train_kw,
+) -> tuple[dict, torch.Tensor]:
     """(top-1 / top-5 accuracy on the test features, the predicted classes)."""
     with torch.enable_grad():
         head = train_linear_probe(train_features, train_labels, num_classes, **train_kw)

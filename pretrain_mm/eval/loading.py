@@ -1,4 +1,5 @@
-"""The model to evaluate: a safetensors file, a run (its model.safetensors, else its newest checkpoint), or a fresh one."""
+"""The model to evaluate: a safetensors file, a run (its model.safetensors, else its newest checkpoint), or a
+fresh one."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pretrain_mm.builders import model_from_config, pin_model_args
 from pretrain_mm.config import Config
 from pretrain_mm.interop.init_from import load_open_clip_weights, read_open_clip, with_open_clip_architecture
 from pretrain_mm.interop.weights import MODEL_FILE, load_weights_model
+
 # The one import from train (design.md allows it): checkpoints are found and read one way only.
 from pretrain_mm.train.checkpoint import load_model_weights, resolve_checkpoint
 
@@ -36,8 +38,10 @@ def load_run_config(checkpoint: Path) -> DictConfig:
     """The resolved config.yaml the trainer wrote into the checkpoint's run directory."""
     path = run_dir_of(checkpoint) / "config.yaml"
     if not path.is_file():
-        raise ValueError(f"{path} does not exist: evaluating {checkpoint} needs the config.yaml of its run "
-                         "(written by the trainer next to checkpoints/) to rebuild the model")
+        raise ValueError(
+            f"{path} does not exist: evaluating {checkpoint} needs the config.yaml of its run "
+            "(written by the trainer next to checkpoints/) to rebuild the model"
+        )
     try:
         loaded = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as error:  # a damaged file: say which
@@ -67,14 +71,25 @@ def load_checkpoint_model(path, device: torch.device) -> tuple[torch.nn.Module, 
         model, cfg, step = load_weights_model(weights, device)
         newest = newest_checkpoint_step(path)
         if newest is not None and step is not None and newest > step:
-            log.warning("%s is from step %d, but %s holds a newer checkpoint (step %d), from training that did not "
-                        "finish: evaluating the file; pass the checkpoint directory to evaluate that (trusted runs "
-                        "only: its DCP metadata is a pickle)", weights, step, path, newest)
+            log.warning(
+                "%s is from step %d, but %s holds a newer checkpoint (step %d), from training that did not "
+                "finish: evaluating the file; pass the checkpoint directory to evaluate that (trusted runs "
+                "only: its DCP metadata is a pickle)",
+                weights,
+                step,
+                path,
+                newest,
+            )
         return model, cfg, weights
     checkpoint = resolve_checkpoint(path)
     if checkpoint != path:  # a run directory without model.safetensors: its training never finished
-        log.warning("%s has no %s (its training did not finish): reading the DCP checkpoint %s, whose .metadata is "
-                    "a pickle; do this only for runs you trust", path, MODEL_FILE, checkpoint)
+        log.warning(
+            "%s has no %s (its training did not finish): reading the DCP checkpoint %s, whose .metadata is "
+            "a pickle; do this only for runs you trust",
+            path,
+            MODEL_FILE,
+            checkpoint,
+        )
     run_cfg = load_run_config(checkpoint)
     model = model_from_config(cast(Config, run_cfg))
     load_model_weights(checkpoint, model)  # a damaged checkpoint: ValueError naming it

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from matplotlib.figure import Figure
@@ -17,7 +17,7 @@ def png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def training_curves(records: list[dict]) -> Optional[bytes]:
+def training_curves(records: list[dict]) -> bytes | None:
     """Loss and learning rate against step, from metrics.jsonl records; None without any."""
     records = [r for r in records if "step" in r and "loss" in r]
     if not records:
@@ -51,7 +51,7 @@ def knn_curve(curves: dict[str, dict[int, float]], title: str) -> bytes:
     return png(fig)
 
 
-def confusion(matrix: torch.Tensor, classnames: Optional[Sequence[str]], title: str) -> bytes:
+def confusion(matrix: torch.Tensor, classnames: Sequence[str] | None, title: str) -> bytes:
     """A confusion matrix (rows: true class, columns: predicted), counts written in the cells."""
     n = matrix.shape[0]
     names = list(classnames) if classnames and len(classnames) == n else [str(i) for i in range(n)]
@@ -68,12 +68,19 @@ def confusion(matrix: torch.Tensor, classnames: Optional[Sequence[str]], title: 
             for j in range(n):
                 value = int(matrix[i, j])
                 if value:
-                    ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                            color="white" if value > 0.6 * top else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(value),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if value > 0.6 * top else "black",
+                    )
     return png(fig)
 
 
-def _show(ax, image: torch.Tensor, border: Optional[str] = None) -> None:
+def _show(ax, image: torch.Tensor, border: str | None = None) -> None:
     ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -84,7 +91,7 @@ def _show(ax, image: torch.Tensor, border: Optional[str] = None) -> None:
             spine.set_linewidth(4)
 
 
-def image_strip(images: Sequence[torch.Tensor], hits: Optional[Sequence[bool]] = None) -> bytes:
+def image_strip(images: Sequence[torch.Tensor], hits: Sequence[bool] | None = None) -> bytes:
     """Images side by side (ranked results, best first); hits framed green, misses grey."""
     fig = Figure(figsize=(1.6 * max(len(images), 1), 1.8))
     axes = fig.subplots(1, max(len(images), 1), squeeze=False)[0]

@@ -13,14 +13,19 @@ import html
 import json
 import re
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
 from pretrain_mm.eval import plots
 
-TASKS = {"zeroshot": "zero-shot", "retrieval": "retrieval", "linear_probe": "linear probe", "knn": "k-NN",
-         "finetune": "fine-tune", "reconstruction": "MAE reconstruction"}
+TASKS = {
+    "zeroshot": "zero-shot",
+    "retrieval": "retrieval",
+    "linear_probe": "linear probe",
+    "knn": "k-NN",
+    "finetune": "fine-tune",
+    "reconstruction": "MAE reconstruction",
+}
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%}
@@ -28,7 +33,7 @@ pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}li.hit{color:#2e
 .caption{font-style:italic}"""
 
 
-def fmt(metric: str, value: Optional[float]) -> str:
+def fmt(metric: str, value: float | None) -> str:
     if value is None:
         return ""
     return f"{value:.4f}" if metric == "mse" else f"{100 * value:.1f}%"
@@ -67,11 +72,17 @@ def build_blocks(results: dict, extras: dict, metrics_file: Path) -> list[tuple]
     model = results["model"]
     blocks: list[tuple] = [
         ("h1", f"Evaluation: {model['kind']} {model['size']} ({model['image_size']} px)"),
-        ("p", f"checkpoint: {results.get('checkpoint') or '(the model in memory)'} | run: {results['run_dir']} | "
-              f"{results['created']} | {results['world_size']} process(es) | {results['eval_seconds']} s"),
+        (
+            "p",
+            f"checkpoint: {results.get('checkpoint') or '(the model in memory)'} | run: {results['run_dir']} | "
+            f"{results['created']} | {results['world_size']} process(es) | {results['eval_seconds']} s",
+        ),
         ("h2", "Results"),
-        ("p", "Accuracy and recall in percent; 'random' is the same evaluator on a freshly initialised tower "
-              "of the same architecture, 'chance' what guessing scores."),
+        (
+            "p",
+            "Accuracy and recall in percent; 'random' is the same evaluator on a freshly initialised tower "
+            "of the same architecture, 'chance' what guessing scores.",
+        ),
         ("table", ["task", "dataset", "metric", "trained", "random", "chance"], result_rows(results)),
     ]
     # What each set's split and zero-shot prompts test (a built-in's eval_note in classes.json),
@@ -84,10 +95,18 @@ def build_blocks(results: dict, extras: dict, metrics_file: Path) -> list[tuple]
     if knn:
         blocks.append(("h2", "k-NN accuracy against k"))
         for dataset in knn:
-            lines = {tower: {int(m.split("@k")[1]): v for m, v in task.get("knn", {}).get(dataset, {}).items()}
-                     for tower, task in results["metrics"].items()}
-            blocks.append(("image", f"knn_{file_stem(dataset)}.png", plots.knn_curve(lines, f"k-NN, {dataset}"),
-                           f"k-NN accuracy against k on {dataset}"))
+            lines = {
+                tower: {int(m.split("@k")[1]): v for m, v in task.get("knn", {}).get(dataset, {}).items()}
+                for tower, task in results["metrics"].items()
+            }
+            blocks.append(
+                (
+                    "image",
+                    f"knn_{file_stem(dataset)}.png",
+                    plots.knn_curve(lines, f"k-NN, {dataset}"),
+                    f"k-NN accuracy against k on {dataset}",
+                )
+            )
     if extras.get("confusion"):
         blocks.append(("h2", "Confusion matrices (trained tower)"))
         for title, matrix, names in extras["confusion"]:
@@ -97,17 +116,35 @@ def build_blocks(results: dict, extras: dict, metrics_file: Path) -> list[tuple]
         blocks.append(("p", "Framed green: the right answer. Best match first."))
         for i, example in enumerate(found["text_to_image"]):
             blocks.append(("quote", f"caption: {example['caption']}"))
-            blocks.append(("image", f"retrieval_{file_stem(dataset)}_text{i}.png",
-                           plots.image_strip(example["images"], example["hits"]), "its top-5 images"))
+            blocks.append(
+                (
+                    "image",
+                    f"retrieval_{file_stem(dataset)}_text{i}.png",
+                    plots.image_strip(example["images"], example["hits"]),
+                    "its top-5 images",
+                )
+            )
         for i, example in enumerate(found["image_to_text"]):
-            blocks.append(("image", f"retrieval_{file_stem(dataset)}_image{i}.png",
-                           plots.image_strip([example["image"]]), "query image"))
+            blocks.append(
+                (
+                    "image",
+                    f"retrieval_{file_stem(dataset)}_image{i}.png",
+                    plots.image_strip([example["image"]]),
+                    "query image",
+                )
+            )
             blocks.append(("list", list(zip(example["captions"], example["hits"]))))
     if extras.get("reconstructions"):
-        blocks += [("h2", "MAE reconstructions"),
-                   ("p", "Masked patches are replaced by the model's prediction; visible ones are the input's."),
-                   ("image", "mae_reconstructions.png", plots.image_grid(extras["reconstructions"]),
-                    "original, masked and reconstructed images")]
+        blocks += [
+            ("h2", "MAE reconstructions"),
+            ("p", "Masked patches are replaced by the model's prediction; visible ones are the input's."),
+            (
+                "image",
+                "mae_reconstructions.png",
+                plots.image_grid(extras["reconstructions"]),
+                "original, masked and reconstructed images",
+            ),
+        ]
     blocks += [("h2", "Configuration"), ("pre", yaml.safe_dump(results["config"], sort_keys=False))]
     return blocks
 
@@ -135,8 +172,13 @@ def to_markdown(blocks: list[tuple]) -> str:
         elif kind == "image":
             out.append(f"![{markdown_cell(block[3])}]({block[1]})\n")
         elif kind == "list":
-            out.append("\n".join(f"{i + 1}. {'**' if hit else ''}{markdown_cell(text)}{'** (match)' if hit else ''}"
-                                 for i, (text, hit) in enumerate(block[1])) + "\n")
+            out.append(
+                "\n".join(
+                    f"{i + 1}. {'**' if hit else ''}{markdown_cell(text)}{'** (match)' if hit else ''}"
+                    for i, (text, hit) in enumerate(block[1])
+                )
+                + "\n"
+            )
         elif kind == "pre":
             out.append("```\n" + block[1].replace("```", "` ` `") + "\n```\n")
     return "\n".join(out)
@@ -153,8 +195,12 @@ def to_html(blocks: list[tuple], title: str) -> str:
             body.append(f"<p class='caption'>{esc(block[1])}</p>")
         elif kind == "table":
             head = "".join(f"<th>{esc(h)}</th>" for h in block[1])
-            rows = "".join("<tr>" + "".join(f"<td{' class=num' if i >= 3 else ''}>{esc(c)}</td>"
-                                            for i, c in enumerate(row)) + "</tr>" for row in block[2])
+            rows = "".join(
+                "<tr>"
+                + "".join(f"<td{' class=num' if i >= 3 else ''}>{esc(c)}</td>" for i, c in enumerate(row))
+                + "</tr>"
+                for row in block[2]
+            )
             body.append(f"<table><tr>{head}</tr>{rows}</table>")
         elif kind == "image":
             data = base64.b64encode(block[2]).decode("ascii")
@@ -164,8 +210,10 @@ def to_html(blocks: list[tuple], title: str) -> str:
             body.append(f"<ol>{items}</ol>")
         elif kind == "pre":
             body.append(f"<pre>{esc(block[1])}</pre>")
-    return (f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
-            f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return (
+        f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+        f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def write_report(report_dir, results: dict, extras: dict, metrics_file) -> Path:

@@ -8,8 +8,13 @@ from torchmetrics.aggregation import MeanMetric
 
 
 @torch.no_grad()
-def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, text_image: torch.Tensor,
-                     ks=(1, 5, 10), chunk_size: int = 1024) -> dict[str, float]:
+def retrieval_recall(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    text_image: torch.Tensor,
+    ks=(1, 5, 10),
+    chunk_size: int = 1024,
+) -> dict[str, float]:
     """Recall@K both ways, as fractions: 'image_to_text_R@K' (an image's query is a hit when any of
     its captions ranks in the top K of all captions) and 'text_to_image_R@K' (a caption's own image
     in the top K of all images). Cosine similarity; text_image[j] is caption j's image row.
@@ -28,8 +33,8 @@ def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, 
     metrics = {f"{d}_R@{k}": MeanMetric().to(images.device) for d in ("image_to_text", "text_to_image") for k in ks}
 
     for start in range(0, texts.shape[0], chunk_size):
-        scores = texts[start:start + chunk_size] @ images.T
-        own = text_image[start:start + chunk_size, None]
+        scores = texts[start : start + chunk_size] @ images.T
+        own = text_image[start : start + chunk_size, None]
         positive = scores.gather(1, own)
         # "not below" rather than ">=": a NaN score (either side) is then a miss, not a hit.
         against = ~(scores < positive)

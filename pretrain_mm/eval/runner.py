@@ -6,15 +6,15 @@ import datetime
 import logging
 import time
 from pathlib import Path
-from typing import Optional, cast
+from typing import cast
 
 import torch
 from omegaconf import OmegaConf
 
 from pretrain_mm.builders import build_tokenizer, split_urls
 from pretrain_mm.config import Config, plain_config
-from pretrain_mm.distributed import DistInfo, rank_world
 from pretrain_mm.data import build_loader, expand_urls
+from pretrain_mm.distributed import DistInfo, rank_world
 from pretrain_mm.eval.datasets import EvalSet, attach_json_labels, eval_sets
 from pretrain_mm.eval.examples import mae_reconstructions, retrieval_examples
 from pretrain_mm.eval.features import Encoder, Features, extract_features
@@ -53,8 +53,7 @@ class Evaluation:
         if self.eval_cfg.random_baseline:
             self.towers["random"] = random_model(cfg, self.eval_cfg.seed, device)
         self.tokenizer = build_tokenizer(cfg.data) if self.kind == "clip" else None
-        self.results: dict = {"metrics": {name: {} for name in self.towers}, "chance": {}, "samples": {},
-                              "notes": {}}
+        self.results: dict = {"metrics": {name: {} for name in self.towers}, "chance": {}, "samples": {}, "notes": {}}
         self.extras: dict = {"confusion": [], "retrieval_examples": {}, "reconstructions": None}
 
     def record(self, tower: str, task: str, dataset: str, values: dict) -> None:
@@ -76,14 +75,29 @@ class Evaluation:
 
     def extract(self, ds: EvalSet, urls: list[str], *, labels: bool, captions: bool) -> Features:
         tokenizer = self.tokenizer if captions else None
-        loader = build_loader(urls, batch_size=self.eval_cfg.batch_size, tokenizer=tokenizer, image_size=self.image_size,
-                              train=False, num_workers=self.eval_cfg.num_workers, caption_key=ds.caption_key or "txt",
-                              label_key=ds.label_key if labels else None)
+        loader = build_loader(
+            urls,
+            batch_size=self.eval_cfg.batch_size,
+            tokenizer=tokenizer,
+            image_size=self.image_size,
+            train=False,
+            num_workers=self.eval_cfg.num_workers,
+            caption_key=ds.caption_key or "txt",
+            label_key=ds.label_key if labels else None,
+        )
         # captions: CLIP's
-        text: dict[str, Encoder] | None = ({name: cast(CLIP, m).encode_text for name, m in self.towers.items()}
-                                           if captions else None)
-        return extract_features(loader, self.image_encoders(), self.device, max_samples=self.eval_cfg.max_samples,
-                                text_encoders=text, tokenizer=self.tokenizer, split_captions=ds.split_captions)
+        text: dict[str, Encoder] | None = (
+            {name: cast(CLIP, m).encode_text for name, m in self.towers.items()} if captions else None
+        )
+        return extract_features(
+            loader,
+            self.image_encoders(),
+            self.device,
+            max_samples=self.eval_cfg.max_samples,
+            text_encoders=text,
+            tokenizer=self.tokenizer,
+            split_captions=ds.split_captions,
+        )
 
     def run_set(self, ds: EvalSet) -> None:
         clip = self.kind == "clip"
@@ -108,25 +122,39 @@ class Evaluation:
     def run_zeroshot(self, name: str, test: Features, task) -> None:
         labels, classes = test.labels[task.label], len(task.classnames)
         for tower, model in self.towers.items():
-            classifier = zeroshot_classifier(cast(CLIP, model).encode_text, self.tokenizer, task.classnames,
-                                             task.templates, self.device, self.eval_cfg.batch_size)
+            classifier = zeroshot_classifier(
+                cast(CLIP, model).encode_text,
+                self.tokenizer,
+                task.classnames,
+                task.templates,
+                self.device,
+                self.eval_cfg.batch_size,
+            )
             metrics, predictions = zeroshot_evaluate(test.image[tower], labels, classifier)
             self.record(tower, "zeroshot", name, metrics)
             if tower == "trained":
-                self.extras["confusion"].append((f"zero-shot {name}", confusion_matrix(predictions, labels, classes),
-                                                 task.classnames))
+                self.extras["confusion"].append(
+                    (f"zero-shot {name}", confusion_matrix(predictions, labels, classes), task.classnames)
+                )
         self.results["chance"].setdefault("zeroshot", {})[name] = chance_accuracy(classes)
 
     def run_retrieval(self, ds: EvalSet, test: Features) -> None:
         assert test.text_image is not None and test.captions is not None  # extracted with captions
         for tower in self.towers:
-            self.record(tower, "retrieval", ds.name, retrieval_recall(
-                test.image[tower], test.text[tower], test.text_image, chunk_size=self.eval_cfg.retrieval_chunk_size))
+            self.record(
+                tower,
+                "retrieval",
+                ds.name,
+                retrieval_recall(
+                    test.image[tower], test.text[tower], test.text_image, chunk_size=self.eval_cfg.retrieval_chunk_size
+                ),
+            )
         self.results["chance"].setdefault("retrieval", {})[ds.name] = chance_recall(len(test), len(test.captions))
         self.results["samples"][ds.name]["texts"] = len(test.captions)
         if rank_world()[0] == 0 and self.eval_cfg.examples > 0:
             self.extras["retrieval_examples"][ds.name] = retrieval_examples(
-                test, "trained", ds.test_urls, self.image_size, self.eval_cfg.examples)
+                test, "trained", ds.test_urls, self.image_size, self.eval_cfg.examples
+            )
 
     def run_classification(self, ds: EvalSet, test: Features) -> None:
         assert ds.train_urls is not None  # ds.classification
@@ -138,18 +166,42 @@ class Evaluation:
         for tower in self.towers:
             x_train, x_test = train.image[self.probed(tower)], test.image[self.probed(tower)]
             metrics, predictions = linear_probe(
-                x_train, y_train, x_test, y_test, classes, epochs=p.epochs,
-                batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, warmup_epochs=p.warmup_epochs,
-                seed=self.eval_cfg.seed)
+                x_train,
+                y_train,
+                x_test,
+                y_test,
+                classes,
+                epochs=p.epochs,
+                batch_size=p.batch_size,
+                lr=p.lr,
+                weight_decay=p.weight_decay,
+                warmup_epochs=p.warmup_epochs,
+                seed=self.eval_cfg.seed,
+            )
             self.record(tower, "linear_probe", ds.name, metrics)
             if tower == "trained":
-                self.extras["confusion"].append((f"linear probe {ds.name}",
-                                                 confusion_matrix(predictions, y_test, classes), ds.classnames))
-            self.record(tower, "knn", ds.name, knn_evaluate(x_train, y_train, x_test, y_test, classes,
-                                                            list(self.eval_cfg.knn_k), self.eval_cfg.knn_temperature))
+                self.extras["confusion"].append(
+                    (f"linear probe {ds.name}", confusion_matrix(predictions, y_test, classes), ds.classnames)
+                )
+            self.record(
+                tower,
+                "knn",
+                ds.name,
+                knn_evaluate(
+                    x_train, y_train, x_test, y_test, classes, list(self.eval_cfg.knn_k), self.eval_cfg.knn_temperature
+                ),
+            )
             if self.eval_cfg.finetune.enabled:
-                metrics, _, _ = finetune(self.towers[tower], ds, classes, len(train), self.eval_cfg.finetune, self.eval_cfg,
-                                         self.image_size, self.device)
+                metrics, _, _ = finetune(
+                    self.towers[tower],
+                    ds,
+                    classes,
+                    len(train),
+                    self.eval_cfg.finetune,
+                    self.eval_cfg,
+                    self.image_size,
+                    self.device,
+                )
                 self.record(tower, "finetune", ds.name, metrics)
         chance = self.results["chance"]
         chance.setdefault("linear_probe", {})[ds.name] = chance_accuracy(classes)
@@ -165,15 +217,22 @@ class Evaluation:
         except ValueError as error:  # the user's shards without a val split: no reconstructions, say why
             log.warning("no MAE reconstructions: %s", error)
             return
-        losses, grid = mae_reconstructions(self.towers, urls, self.image_size,
-                                           self.eval_cfg.reconstructions, self.device, self.eval_cfg.seed)
+        losses, grid = mae_reconstructions(
+            self.towers, urls, self.image_size, self.eval_cfg.reconstructions, self.device, self.eval_cfg.seed
+        )
         for tower, values in losses.items():
             self.record(tower, "reconstruction", d.name, values)
         self.extras["reconstructions"] = grid
 
 
-def run_evaluation(cfg: Config, run_dir: str | Path, model: torch.nn.Module, info: DistInfo, checkpoint: Optional[Path] = None,
-                   metrics_file: Optional[Path] = None) -> dict:
+def run_evaluation(
+    cfg: Config,
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    info: DistInfo,
+    checkpoint: Path | None = None,
+    metrics_file: Path | None = None,
+) -> dict:
     """Evaluate `model` (CLIP: zero-shot, retrieval, probe, k-NN; MAE: probe, k-NN, reconstructions;
     fine-tune when eval.finetune.enabled) with the random tower beside it, and write
     `<run_dir>/report/` on rank 0, with the training curves of metrics_file (default
@@ -198,10 +257,13 @@ def run_evaluation(cfg: Config, run_dir: str | Path, model: torch.nn.Module, inf
         "config": plain_config(cfg),
     }
     if info.is_main:
-        report_dir = write_report(Path(run_dir) / "report", results, run.extras,
-                                  metrics_file or Path(run_dir) / "metrics.jsonl")
-        lines = [f"  {task:<13} {data:<16} {metric:<20} {mine:>7} (random {random or '-':>6}, chance {base or '-':>6})"
-                 for task, data, metric, mine, random, base in result_rows(results)]
+        report_dir = write_report(
+            Path(run_dir) / "report", results, run.extras, metrics_file or Path(run_dir) / "metrics.jsonl"
+        )
+        lines = [
+            f"  {task:<13} {data:<16} {metric:<20} {mine:>7} (random {random or '-':>6}, chance {base or '-':>6})"
+            for task, data, metric, mine, random, base in result_rows(results)
+        ]
         head = f"evaluation ({results['eval_seconds']:.0f}s): {report_dir / 'report.html'}"
         print("\n".join([head, *lines]), flush=True)
     if info.world_size > 1:
@@ -209,15 +271,18 @@ def run_evaluation(cfg: Config, run_dir: str | Path, model: torch.nn.Module, inf
     return results
 
 
-def evaluate_checkpoint(cfg: Config, info: DistInfo, checkpoint: str | Path | None = None,
-                        output_dir: str | Path | None = None) -> dict:
+def evaluate_checkpoint(
+    cfg: Config, info: DistInfo, checkpoint: str | Path | None = None, output_dir: str | Path | None = None
+) -> dict:
     """+exp=eval and the end of training: rebuild the model of a checkpoint (or a run directory's
     newest) from its run's config.yaml, load its weights and run_evaluation with this cfg's `eval`.
     The report goes to eval.output_dir, else output_dir, else the checkpoint's run directory."""
     path = checkpoint or cfg.eval.checkpoint
     if not path:
-        raise ValueError("nothing to evaluate: set eval.checkpoint to a run directory or one of its "
-                         "checkpoints/step_<N>, e.g. python -m pretrain_mm +exp=eval eval.checkpoint=outputs/clip")
+        raise ValueError(
+            "nothing to evaluate: set eval.checkpoint to a run directory or one of its "
+            "checkpoints/step_<N>, e.g. python -m pretrain_mm +exp=eval eval.checkpoint=outputs/clip"
+        )
     if is_open_clip_source(path):  # someone else's open_clip weights: the architecture from their config
         model, run_cfg = load_open_clip_model(cfg, path, info.device)
         resolved = Path(path)
@@ -227,5 +292,6 @@ def evaluate_checkpoint(cfg: Config, info: DistInfo, checkpoint: str | Path | No
         default_out = run_dir_of(resolved)
     merged = OmegaConf.merge(run_cfg, {"eval": plain_config(cfg.eval)})
     out = cfg.eval.output_dir or output_dir or default_out
-    return run_evaluation(cast(Config, merged), out, model, info, checkpoint=resolved,
-                          metrics_file=run_dir_of(resolved) / "metrics.jsonl")
+    return run_evaluation(
+        cast(Config, merged), out, model, info, checkpoint=resolved, metrics_file=run_dir_of(resolved) / "metrics.jsonl"
+    )

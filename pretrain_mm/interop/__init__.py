@@ -10,5 +10,13 @@ Imports models and builders only; train, eval and the export command import it.
 from pretrain_mm.interop.openclip import from_open_clip_state, open_clip_config, to_open_clip
 from pretrain_mm.interop.weights import MODEL_FILE, load_weights, load_weights_model, read_header, save_weights
 
-__all__ = ["MODEL_FILE", "from_open_clip_state", "load_weights", "load_weights_model", "open_clip_config",
-           "read_header", "save_weights", "to_open_clip"]
+__all__ = [
+    "MODEL_FILE",
+    "from_open_clip_state",
+    "load_weights",
+    "load_weights_model",
+    "open_clip_config",
+    "read_header",
+    "save_weights",
+    "to_open_clip",
+]

@@ -24,17 +24,50 @@ from pretrain_mm.interop.weights import CONFIG_KEY, load_weights, read_header, s
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "open_clip_config.json"
-WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "model.safetensors",
-                "open_clip_pytorch_model.bin", "pytorch_model.bin")
+WEIGHT_FILES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "pytorch_model.bin",
+)
 # open_clip options that only one value of matches our towers: (section, key) -> that value.
-MUST_BE = {("vision_cfg", k): v for k, v in dict(
-    ls_init_value=None, attentional_pool=False, final_ln_after_pool=False, pos_embed_type="learnable",
-    act_kwargs=None, block_type=None, qk_norm=False, scaled_cosine_attn=False, scale_heads=False,
-    scale_attn_inner=False, scale_attn=False, scale_fc=False, timm_model_name=None).items()}
-MUST_BE.update({("text_cfg", k): v for k, v in dict(
-    hf_model_name=None, hf_tokenizer_name=None, ls_init_value=None, embed_cls=False, no_causal_mask=False,
-    final_ln_after_pool=False, proj_bias=False, proj_type="linear", act_kwargs=None, block_type=None,
-    qk_norm=False).items()})
+MUST_BE = {
+    ("vision_cfg", k): v
+    for k, v in dict(
+        ls_init_value=None,
+        attentional_pool=False,
+        final_ln_after_pool=False,
+        pos_embed_type="learnable",
+        act_kwargs=None,
+        block_type=None,
+        qk_norm=False,
+        scaled_cosine_attn=False,
+        scale_heads=False,
+        scale_attn_inner=False,
+        scale_attn=False,
+        scale_fc=False,
+        timm_model_name=None,
+    ).items()
+}
+MUST_BE.update(
+    {
+        ("text_cfg", k): v
+        for k, v in dict(
+            hf_model_name=None,
+            hf_tokenizer_name=None,
+            ls_init_value=None,
+            embed_cls=False,
+            no_causal_mask=False,
+            final_ln_after_pool=False,
+            proj_bias=False,
+            proj_type="linear",
+            act_kwargs=None,
+            block_type=None,
+            qk_norm=False,
+        ).items()
+    }
+)
 MUST_BE.update({("model_cfg", "quick_gelu"): False, ("model_cfg", "custom_text"): False})
 
 
@@ -65,8 +98,10 @@ def read_open_clip(source, config: str | None = None) -> tuple[dict, dict[str, t
         try:
             loaded = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - a pickle that needs code, or not a torch file at all
-            raise ValueError(f"cannot read {weights} safely as open_clip weights (torch.load weights_only): "
-                             f"{str(error).splitlines()[0]}") from error
+            raise ValueError(
+                f"cannot read {weights} safely as open_clip weights (torch.load weights_only): "
+                f"{str(error).splitlines()[0]}"
+            ) from error
         found_state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
         if not isinstance(found_state, dict):
             raise ValueError(f"{weights} holds no state dict")
@@ -78,8 +113,10 @@ def _model_cfg(config: str | None, weights: Path) -> dict:
     if config is None:
         candidate = weights.parent / CONFIG_FILE
         if not candidate.is_file():
-            raise ValueError(f"model.init_from: no {CONFIG_FILE} beside {weights}; set model.init_from_config to "
-                             "its open_clip config (a JSON file or an open_clip model name such as ViT-B-32)")
+            raise ValueError(
+                f"model.init_from: no {CONFIG_FILE} beside {weights}; set model.init_from_config to "
+                "its open_clip config (a JSON file or an open_clip model name such as ViT-B-32)"
+            )
         config = str(candidate)
     if Path(config).is_file():
         try:
@@ -98,34 +135,55 @@ def _model_cfg(config: str | None, weights: Path) -> dict:
 def clip_args(model_cfg: dict) -> dict:
     """Our CLIP's constructor arguments (plus image_size, context_length, vocab_size) for an open_clip
     model_cfg; a ValueError naming the first option our towers cannot match."""
-    sections = {"model_cfg": model_cfg, "vision_cfg": model_cfg.get("vision_cfg", {}),
-                "text_cfg": model_cfg.get("text_cfg", {})}
+    sections = {
+        "model_cfg": model_cfg,
+        "vision_cfg": model_cfg.get("vision_cfg", {}),
+        "text_cfg": model_cfg.get("text_cfg", {}),
+    }
     for (section, key), value in MUST_BE.items():
         got = sections[section].get(key, value)
         if got != value and not (value is None and got == {}):
-            raise ValueError(f"the open_clip config sets {section}.{key}={got!r}; pretrain_mm's CLIP has no such "
-                             f"option (only {value!r}), so it cannot hold these weights")
+            raise ValueError(
+                f"the open_clip config sets {section}.{key}={got!r}; pretrain_mm's CLIP has no such "
+                f"option (only {value!r}), so it cannot hold these weights"
+            )
     v, t = sections["vision_cfg"], sections["text_cfg"]
     if isinstance(v.get("layers", 12), (list, tuple)) or isinstance(v.get("image_size", 224), (list, tuple)):
-        raise ValueError("the open_clip config describes a ResNet or non-square image tower; pretrain_mm's is a square ViT")
+        raise ValueError(
+            "the open_clip config describes a ResNet or non-square image tower; pretrain_mm's is a square ViT"
+        )
     if v.get("mlp_ratio", 4.0) != t.get("mlp_ratio", 4.0):
-        raise ValueError(f"the open_clip towers have MLP ratios {v.get('mlp_ratio')} and {t.get('mlp_ratio')}; "
-                         "pretrain_mm's CLIP has one for both")
+        raise ValueError(
+            f"the open_clip towers have MLP ratios {v.get('mlp_ratio')} and {t.get('mlp_ratio')}; "
+            "pretrain_mm's CLIP has one for both"
+        )
     if t.get("pool_type", "argmax") not in ("argmax", "eos") or (t.get("norm_kwargs") or {}).get("eps", 1e-5) != 1e-5:
-        raise ValueError("the open_clip text tower pools other than at the end-of-text token or has a LayerNorm eps "
-                         "other than 1e-5; pretrain_mm's cannot")
+        raise ValueError(
+            "the open_clip text tower pools other than at the end-of-text token or has a LayerNorm eps "
+            "other than 1e-5; pretrain_mm's cannot"
+        )
     width = v.get("width", 768)
     pools = {"tok": "cls", "avg": "mean"}
     if v.get("pool_type", "tok") not in pools:
         raise ValueError(f"the open_clip image tower pools by {v.get('pool_type')!r}; pretrain_mm's by {list(pools)}")
     return {
-        "embed_dim": model_cfg["embed_dim"], "image_size": v.get("image_size", 224), "patch_size": v.get("patch_size", 16),
-        "vision_width": width, "vision_depth": v.get("layers", 12), "vision_heads": width // v.get("head_width", 64),
-        "vision_norm_pre": not v.get("no_ln_pre", False), "vision_pool": pools[v.get("pool_type", "tok")],
-        "vision_norm_eps": (v.get("norm_kwargs") or {}).get("eps", 1e-5), "vision_stem": "patch",
-        "vision_pos_embed": "learned", "mlp_ratio": v.get("mlp_ratio", 4.0),
-        "context_length": t.get("context_length", 77), "vocab_size": t.get("vocab_size", 49408),
-        "text_width": t.get("width", 512), "text_depth": t.get("layers", 12), "text_heads": t.get("heads", 8),
+        "embed_dim": model_cfg["embed_dim"],
+        "image_size": v.get("image_size", 224),
+        "patch_size": v.get("patch_size", 16),
+        "vision_width": width,
+        "vision_depth": v.get("layers", 12),
+        "vision_heads": width // v.get("head_width", 64),
+        "vision_norm_pre": not v.get("no_ln_pre", False),
+        "vision_pool": pools[v.get("pool_type", "tok")],
+        "vision_norm_eps": (v.get("norm_kwargs") or {}).get("eps", 1e-5),
+        "vision_stem": "patch",
+        "vision_pos_embed": "learned",
+        "mlp_ratio": v.get("mlp_ratio", 4.0),
+        "context_length": t.get("context_length", 77),
+        "vocab_size": t.get("vocab_size", 49408),
+        "text_width": t.get("width", 512),
+        "text_depth": t.get("layers", 12),
+        "text_heads": t.get("heads", 8),
     }
 
 
@@ -140,8 +198,10 @@ def with_open_clip_architecture(cfg, model_cfg: dict):
     replaced = {f"model.args.{k}": (given[k], v) for k, v in args.items() if k in given and given[k] != v}
     replaced.update({f"data.{k}": (out.data[k], v) for k, v in data.items() if out.data[k] != v})
     if replaced:
-        log.warning("the open_clip model's architecture replaces %s",
-                    ", ".join(f"{k}={old!r} by {new!r}" for k, (old, new) in replaced.items()))
+        log.warning(
+            "the open_clip model's architecture replaces %s",
+            ", ".join(f"{k}={old!r} by {new!r}" for k, (old, new) in replaced.items()),
+        )
     out.model.args = {**given, **args}
     out.data.image_size, out.data.context_length = data["image_size"], data["context_length"]
     return out
@@ -153,7 +213,9 @@ def load_open_clip_weights(model, state: dict[str, torch.Tensor], source) -> Non
     ours = from_open_clip_state(state, model)
     mismatch = state_mismatch(ours, model.state_dict())
     if mismatch:
-        raise ValueError(f"the open_clip weights in {source} do not fit the model: {mismatch} (a vocabulary of "
-                         "another size means another tokenizer: set data.tokenizer to the one they were trained "
-                         "with, e.g. clip)")
+        raise ValueError(
+            f"the open_clip weights in {source} do not fit the model: {mismatch} (a vocabulary of "
+            "another size means another tokenizer: set data.tokenizer to the one they were trained "
+            "with, e.g. clip)"
+        )
     model.load_state_dict(ours)

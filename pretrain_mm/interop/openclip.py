@@ -26,14 +26,24 @@ from pretrain_mm.models.vit import ConvStem
 # (our name, open_clip's name) for the parameters that are only renamed; blocks by regex below.
 RENAMES = (
     ("visual.patch_embed.weight", "visual.conv1.weight"),
-    ("visual.norm_pre.weight", "visual.ln_pre.weight"), ("visual.norm_pre.bias", "visual.ln_pre.bias"),
-    ("visual.norm.weight", "visual.ln_post.weight"), ("visual.norm.bias", "visual.ln_post.bias"),
+    ("visual.norm_pre.weight", "visual.ln_pre.weight"),
+    ("visual.norm_pre.bias", "visual.ln_pre.bias"),
+    ("visual.norm.weight", "visual.ln_post.weight"),
+    ("visual.norm.bias", "visual.ln_post.bias"),
     ("text.token_embedding.weight", "token_embedding.weight"),
     ("text.positional_embedding", "positional_embedding"),
-    ("text.norm.weight", "ln_final.weight"), ("text.norm.bias", "ln_final.bias"),
+    ("text.norm.weight", "ln_final.weight"),
+    ("text.norm.bias", "ln_final.bias"),
 )
-BLOCK_PARTS = (("norm1", "ln_1"), ("attn.qkv.weight", "attn.in_proj_weight"), ("attn.qkv.bias", "attn.in_proj_bias"),
-               ("attn.proj", "attn.out_proj"), ("norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"))
+BLOCK_PARTS = (
+    ("norm1", "ln_1"),
+    ("attn.qkv.weight", "attn.in_proj_weight"),
+    ("attn.qkv.bias", "attn.in_proj_bias"),
+    ("attn.proj", "attn.out_proj"),
+    ("norm2", "ln_2"),
+    ("mlp.fc1", "mlp.c_fc"),
+    ("mlp.fc2", "mlp.c_proj"),
+)
 BLOCKS = (("visual.blocks.", "visual.transformer.resblocks."), ("text.blocks.", "transformer.resblocks."))
 
 
@@ -41,9 +51,11 @@ def _check_exportable(model) -> None:
     if not isinstance(model, CLIP):
         raise ValueError(f"only a CLIP / SigLIP model has an open_clip form, not {type(model).__name__}")
     if isinstance(model.visual.patch_embed, ConvStem):
-        raise ValueError("this CLIP's image tower has a conv stem (model.args.vision_stem=conv), which no open_clip "
-                         "config can express; export it with --format safetensors, or train with "
-                         "model.args.vision_stem=patch for open_clip")
+        raise ValueError(
+            "this CLIP's image tower has a conv stem (model.args.vision_stem=conv), which no open_clip "
+            "config can express; export it with --format safetensors, or train with "
+            "model.args.vision_stem=patch for open_clip"
+        )
     if model.visual.cls_token is None:
         raise ValueError("this CLIP's image tower has no class token, which open_clip's VisionTransformer always has")
 
@@ -62,7 +74,7 @@ def _rename(name: str, to_open_clip: bool) -> str | None:
             for a, b in BLOCK_PARTS:
                 src, dst = (a, b) if to_open_clip else (b, a)
                 if rest == src or rest.startswith(src + "."):
-                    return f"{dst_prefix}{index}.{dst}{rest[len(src):]}"
+                    return f"{dst_prefix}{index}.{dst}{rest[len(src) :]}"
     return None
 
 
@@ -74,15 +86,23 @@ def open_clip_config(model: CLIP) -> dict:
     cfg = {
         "embed_dim": int(cast(torch.nn.Linear, v.head).weight.shape[0]),  # CLIP's image tower projects
         "vision_cfg": {
-            "image_size": v.image_size, "patch_size": v.patch_size, "width": v.width, "layers": v.depth,
-            "head_width": v.width // v_block.attn.num_heads, "mlp_ratio": v_block.mlp.fc1.out_features / v.width,
+            "image_size": v.image_size,
+            "patch_size": v.patch_size,
+            "width": v.width,
+            "layers": v.depth,
+            "head_width": v.width // v_block.attn.num_heads,
+            "mlp_ratio": v_block.mlp.fc1.out_features / v.width,
             "no_ln_pre": isinstance(v.norm_pre, torch.nn.Identity),
             "pool_type": "tok" if v.pool_type == "cls" else "avg",
             "norm_kwargs": {"eps": v.norm.eps},  # ours 1e-6 (timm / MAE), open_clip's default 1e-5
         },
         "text_cfg": {
-            "context_length": t.context_length, "vocab_size": t.token_embedding.num_embeddings, "width": t.width,
-            "heads": t_block.attn.num_heads, "layers": t.depth, "mlp_ratio": t_block.mlp.fc1.out_features / t.width,
+            "context_length": t.context_length,
+            "vocab_size": t.token_embedding.num_embeddings,
+            "width": t.width,
+            "heads": t_block.attn.num_heads,
+            "layers": t.depth,
+            "mlp_ratio": t_block.mlp.fc1.out_features / t.width,
             "pad_id": t.pad_id,
             # Our tokenizers put the end-of-text id last in the vocabulary, as CLIP's: its argmax
             # is the last non-pad position, where our text tower reads its features.
@@ -98,9 +118,15 @@ def open_clip_config(model: CLIP) -> dict:
 def to_open_clip(model: CLIP) -> tuple[dict, dict[str, torch.Tensor]]:
     """(open_clip_config.json's content, state dict in open_clip's names): what open_clip.create_model
     ("local-dir:...") builds and loads into a model with the same embeddings."""
-    config = {"model_cfg": open_clip_config(model),
-              "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD), "interpolation": "bicubic",
-                                 "resize_mode": "shortest"}}
+    config = {
+        "model_cfg": open_clip_config(model),
+        "preprocess_cfg": {
+            "mean": list(CLIP_MEAN),
+            "std": list(CLIP_STD),
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        },
+    }
     ours = {k: v.detach() for k, v in model.state_dict().items()}
     ours.setdefault("visual.pos_embed", model.visual.pos_embed.detach())  # a fixed sin-cos table is a buffer
     state = {}
@@ -143,6 +169,8 @@ def from_open_clip_state(state: dict[str, torch.Tensor], model: CLIP) -> dict[st
     if not isinstance(model.visual.pos_embed, torch.nn.Parameter):  # a fixed sin-cos table is not a weight
         table = ours.pop("visual.pos_embed")
         if not torch.allclose(table, model.visual.pos_embed.to(table.dtype), atol=1e-6):
-            raise ValueError("the open_clip weights have learned position embeddings; this model's are a fixed "
-                             "sin-cos table (model.args.vision_pos_embed=sincos): load them into a learned one")
+            raise ValueError(
+                "the open_clip weights have learned position embeddings; this model's are a fixed "
+                "sin-cos table (model.args.vision_pos_embed=sincos): load them into a learned one"
+            )
     return ours

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -62,6 +62,7 @@ def state_mismatch(state: Mapping[str, Any], expected: Mapping[str, Any], where:
     """What keeps `state` (tensors, or anything with a `shape` or `size`: DCP's metadata) from loading into a
     model whose state dict is `expected` ("" when nothing): names only in either, and shared names of other
     shapes (load_state_dict would say it less plainly; DCP's load would quietly fill only the shared ones)."""
+
     def shape(value: Any) -> tuple[int, ...] | None:  # a tensor's shape, DCP's TensorStorageMetadata.size
         found = value.shape if hasattr(value, "shape") else getattr(value, "size", None)
         return tuple(found) if found is not None else None
@@ -77,8 +78,10 @@ def config_of(path, header: dict[str, str] | None = None) -> DictConfig:
     """The resolved config in a weights file's header (a ValueError naming the file when it has none)."""
     header = read_header(path) if header is None else header
     if CONFIG_KEY not in header:
-        raise ValueError(f"{path} has no pretrain_mm config in its header (key {CONFIG_KEY!r}): it was not "
-                         "written by pretrain_mm; an open_clip file loads with model.init_from instead")
+        raise ValueError(
+            f"{path} has no pretrain_mm config in its header (key {CONFIG_KEY!r}): it was not "
+            "written by pretrain_mm; an open_clip file loads with model.init_from instead"
+        )
     return OmegaConf.create(pin_model_args(json.loads(header[CONFIG_KEY])))
 
 

@@ -56,8 +56,12 @@ def requeue(max_requeues: int) -> bool:
         log.warning("not requeuing job %s: it was cancelled (scancel)", job_id)
         return False
     if restarts >= max_requeues:
-        log.warning("not requeuing job %s: it was requeued %d times already (launcher.max_requeues=%d)",
-                    job_id, restarts, max_requeues)
+        log.warning(
+            "not requeuing job %s: it was requeued %d times already (launcher.max_requeues=%d)",
+            job_id,
+            restarts,
+            max_requeues,
+        )
         return False
     # `scontrol requeue` makes Slurm send SIGTERM to all of this job's processes, scontrol (our child)
     # included; now and then it died of it before it returned. SIGTERM is ignored here while it runs,
@@ -72,8 +76,12 @@ def requeue(max_requeues: int) -> bool:
     if done and out.returncode != 0:
         log.warning("`scontrol requeue` failed (%s) but Slurm did requeue job %s", out.returncode, job_id)
     if done:
-        log.warning("requeued job %s (requeue %d of at most %d); the next run resumes from the last checkpoint",
-                    job_id, restarts + 1, max_requeues)
+        log.warning(
+            "requeued job %s (requeue %d of at most %d); the next run resumes from the last checkpoint",
+            job_id,
+            restarts + 1,
+            max_requeues,
+        )
     else:
         log.error("could not requeue job %s (cancelled?): %s", job_id, (out.stderr or out.stdout).strip())
     return done
@@ -128,8 +136,10 @@ def prepare_slurm_process(max_requeues: int) -> None:
         if os.environ.get("SLURM_PROCID", "0") != "0":
             log.warning("received %s outside training: rank 0 requeues the job", signal.Signals(signum).name)
             return
-        log.warning("received %s outside training: requeuing (the checkpoints on disk are all there is)",
-                    signal.Signals(signum).name)
+        log.warning(
+            "received %s outside training: requeuing (the checkpoints on disk are all there is)",
+            signal.Signals(signum).name,
+        )
         if requeue(max_requeues):
             leave_requeued_job()
 

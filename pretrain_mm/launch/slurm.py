@@ -26,9 +26,19 @@ from pretrain_mm.run import stages_of
 
 START_HINT = 'to try it on this machine, start a local Slurm: eval "$(slurm/local_slurm.sh start)"'
 # Pending reasons that no amount of waiting changes (squeue's %r).
-NEVER_STARTS = ("PartitionNodeLimit", "PartitionTimeLimit", "PartitionConfig", "BadConstraints", "InvalidAccount",
-                "InvalidQOS", "DependencyNeverSatisfied", "QOSMaxNodePerJobLimit", "QOSMaxCpuPerJobLimit",
-                "QOSMaxGRESPerJob", "QOSMaxWallDurationPerJobLimit")
+NEVER_STARTS = (
+    "PartitionNodeLimit",
+    "PartitionTimeLimit",
+    "PartitionConfig",
+    "BadConstraints",
+    "InvalidAccount",
+    "InvalidQOS",
+    "DependencyNeverSatisfied",
+    "QOSMaxNodePerJobLimit",
+    "QOSMaxCpuPerJobLimit",
+    "QOSMaxGRESPerJob",
+    "QOSMaxWallDurationPerJobLimit",
+)
 
 
 class SlurmError(RuntimeError):
@@ -38,8 +48,10 @@ class SlurmError(RuntimeError):
 def submit(cfg: Config, run_dir: str | Path) -> list:
     """Submits training (and, with launcher.eval_job, a dependent evaluation job); returns submitit's jobs."""
     if in_submitit_slurm_job() or int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
-        raise ValueError("launcher=slurm inside a Slurm job would submit more jobs from it (one per task); inside "
-                         "jobs (srun, slurm/train.sbatch, hydra/launcher=submitit_slurm) keep launcher=local")
+        raise ValueError(
+            "launcher=slurm inside a Slurm job would submit more jobs from it (one per task); inside "
+            "jobs (srun, slurm/train.sbatch, hydra/launcher=submitit_slurm) keep launcher=local"
+        )
     launcher = cfg.launcher
     params = sbatch_parameters(cfg)
     run_dir = Path(run_dir).resolve()
@@ -52,25 +64,33 @@ def submit(cfg: Config, run_dir: str | Path) -> list:
     executor.update_parameters(**params)
     jobs = [_submit(executor, PretrainTask(cfg, run_dir, stages_of(cfg)), params)]
     tasks = params["nodes"] * params["ntasks_per_node"]
-    print(f"Submitted Slurm job {jobs[0].job_id}: {params['job_name']}, {params['nodes']} node(s) x "
-          f"{params['ntasks_per_node']} task(s), time limit {launcher.timeout_min} min, requeues itself up to "
-          f"{launcher.max_requeues} times\n  run directory: {run_dir}\n"
-          f"  logs:  {jobs[0].task(0).paths.stdout}  (and .err; one pair per task, {tasks} in all)\n"
-          f"  watch: squeue -j {jobs[0].job_id}   cancel: scancel {jobs[0].job_id}", flush=True)
+    print(
+        f"Submitted Slurm job {jobs[0].job_id}: {params['job_name']}, {params['nodes']} node(s) x "
+        f"{params['ntasks_per_node']} task(s), time limit {launcher.timeout_min} min, requeues itself up to "
+        f"{launcher.max_requeues} times\n  run directory: {run_dir}\n"
+        f"  logs:  {jobs[0].task(0).paths.stdout}  (and .err; one pair per task, {tasks} in all)\n"
+        f"  watch: squeue -j {jobs[0].job_id}   cancel: scancel {jobs[0].job_id}",
+        flush=True,
+    )
     if launcher.eval_job:
         # afterany, not afterok: a job whose training finished can still end FAILED (a process that dies
         # in its teardown); the evaluation job checks train_summary.json itself.
         executor.update_parameters(dependency=f"afterany:{jobs[0].job_id}", job_name=f"{params['job_name']}-eval")
         jobs.append(_submit(executor, PretrainTask(cfg, run_dir, ("eval",)), params))
-        print(f"Submitted Slurm job {jobs[1].job_id}: evaluation, starts when job {jobs[0].job_id} has ended\n"
-              f"  logs:  {jobs[1].task(0).paths.stdout}", flush=True)
+        print(
+            f"Submitted Slurm job {jobs[1].job_id}: evaluation, starts when job {jobs[0].job_id} has ended\n"
+            f"  logs:  {jobs[1].task(0).paths.stdout}",
+            flush=True,
+        )
     if launcher.wait:
         for job in jobs:
             summary = wait(job, run_dir)
-            print(f"Slurm job {job.job_id}: training {summary['status']} at step {summary['step']}, loss "
-                  f"{summary['final_loss']:.4f}, checkpoint {summary['checkpoint']}"
-                  + ("; submit the same command again to continue" if summary["status"] == "interrupted" else ""),
-                  flush=True)
+            print(
+                f"Slurm job {job.job_id}: training {summary['status']} at step {summary['step']}, loss "
+                f"{summary['final_loss']:.4f}, checkpoint {summary['checkpoint']}"
+                + ("; submit the same command again to continue" if summary["status"] == "interrupted" else ""),
+                flush=True,
+            )
     return jobs
 
 
@@ -78,19 +98,29 @@ def sbatch_parameters(cfg: Config) -> dict:
     """submitit's SlurmExecutor parameters for this run; ValueError for settings that cannot work."""
     launcher = cfg.launcher
     tasks = launcher.tasks_per_node if launcher.tasks_per_node is not None else max(launcher.gpus_per_node, 1)
-    for key, value, least in (("nodes", launcher.nodes, 1), ("gpus_per_node", launcher.gpus_per_node, 0),
-                              ("tasks_per_node", tasks, 1), ("timeout_min", launcher.timeout_min, 1),
-                              ("signal_delay_s", launcher.signal_delay_s, 1), ("max_requeues", launcher.max_requeues, 0)):
+    for key, value, least in (
+        ("nodes", launcher.nodes, 1),
+        ("gpus_per_node", launcher.gpus_per_node, 0),
+        ("tasks_per_node", tasks, 1),
+        ("timeout_min", launcher.timeout_min, 1),
+        ("signal_delay_s", launcher.signal_delay_s, 1),
+        ("max_requeues", launcher.max_requeues, 0),
+    ):
         if value < least:
             raise ValueError(f"launcher.{key} must be at least {least}; got {value}")
     if launcher.signal_delay_s >= launcher.timeout_min * 60:
-        raise ValueError(f"launcher.signal_delay_s={launcher.signal_delay_s} leaves no time to train before the stop "
-                         f"signal; it must be shorter than launcher.timeout_min ({launcher.timeout_min} min)")
+        raise ValueError(
+            f"launcher.signal_delay_s={launcher.signal_delay_s} leaves no time to train before the stop "
+            f"signal; it must be shorter than launcher.timeout_min ({launcher.timeout_min} min)"
+        )
     if launcher.cpus_per_task is not None and launcher.cpus_per_task < 1:
         raise ValueError(f"launcher.cpus_per_task must be at least 1; got {launcher.cpus_per_task}")
     params = {
-        "job_name": launcher.job_name, "nodes": launcher.nodes, "ntasks_per_node": tasks, "time": launcher.timeout_min,
-        "cpus_per_task": launcher.cpus_per_task or cfg.data.num_workers + 1,   # a core per loader worker + the main one
+        "job_name": launcher.job_name,
+        "nodes": launcher.nodes,
+        "ntasks_per_node": tasks,
+        "time": launcher.timeout_min,
+        "cpus_per_task": launcher.cpus_per_task or cfg.data.num_workers + 1,  # a core per loader worker + the main one
         "signal_delay_s": launcher.signal_delay_s,
         # One task that fails ends the others too, instead of leaving them waiting in a collective.
         "srun_args": ["--kill-on-bad-exit=1"],
@@ -113,18 +143,24 @@ def check_cluster(partition=None) -> None:
     """Raises SlurmError unless a Slurm controller answers here, ValueError for a partition it lacks."""
     for tool in ("sbatch", "srun", "scontrol", "sinfo", "sacct"):
         if shutil.which(tool) is None:
-            raise SlurmError(f"no Slurm here: `{tool}` is not on PATH. launcher=slurm submits from a cluster's "
-                             f"login node; {START_HINT}")
+            raise SlurmError(
+                f"no Slurm here: `{tool}` is not on PATH. launcher=slurm submits from a cluster's "
+                f"login node; {START_HINT}"
+            )
     ping = _slurm("scontrol", "ping")
     if ping.returncode != 0 or " is UP" not in ping.stdout:
         said = (ping.stdout + ping.stderr).strip()
-        raise SlurmError(f"no Slurm controller answers (`scontrol ping`: {said}); check that the cluster is up "
-                         f"and SLURM_CONF (if set) points at its slurm.conf; {START_HINT}")
+        raise SlurmError(
+            f"no Slurm controller answers (`scontrol ping`: {said}); check that the cluster is up "
+            f"and SLURM_CONF (if set) points at its slurm.conf; {START_HINT}"
+        )
     if partition is not None:
         names = _slurm("sinfo", "-h", "-o", "%R").stdout.split()
         if partition not in names:
-            raise ValueError(f"launcher.partition={partition!r} does not exist on this cluster; its partitions: "
-                             f"{', '.join(sorted(set(names))) or '(none)'}")
+            raise ValueError(
+                f"launcher.partition={partition!r} does not exist on this cluster; its partitions: "
+                f"{', '.join(sorted(set(names))) or '(none)'}"
+            )
 
 
 def check_request(params: dict, folder: Path) -> None:
@@ -145,8 +181,10 @@ def wait(job, run_dir) -> dict:
         state, reason = _squeue(job.job_id)
         if state == "PENDING" and reason.startswith(NEVER_STARTS):
             job.cancel(check=False)
-            raise SlurmError(f"Slurm job {job.job_id} can never start ({reason}): the cluster cannot give it what "
-                             "it asks for (see `sinfo -o '%P %D %c %m %G %l'`); cancelled it")
+            raise SlurmError(
+                f"Slurm job {job.job_id} can never start ({reason}): the cluster cannot give it what "
+                "it asks for (see `sinfo -o '%P %D %c %m %G %l'`); cancelled it"
+            )
         # Quick while a test or a short job waits, gentle on the controller for a long one.
         time.sleep(min(30.0, 1.0 + (time.time() - started) / 20))
     return outcome(job, run_dir, submitted=started)
@@ -168,8 +206,11 @@ def outcome(job, run_dir, submitted: float) -> dict:
         # The Python error a task raised, else (killed, out of memory, ...) the end of its stderr.
         task, trace = errors[0] if errors else (0, None)
         stderr = job.task(task).paths.stderr
-        said = ("\n".join(trace.strip().splitlines()[-40:]) if trace else
-                f"(state {job.watcher.get_state(job.job_id, mode='force')}, no result)\n{_tail(stderr)}")
+        said = (
+            "\n".join(trace.strip().splitlines()[-40:])
+            if trace
+            else f"(state {job.watcher.get_state(job.job_id, mode='force')}, no result)\n{_tail(stderr)}"
+        )
         raise SlurmError(f"Slurm job {job.job_id} failed; task {task} ended with:\n{said}\n(its full log: {stderr})")
     return summary
 
@@ -227,8 +268,9 @@ class PretrainTask(submitit.helpers.Checkpointable):
     def __call__(self) -> dict:
         # No Hydra here to set up logging: the project's messages go to the task's stderr log.
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(f"[%(asctime)s rank {os.environ.get('SLURM_PROCID', '0')}] "
-                                               "%(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter(f"[%(asctime)s rank {os.environ.get('SLURM_PROCID', '0')}] %(name)s: %(message)s")
+        )
         logging.getLogger("pretrain_mm").addHandler(handler)
         logging.getLogger("pretrain_mm").setLevel(logging.INFO)
         from pretrain_mm.run import run

@@ -14,6 +14,18 @@ from pretrain_mm.models.sizes import SIZES, build_model, model_arguments
 from pretrain_mm.models.text import TextTransformer
 from pretrain_mm.models.vit import VisionTransformer
 
-__all__ = ["Block", "CLIP", "MAE", "SIZES", "TextTransformer", "VisionTransformer", "build_model",
-           "model_arguments", "no_weight_decay_names", "patchify", "random_masking", "sincos_pos_embed_2d",
-           "unpatchify"]
+__all__ = [
+    "Block",
+    "CLIP",
+    "MAE",
+    "SIZES",
+    "TextTransformer",
+    "VisionTransformer",
+    "build_model",
+    "model_arguments",
+    "no_weight_decay_names",
+    "patchify",
+    "random_masking",
+    "sincos_pos_embed_2d",
+    "unpatchify",
+]

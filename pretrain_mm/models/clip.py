@@ -44,15 +44,35 @@ class CLIP(nn.Module):
     scalar parameters.
     """
 
-    def __init__(self, vocab_size: int, embed_dim: int = 512, image_size: int = 224, patch_size: int = 16,
-                 in_chans: int = 3, vision_width: int = 768, vision_depth: int = 12, vision_heads: int = 12,
-                 vision_pos_embed: str = "learned", vision_pool: str = "cls", vision_norm_pre: bool = True,
-                 vision_init: str = "clip", vision_stem: str = "patch", vision_norm_eps: float = 1e-6,
-                 patch_dropout: float = 0.0,
-                 context_length: int = 77, text_width: int = 512, text_depth: int = 12, text_heads: int = 8,
-                 pad_id: int = 0, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0, loss_kind: str = "softmax",
-                 init_logit_scale: float | None = None, init_logit_bias: float | None = None,
-                 max_logit_scale: float = 100.0):
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int = 512,
+        image_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        vision_width: int = 768,
+        vision_depth: int = 12,
+        vision_heads: int = 12,
+        vision_pos_embed: str = "learned",
+        vision_pool: str = "cls",
+        vision_norm_pre: bool = True,
+        vision_init: str = "clip",
+        vision_stem: str = "patch",
+        vision_norm_eps: float = 1e-6,
+        patch_dropout: float = 0.0,
+        context_length: int = 77,
+        text_width: int = 512,
+        text_depth: int = 12,
+        text_heads: int = 8,
+        pad_id: int = 0,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+        loss_kind: str = "softmax",
+        init_logit_scale: float | None = None,
+        init_logit_bias: float | None = None,
+        max_logit_scale: float = 100.0,
+    ):
         super().__init__()
         if loss_kind not in LOSS_KINDS:
             raise ValueError(f"loss_kind must be one of {LOSS_KINDS}, got {loss_kind!r}")
@@ -62,15 +82,35 @@ class CLIP(nn.Module):
         self.init_logit_scale = init_logit_scale
         self.init_logit_bias = -10.0 if init_logit_bias is None else init_logit_bias
         self.visual = VisionTransformer(
-            image_size=image_size, patch_size=patch_size, in_chans=in_chans, width=vision_width,
-            depth=vision_depth, num_heads=vision_heads, mlp_ratio=mlp_ratio, pos_embed=vision_pos_embed,
-            pool=vision_pool, patch_dropout=patch_dropout, drop_path_rate=drop_path_rate,
-            output_dim=embed_dim, head_bias=False, norm_pre=vision_norm_pre, init=vision_init,
-            stem=vision_stem, norm_eps=vision_norm_eps)
+            image_size=image_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            width=vision_width,
+            depth=vision_depth,
+            num_heads=vision_heads,
+            mlp_ratio=mlp_ratio,
+            pos_embed=vision_pos_embed,
+            pool=vision_pool,
+            patch_dropout=patch_dropout,
+            drop_path_rate=drop_path_rate,
+            output_dim=embed_dim,
+            head_bias=False,
+            norm_pre=vision_norm_pre,
+            init=vision_init,
+            stem=vision_stem,
+            norm_eps=vision_norm_eps,
+        )
         self.text = TextTransformer(
-            vocab_size=vocab_size, context_length=context_length, width=text_width, depth=text_depth,
-            num_heads=text_heads, mlp_ratio=mlp_ratio, output_dim=embed_dim, pad_id=pad_id,
-            drop_path_rate=drop_path_rate)
+            vocab_size=vocab_size,
+            context_length=context_length,
+            width=text_width,
+            depth=text_depth,
+            num_heads=text_heads,
+            mlp_ratio=mlp_ratio,
+            output_dim=embed_dim,
+            pad_id=pad_id,
+            drop_path_rate=drop_path_rate,
+        )
         self.logit_scale = nn.Parameter(torch.empty(1))
         # Only the sigmoid loss has a bias: an unused parameter would get no gradient.
         self.logit_bias = nn.Parameter(torch.empty(1)) if loss_kind == "sigmoid" else None
@@ -88,7 +128,7 @@ class CLIP(nn.Module):
         # open_clip initialises the image projection like the text one: std = width ** -0.5.
         head = self.visual.head
         assert isinstance(head, nn.Linear)  # the image tower projects into the joint space
-        nn.init.normal_(head.weight, std=self.visual.width ** -0.5)
+        nn.init.normal_(head.weight, std=self.visual.width**-0.5)
         self.logit_scale.fill_(self.init_logit_scale)
         if self.logit_bias is not None:
             self.logit_bias.fill_(self.init_logit_bias)
@@ -136,8 +176,13 @@ class CLIP(nn.Module):
         return no_weight_decay_names(self)
 
 
-def hard_negative_terms(image_features: torch.Tensor, text_features: torch.Tensor, neg_text_features: torch.Tensor,
-                        logit_scale: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def hard_negative_terms(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    neg_text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
     """NegCLIP's extra term, per row (B,): each image's cross-entropy between its own caption and
     its hard negative (a caption with one word swapped, data/negatives.py),
     -log softmax([s_pos, s_neg])[0] = softplus(scale * (s_neg - s_pos)) with s the cosine; 0 where

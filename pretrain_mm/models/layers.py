@@ -7,14 +7,14 @@ import torch.nn.functional as F
 # Parameters named so (the last component of the name) get no weight decay, on top of every
 # parameter with ndim <= 1 (biases, LayerNorm affines, logit_scale, logit_bias). Token
 # embeddings are decayed, as in open_clip.
-NO_DECAY_NAMES = frozenset({"pos_embed", "cls_token", "mask_token", "positional_embedding",
-                            "logit_scale", "logit_bias"})
+NO_DECAY_NAMES = frozenset(
+    {"pos_embed", "cls_token", "mask_token", "positional_embedding", "logit_scale", "logit_bias"}
+)
 
 
 def no_weight_decay_names(module: nn.Module) -> set[str]:
     """Names of `module`'s parameters that an optimiser should not decay (see NO_DECAY_NAMES)."""
-    return {name for name, p in module.named_parameters()
-            if p.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES}
+    return {name for name, p in module.named_parameters() if p.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES}
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -61,8 +61,16 @@ class Block(nn.Module):
     with FSDP2 `fully_shard` and activation checkpointing. `causal` makes it a text block.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path: float = 0.0, causal: bool = False, norm_eps: float = 1e-6):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        causal: bool = False,
+        norm_eps: float = 1e-6,
+    ):
         super().__init__()
         self.drop_path = drop_path
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
@@ -75,12 +83,20 @@ class Block(nn.Module):
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
-def make_blocks(width: int, depth: int, num_heads: int, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
-                causal: bool = False, norm_eps: float = 1e-6) -> nn.ModuleList:
+def make_blocks(
+    width: int,
+    depth: int,
+    num_heads: int,
+    mlp_ratio: float = 4.0,
+    drop_path_rate: float = 0.0,
+    causal: bool = False,
+    norm_eps: float = 1e-6,
+) -> nn.ModuleList:
     """`depth` blocks whose drop-path rate rises linearly from 0 to drop_path_rate (as timm/MAE)."""
     rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-    return nn.ModuleList(Block(width, num_heads, mlp_ratio, drop_path=r, causal=causal, norm_eps=norm_eps)
-                         for r in rates)
+    return nn.ModuleList(
+        Block(width, num_heads, mlp_ratio, drop_path=r, causal=causal, norm_eps=norm_eps) for r in rates
+    )
 
 
 def sincos_pos_embed_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -108,8 +124,9 @@ def sincos_pos_embed_2d(dim: int, grid_size: int, cls_token: bool = False) -> to
     return emb
 
 
-def random_masking(batch_size: int, num_patches: int, mask_ratio: float, device=None,
-                   noise: torch.Tensor | None = None):
+def random_masking(
+    batch_size: int, num_patches: int, mask_ratio: float, device=None, noise: torch.Tensor | None = None
+):
     """MAE's per-sample random masking by argsort of uniform noise.
 
     Returns ids_keep (B, K) – the kept patches, in shuffled order –, mask (B, L) with 0 kept and
@@ -167,4 +184,3 @@ def init_clip_vit_weights(module: nn.Module) -> None:
 def init_sincos_(buffer: torch.Tensor, grid_size: int, cls_token: bool) -> None:
     """Fill a (1, T, D) position buffer with sincos_pos_embed_2d (works on meta and any device)."""
     buffer.copy_(sincos_pos_embed_2d(buffer.shape[-1], grid_size, cls_token).unsqueeze(0))
-

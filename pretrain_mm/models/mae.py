@@ -4,8 +4,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pretrain_mm.models.layers import (gather_tokens, init_sincos_, init_vit_weights, make_blocks, no_weight_decay_names,
-                                       random_masking)
+from pretrain_mm.models.layers import (
+    gather_tokens,
+    init_sincos_,
+    init_vit_weights,
+    make_blocks,
+    no_weight_decay_names,
+    random_masking,
+)
 from pretrain_mm.models.vit import VisionTransformer
 
 
@@ -19,7 +25,7 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
 def unpatchify(patches: torch.Tensor, patch_size: int, channels: int = 3) -> torch.Tensor:
     """The inverse of patchify for square images: (B, L, p*p*C) -> (B, C, H, W)."""
     b, n, _ = patches.shape
-    side = round(n ** 0.5)
+    side = round(n**0.5)
     x = patches.reshape(b, side, side, patch_size, patch_size, channels)
     return torch.einsum("nhwpqc->nchpwq", x).reshape(b, channels, side * patch_size, side * patch_size)
 
@@ -51,24 +57,36 @@ class MAE(nn.Module):
 
     decoder_pos_embed: torch.Tensor  # a non-persistent buffer (registered in __init__)
 
-    def __init__(self, image_size: int = 224, patch_size: int = 16, in_chans: int = 3, vision_width: int = 1024,
-                 vision_depth: int = 24, vision_heads: int = 16, vision_pool: str = "cls", decoder_width: int = 512,
-                 decoder_depth: int = 8, decoder_heads: int = 16, mlp_ratio: float = 4.0, mask_ratio: float = 0.75,
-                 norm_pix_loss: bool = False, drop_path_rate: float = 0.0):
+    def __init__(
+        self,
+        image_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        vision_width: int = 1024,
+        vision_depth: int = 24,
+        vision_heads: int = 16,
+        vision_pool: str = "cls",
+        decoder_width: int = 512,
+        decoder_depth: int = 8,
+        decoder_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = False,
+        drop_path_rate: float = 0.0,
+    ):
         super().__init__()
         self.patch_size, self.in_chans = patch_size, in_chans
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
-        self.encoder = VisionTransformer(
-            image_size=image_size, patch_size=patch_size, in_chans=in_chans, width=vision_width,
-            depth=vision_depth, num_heads=vision_heads, mlp_ratio=mlp_ratio, pos_embed="sincos",
-            pool=vision_pool, drop_path_rate=drop_path_rate)
+        # The encoder's shape in VisionTransformer's own order: image, patch, channels, width, depth, heads, MLP.
+        shape = (image_size, patch_size, in_chans, vision_width, vision_depth, vision_heads, mlp_ratio)
+        self.encoder = VisionTransformer(*shape, pos_embed="sincos", pool=vision_pool, drop_path_rate=drop_path_rate)
         num_patches = self.encoder.num_patches
         self.decoder_embed = nn.Linear(vision_width, decoder_width)
         self.mask_token = nn.Parameter(torch.empty(1, 1, decoder_width))
         self.register_buffer("decoder_pos_embed", torch.empty(1, 1 + num_patches, decoder_width), persistent=False)
         self.decoder_blocks = make_blocks(decoder_width, decoder_depth, decoder_heads, mlp_ratio)
         self.decoder_norm = nn.LayerNorm(decoder_width, eps=1e-6)
-        self.decoder_pred = nn.Linear(decoder_width, patch_size ** 2 * in_chans)
+        self.decoder_pred = nn.Linear(decoder_width, patch_size**2 * in_chans)
         self._init_decoder_weights()
 
     @torch.no_grad()
@@ -110,13 +128,13 @@ class MAE(nn.Module):
         per_patch = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=-1)
         return (per_patch * mask).sum() / mask.sum()
 
-    def forward(self, images: torch.Tensor, mask_ratio: float | None = None,
-                noise: torch.Tensor | None = None) -> dict:
+    def forward(self, images: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None) -> dict:
         """dict(loss, pred (B, L, p*p*C), mask (B, L): 1 = masked). mask_ratio overrides the
         model's; noise (B, L) fixes which patches are kept (the smallest values)."""
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        ids_keep, mask, ids_restore = random_masking(images.shape[0], self.encoder.num_patches, ratio,
-                                                     images.device, noise=noise)
+        ids_keep, mask, ids_restore = random_masking(
+            images.shape[0], self.encoder.num_patches, ratio, images.device, noise=noise
+        )
         latent = self.encoder.forward_features(images, keep_indices=ids_keep)
         pred = self.forward_decoder(latent, ids_restore)
         return {"loss": self.forward_loss(images, pred, mask), "pred": pred, "mask": mask}

@@ -11,21 +11,71 @@ from pretrain_mm.models.mae import MAE
 # (512 wide, 8 deep, 16 heads). MAE's own ViT-L and ViT-H use patch 16 and 14: pass patch_size.
 SIZES = {
     # CPU size for 32-64 px images: 16-64 patches, a few seconds per hundred steps.
-    "tiny": dict(patch_size=8, vision_width=192, vision_depth=4, vision_heads=3,
-                 text_width=128, text_depth=4, text_heads=4, embed_dim=128,
-                 decoder_width=128, decoder_depth=2, decoder_heads=4),
-    "small": dict(patch_size=16, vision_width=384, vision_depth=12, vision_heads=6,
-                  text_width=384, text_depth=12, text_heads=6, embed_dim=384,
-                  decoder_width=256, decoder_depth=4, decoder_heads=8),
-    "base": dict(patch_size=16, vision_width=768, vision_depth=12, vision_heads=12,
-                 text_width=512, text_depth=12, text_heads=8, embed_dim=512,
-                 decoder_width=512, decoder_depth=8, decoder_heads=16),
-    "large": dict(patch_size=14, vision_width=1024, vision_depth=24, vision_heads=16,
-                  text_width=768, text_depth=12, text_heads=12, embed_dim=768,
-                  decoder_width=512, decoder_depth=8, decoder_heads=16),
-    "huge": dict(patch_size=14, vision_width=1280, vision_depth=32, vision_heads=16,
-                 text_width=1024, text_depth=24, text_heads=16, embed_dim=1024,
-                 decoder_width=512, decoder_depth=8, decoder_heads=16),
+    "tiny": dict(
+        patch_size=8,
+        vision_width=192,
+        vision_depth=4,
+        vision_heads=3,
+        text_width=128,
+        text_depth=4,
+        text_heads=4,
+        embed_dim=128,
+        decoder_width=128,
+        decoder_depth=2,
+        decoder_heads=4,
+    ),
+    "small": dict(
+        patch_size=16,
+        vision_width=384,
+        vision_depth=12,
+        vision_heads=6,
+        text_width=384,
+        text_depth=12,
+        text_heads=6,
+        embed_dim=384,
+        decoder_width=256,
+        decoder_depth=4,
+        decoder_heads=8,
+    ),
+    "base": dict(
+        patch_size=16,
+        vision_width=768,
+        vision_depth=12,
+        vision_heads=12,
+        text_width=512,
+        text_depth=12,
+        text_heads=8,
+        embed_dim=512,
+        decoder_width=512,
+        decoder_depth=8,
+        decoder_heads=16,
+    ),
+    "large": dict(
+        patch_size=14,
+        vision_width=1024,
+        vision_depth=24,
+        vision_heads=16,
+        text_width=768,
+        text_depth=12,
+        text_heads=12,
+        embed_dim=768,
+        decoder_width=512,
+        decoder_depth=8,
+        decoder_heads=16,
+    ),
+    "huge": dict(
+        patch_size=14,
+        vision_width=1280,
+        vision_depth=32,
+        vision_heads=16,
+        text_width=1024,
+        text_depth=24,
+        text_heads=16,
+        embed_dim=1024,
+        decoder_width=512,
+        decoder_depth=8,
+        decoder_heads=16,
+    ),
 }
 
 MODEL_KINDS = {"clip": CLIP, "mae": MAE}
@@ -47,8 +97,9 @@ def model_arguments(kind: str, size: str, **overrides) -> dict:
     return arguments
 
 
-def build_model(kind: str, size: str, image_size: int = 224, vocab_size: int | None = None,
-                context_length: int = 77, **overrides):
+def build_model(
+    kind: str, size: str, image_size: int = 224, vocab_size: int | None = None, context_length: int = 77, **overrides
+):
     """A CLIP or MAE of a named size.
 
     kind: "clip" or "mae". size: a key of SIZES ("tiny", "small", "base", "large", "huge").

@@ -1,6 +1,7 @@
 """CLIP's text transformer: causal pre-norm blocks, features at the last non-pad token, a projection."""
 
-from typing import Iterable, cast
+from collections.abc import Iterable
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -26,9 +27,18 @@ class TextTransformer(nn.Module):
     changes the features of the text before it.
     """
 
-    def __init__(self, vocab_size: int, context_length: int = 77, width: int = 512, depth: int = 12,
-                 num_heads: int = 8, mlp_ratio: float = 4.0, output_dim: int = 512, pad_id: int = 0,
-                 drop_path_rate: float = 0.0):
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int = 77,
+        width: int = 512,
+        depth: int = 12,
+        num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        output_dim: int = 512,
+        pad_id: int = 0,
+        drop_path_rate: float = 0.0,
+    ):
         super().__init__()
         self.context_length, self.width, self.depth, self.pad_id = context_length, width, depth, pad_id
         self.token_embedding = nn.Embedding(vocab_size, width)
@@ -42,14 +52,18 @@ class TextTransformer(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """open_clip's text init: residual-out weights scaled down with depth, zero biases."""
-        attn_std = self.width ** -0.5
+        attn_std = self.width**-0.5
         proj_std = attn_std * (2 * self.depth) ** -0.5
         fc_std = (2 * self.width) ** -0.5
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         for block in cast(Iterable[Block], self.blocks):  # make_blocks' Blocks
-            for linear, std in ((block.attn.qkv, attn_std), (block.attn.proj, proj_std),
-                                (block.mlp.fc1, fc_std), (block.mlp.fc2, proj_std)):
+            for linear, std in (
+                (block.attn.qkv, attn_std),
+                (block.attn.proj, proj_std),
+                (block.mlp.fc1, fc_std),
+                (block.mlp.fc2, proj_std),
+            ):
                 nn.init.normal_(linear.weight, std=std)
                 nn.init.zeros_(linear.bias)
             for norm in (block.norm1, block.norm2):
@@ -62,8 +76,9 @@ class TextTransformer(nn.Module):
     def forward_tokens(self, text: torch.Tensor) -> torch.Tensor:
         """Normalised hidden states (B, T, width) of token ids (B, T), T <= context_length."""
         if text.dim() != 2 or text.shape[1] > self.context_length:
-            raise ValueError(f"expected token ids (B, T) with T <= context_length {self.context_length}, "
-                             f"got {tuple(text.shape)}")
+            raise ValueError(
+                f"expected token ids (B, T) with T <= context_length {self.context_length}, got {tuple(text.shape)}"
+            )
         x = self.token_embedding(text) + self.positional_embedding[: text.shape[1]]
         for block in self.blocks:
             x = block(x)

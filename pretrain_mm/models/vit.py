@@ -1,12 +1,20 @@
-"""Vision Transformer: patch embedding (one conv, or a conv stem), class token, pre-norm blocks, on any subset of patches."""
+"""Vision Transformer: patch embedding (one conv, or a conv stem), class token, pre-norm blocks, on any subset of
+patches."""
 
 import re
 
 import torch
 import torch.nn as nn
 
-from pretrain_mm.models.layers import (gather_tokens, init_clip_vit_weights, init_sincos_, init_vit_weights, make_blocks,
-                                       no_weight_decay_names, random_masking)
+from pretrain_mm.models.layers import (
+    gather_tokens,
+    init_clip_vit_weights,
+    init_sincos_,
+    init_vit_weights,
+    make_blocks,
+    no_weight_decay_names,
+    random_masking,
+)
 
 POS_EMBEDS = ("learned", "sincos")
 POOLS = ("cls", "mean")
@@ -28,14 +36,18 @@ class ConvStem(nn.Sequential):
 
     def __init__(self, in_chans: int, width: int, patch_size: int):
         num_convs = patch_size.bit_length() - 1
-        if patch_size < 2 or 2 ** num_convs != patch_size:
+        if patch_size < 2 or 2**num_convs != patch_size:
             raise ValueError(f"a conv stem needs patch_size a power of 2 (>= 2), got {patch_size}")
         channels = [in_chans] + [width >> (num_convs - 1 - i) for i in range(num_convs)]
         if min(channels[1:]) < 1:
             raise ValueError(f"a conv stem of {num_convs} convs needs width >= {2 ** (num_convs - 1)}, got {width}")
         layers: list[nn.Module] = []
         for cin, cout in zip(channels, channels[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
         super().__init__(*layers, nn.Conv2d(width, width, 1))
 
     @torch.no_grad()
@@ -77,11 +89,27 @@ class VisionTransformer(nn.Module):
     After building on the meta device and `to_empty`, call init_weights().
     """
 
-    def __init__(self, image_size: int = 224, patch_size: int = 16, in_chans: int = 3, width: int = 768,
-                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, pos_embed: str = "learned",
-                 pool: str = "cls", class_token: bool = True, patch_dropout: float = 0.0,
-                 drop_path_rate: float = 0.0, output_dim: int = 0, head_bias: bool = True, norm_pre: bool = False,
-                 init: str = "timm", stem: str = "patch", norm_eps: float = 1e-6):
+    def __init__(
+        self,
+        image_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        width: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        pos_embed: str = "learned",
+        pool: str = "cls",
+        class_token: bool = True,
+        patch_dropout: float = 0.0,
+        drop_path_rate: float = 0.0,
+        output_dim: int = 0,
+        head_bias: bool = True,
+        norm_pre: bool = False,
+        init: str = "timm",
+        stem: str = "patch",
+        norm_eps: float = 1e-6,
+    ):
         super().__init__()
         if pos_embed not in POS_EMBEDS:
             raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}")
@@ -100,7 +128,7 @@ class VisionTransformer(nn.Module):
         self.init = init
         self.image_size, self.patch_size, self.in_chans = image_size, patch_size, in_chans
         self.grid_size = image_size // patch_size
-        self.num_patches = self.grid_size ** 2
+        self.num_patches = self.grid_size**2
         self.width, self.depth, self.pool_type, self.patch_dropout = width, depth, pool, patch_dropout
         self.num_prefix_tokens = int(class_token)
 
@@ -136,7 +164,7 @@ class VisionTransformer(nn.Module):
                 nn.init.xavier_uniform_(self.patch_embed.weight.view(self.width, -1))
             assert self.patch_embed.bias is not None  # made with a bias
             nn.init.zeros_(self.patch_embed.bias)
-        std = self.width ** -0.5 if self.init == "clip" else 0.02
+        std = self.width**-0.5 if self.init == "clip" else 0.02
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=std)
         if isinstance(self.pos_embed, nn.Parameter):
@@ -147,11 +175,12 @@ class VisionTransformer(nn.Module):
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens with their position embeddings added: (B, L, width), patches in raster order."""
         if images.shape[1:] != (self.in_chans, self.image_size, self.image_size):
-            raise ValueError(f"expected images (B, {self.in_chans}, {self.image_size}, {self.image_size}), "
-                             f"got {tuple(images.shape)}")
+            raise ValueError(
+                f"expected images (B, {self.in_chans}, {self.image_size}, {self.image_size}), got {tuple(images.shape)}"
+            )
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
         # .to: a fixed sin-cos buffer stays float32 when FSDP2 casts the parameters to bf16.
-        return x + self.pos_embed[:, self.num_prefix_tokens:].to(x.dtype)
+        return x + self.pos_embed[:, self.num_prefix_tokens :].to(x.dtype)
 
     def forward_features(self, images: torch.Tensor, keep_indices: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised tokens (B, prefix + K, width): [class token,] then the kept patches.
@@ -177,7 +206,7 @@ class VisionTransformer(nn.Module):
         """(B, width): the class token, or the mean of the (kept) patch tokens."""
         if self.pool_type == "cls":
             return tokens[:, 0]
-        return tokens[:, self.num_prefix_tokens:].mean(dim=1)
+        return tokens[:, self.num_prefix_tokens :].mean(dim=1)
 
     def forward(self, images: torch.Tensor, keep_indices: torch.Tensor | None = None) -> torch.Tensor:
         """head(pool(forward_features(images))): (B, output_dim), or (B, width) without a head."""

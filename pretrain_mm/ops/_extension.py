@@ -41,8 +41,11 @@ if AVAILABLE:
     @torch.library.register_fake("pretrain_mm::softmax_forward")
     def _softmax_forward_fake(q, k, scale, offset, workspace_bytes):
         dtype = _stat_dtype(q)
-        return (q.new_empty(q.shape[0], dtype=dtype), q.new_empty(k.shape[0], dtype=dtype),
-                q.new_empty(q.shape[0], dtype=dtype))
+        return (
+            q.new_empty(q.shape[0], dtype=dtype),
+            q.new_empty(k.shape[0], dtype=dtype),
+            q.new_empty(q.shape[0], dtype=dtype),
+        )
 
     @torch.library.register_fake("pretrain_mm::softmax_backward")
     def _softmax_backward_fake(q, k, scale, row_lse, col_lse, g_row, g_col, g_diag, offset, workspace_bytes):
@@ -66,8 +69,17 @@ if AVAILABLE:
         q, k, scale, row_lse, col_lse = ctx.saved_tensors
         n, big_n = q.shape[0], k.shape[0]
         dq, dk, dscale = ops.softmax_backward(
-            q, k, scale, row_lse, col_lse, _or_zeros(g_row, n, row_lse), _or_zeros(g_col, big_n, col_lse),
-            _or_zeros(g_diag, n, row_lse), ctx.offset, ctx.workspace_bytes)
+            q,
+            k,
+            scale,
+            row_lse,
+            col_lse,
+            _or_zeros(g_row, n, row_lse),
+            _or_zeros(g_col, big_n, col_lse),
+            _or_zeros(g_diag, n, row_lse),
+            ctx.offset,
+            ctx.workspace_bytes,
+        )
         return dq, dk, dscale, None, None
 
     def _sigmoid_setup(ctx, inputs, output):

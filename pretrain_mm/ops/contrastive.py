@@ -19,8 +19,9 @@ log = logging.getLogger("pretrain_mm.ops")
 _LOGGED: set[tuple[str, str]] = set()
 
 
-def contrastive_loss(image_features, text_features, logit_scale, logit_bias=None, *, kind="softmax",
-                     impl="auto", workspace_bytes=None):
+def contrastive_loss(
+    image_features, text_features, logit_scale, logit_bias=None, *, kind="softmax", impl="auto", workspace_bytes=None
+):
     """The contrastive loss of N paired (image, text) feature rows.
 
     image_features, text_features: (N, D) tensors, row i of each forming a positive pair.
@@ -54,10 +55,12 @@ def contrastive_loss(image_features, text_features, logit_scale, logit_bias=None
     workspace = _extension.DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else int(workspace_bytes)
     if kind == "softmax":
         row_lse, col_lse, diag = torch.ops.pretrain_mm.softmax_forward(
-            image_features, text_features, logit_scale, 0, workspace)
+            image_features, text_features, logit_scale, 0, workspace
+        )
         return (row_lse.sum() + col_lse.sum() - 2 * diag.sum()) / (2 * n)
     row_loss = torch.ops.pretrain_mm.sigmoid_forward(
-        image_features, text_features, logit_scale, logit_bias, 0, workspace)
+        image_features, text_features, logit_scale, logit_bias, 0, workspace
+    )
     return row_loss.sum() / n
 
 
@@ -73,8 +76,10 @@ def resolve_impl(impl, device, n_total):
     device = torch.device(device)
     why_not = _why_not_fused(device)
     if impl == "fused" and why_not:
-        raise ValueError(f"contrastive loss (loss.impl=fused): the fused op is unavailable: {why_not}; "
-                         f"rebuild with `pip install --no-build-isolation -e .`, or pass loss.impl=reference")
+        raise ValueError(
+            f"contrastive loss (loss.impl=fused): the fused op is unavailable: {why_not}; "
+            f"rebuild with `pip install --no-build-isolation -e .`, or pass loss.impl=reference"
+        )
     if impl != "auto":
         return impl
     resolved = "reference" if why_not else "fused"
@@ -84,7 +89,8 @@ def resolve_impl(impl, device, n_total):
             f"contrastive loss (loss.impl=auto): the fused op is unavailable on {device.type} ({why_not}) "
             f"and the reference loss would materialise two {n_total} x {n_total} fp32 matrices "
             f"({gib:.2f} GiB; auto allows it up to N = {REFERENCE_MAX_N}); rebuild with "
-            f"`pip install --no-build-isolation -e .`, or pass loss.impl=reference to accept the cost")
+            f"`pip install --no-build-isolation -e .`, or pass loss.impl=reference to accept the cost"
+        )
     _log_once(device.type, resolved, why_not)
     return resolved
 
@@ -120,24 +126,29 @@ def _check_arguments(image, text, logit_scale, logit_bias, kind, impl):
     if not isinstance(image, torch.Tensor) or not isinstance(text, torch.Tensor):
         raise ValueError("contrastive_loss: image_features and text_features must be tensors")
     if image.dim() != 2 or text.dim() != 2:
-        raise ValueError(f"contrastive_loss: features must be 2-D (N, D); got image_features "
-                         f"{tuple(image.shape)} and text_features {tuple(text.shape)}")
+        raise ValueError(
+            f"contrastive_loss: features must be 2-D (N, D); got image_features "
+            f"{tuple(image.shape)} and text_features {tuple(text.shape)}"
+        )
     if image.shape != text.shape:
-        raise ValueError(f"contrastive_loss: image_features {tuple(image.shape)} and text_features "
-                         f"{tuple(text.shape)} must have the same (N, D)")
+        raise ValueError(
+            f"contrastive_loss: image_features {tuple(image.shape)} and text_features "
+            f"{tuple(text.shape)} must have the same (N, D)"
+        )
     if image.shape[0] == 0:
         raise ValueError(f"contrastive_loss: empty batch (N = 0): image_features {tuple(image.shape)}")
     if image.dtype != text.dtype:
-        raise ValueError(f"contrastive_loss: dtypes differ: image_features {image.dtype}, "
-                         f"text_features {text.dtype}")
+        raise ValueError(f"contrastive_loss: dtypes differ: image_features {image.dtype}, text_features {text.dtype}")
     if image.device != text.device:
-        raise ValueError(f"contrastive_loss: devices differ: image_features on {image.device}, "
-                         f"text_features on {text.device}")
+        raise ValueError(
+            f"contrastive_loss: devices differ: image_features on {image.device}, text_features on {text.device}"
+        )
     for name, value in (("logit_scale", logit_scale), ("logit_bias", logit_bias)):
         if isinstance(value, torch.Tensor):
             if value.numel() != 1:
-                raise ValueError(f"contrastive_loss: {name} must be a scalar (one element); "
-                                 f"got shape {tuple(value.shape)}")
+                raise ValueError(
+                    f"contrastive_loss: {name} must be a scalar (one element); got shape {tuple(value.shape)}"
+                )
             if value.device != image.device:
                 raise ValueError(f"contrastive_loss: {name} is on {value.device}, features on {image.device}")
     if kind == "softmax" and logit_bias is not None:

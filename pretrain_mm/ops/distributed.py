@@ -82,8 +82,17 @@ class _LogSumExpAllReduce(torch.autograd.Function):
         return grad * (partial - result).exp(), None
 
 
-def distributed_contrastive_loss(image_features, text_features, logit_scale, logit_bias=None, *,
-                                 kind="softmax", impl="auto", group=None, workspace_bytes=None):
+def distributed_contrastive_loss(
+    image_features,
+    text_features,
+    logit_scale,
+    logit_bias=None,
+    *,
+    kind="softmax",
+    impl="auto",
+    group=None,
+    workspace_bytes=None,
+):
     """The global contrastive loss of all ranks' pairs, on every rank (see the module doc).
 
     image_features, text_features: this rank's (n, D) rows; every rank must pass the same n
@@ -94,8 +103,15 @@ def distributed_contrastive_loss(image_features, text_features, logit_scale, log
     resolves it on its N.
     """
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return contrastive_loss(image_features, text_features, logit_scale, logit_bias, kind=kind, impl=impl,
-                                workspace_bytes=workspace_bytes)
+        return contrastive_loss(
+            image_features,
+            text_features,
+            logit_scale,
+            logit_bias,
+            kind=kind,
+            impl=impl,
+            workspace_bytes=workspace_bytes,
+        )
     _check_arguments(image_features, text_features, logit_scale, logit_bias, kind, impl)
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     n = image_features.shape[0]
@@ -112,13 +128,15 @@ def distributed_contrastive_loss(image_features, text_features, logit_scale, log
 
     if kind == "softmax":
         row_lse, col_partial, diag = torch.ops.pretrain_mm.softmax_forward(
-            image_features, all_text, logit_scale, offset, workspace)
+            image_features, all_text, logit_scale, offset, workspace
+        )
         col_lse = _LogSumExpAllReduce.apply(col_partial, group)
         # This rank's share: its rows' image->text terms and its columns' text->image terms.
-        local = (row_lse.sum() + col_lse[offset:offset + n].sum() - 2 * diag.sum()) / (2 * big_n)
+        local = (row_lse.sum() + col_lse[offset : offset + n].sum() - 2 * diag.sum()) / (2 * big_n)
     else:
         row_loss = torch.ops.pretrain_mm.sigmoid_forward(
-            image_features, all_text, logit_scale, logit_bias, offset, workspace)
+            image_features, all_text, logit_scale, logit_bias, offset, workspace
+        )
         local = row_loss.sum() / big_n
     return _SumOverRanks.apply(local, group)
 

@@ -29,13 +29,15 @@ ROW_DATA = ("neg_mask",)  # per-row, without gradient
 SCALARS = ("logit_scale", "logit_bias")
 
 
-def accumulate_gradients(model, objective, micro_batches: list[dict], precision=contextlib.nullcontext(),
-                         prepare=lambda micro: micro) -> float:
+def accumulate_gradients(
+    model, objective, micro_batches: list[dict], precision=None, prepare=lambda micro: micro
+) -> float:
     """Backpropagates one step's loss into the parameters' .grad; returns the loss of the whole batch.
 
-    precision: the autocast context of the forwards. prepare: turns a stored micro-batch into the
+    precision: the autocast context of the forwards (None: fp32). prepare: turns a stored micro-batch into the
     model's inputs right before each forward (the trainer normalises uint8 images there, so only
     one micro-batch of images exists as floats at a time)."""
+    precision = contextlib.nullcontext() if precision is None else precision
     if objective.couples_batch and len(micro_batches) > 1:
         return contrastive_accumulation(model, objective, micro_batches, precision, prepare)
     return summed_accumulation(model, objective, micro_batches, precision, prepare)

@@ -9,7 +9,8 @@ counts). Rank files hold only tensors, numbers and strings and are read with
 is for resuming your own runs only. A finished run also writes `<run>/model.safetensors`
 (`write_model_file`), which is safe to read from anyone and what evaluation prefers. A
 checkpoint is written to `step_<N>.tmp/` and renamed only when every rank has finished, so a
-crash mid-save never replaces or damages the last good one; `latest()` sees only complete ones. The newest `keep` are kept.
+crash mid-save never replaces or damages the last good one; `latest()` sees only complete ones. The newest `keep`
+are kept.
 """
 
 import contextlib
@@ -20,18 +21,21 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Optional, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_state_dict)
-
-from pretrain_mm.interop.weights import save_weights, state_mismatch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
 from pretrain_mm.distributed import DistInfo, barrier
+from pretrain_mm.interop.weights import save_weights, state_mismatch
 
 log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -42,8 +46,11 @@ def rng_state() -> dict:
     version, mt, gauss = random.getstate()
     # the legacy tuple (get_state's default; typed as either form)
     kind, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
-    state = {"torch": torch.get_rng_state(), "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
-             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -74,9 +81,10 @@ def resolve_checkpoint(path) -> Path:
         found = sorted((p for p in folder.glob("step_*") if is_complete(p)), key=lambda p: int(p.name[5:]))
         if found:
             return found[-1]
-    raise ValueError(f"{path} holds no complete checkpoint (a step_<N>/ directory with a .metadata file); "
-                     "pass a run directory or one of its checkpoints/step_<N>")
-
+    raise ValueError(
+        f"{path} holds no complete checkpoint (a step_<N>/ directory with a .metadata file); "
+        "pass a run directory or one of its checkpoints/step_<N>"
+    )
 
 
 @contextlib.contextmanager
@@ -87,6 +95,7 @@ def one_process_quietly():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         yield
 
+
 class Checkpointer:
     def __init__(self, directory, info: DistInfo, keep: int = 2):
         self.directory, self.info, self.keep = Path(directory), info, keep
@@ -96,7 +105,7 @@ class Checkpointer:
             return []
         return sorted((p for p in self.directory.iterdir() if is_complete(p)), key=lambda p: int(p.name[5:]))
 
-    def latest(self) -> Optional[Path]:
+    def latest(self) -> Path | None:
         found = self.complete()
         return found[-1] if found else None
 
@@ -117,7 +126,7 @@ class Checkpointer:
         barrier(self.info)
         if self.info.is_main:
             os.replace(tmp, final)
-            for old in self.complete()[:-self.keep] if self.keep > 0 else []:
+            for old in self.complete()[: -self.keep] if self.keep > 0 else []:
                 shutil.rmtree(old)
         barrier(self.info)
         return final
@@ -127,9 +136,13 @@ class Checkpointer:
         rank's own state ({} when the checkpoint has none for this rank: another world size)."""
         path = resolve_checkpoint(path)
         model_state, optim_state = get_state_dict(model, optimizer)
-        check_model_keys(path, model_state, "resume it with the model arguments it was trained with (its run's "
-                         "config.yaml; a run from before CLIP took open_clip's image tower needs "
-                         "+model.args.vision_init=timm +model.args.vision_norm_pre=false)")
+        check_model_keys(
+            path,
+            model_state,
+            "resume it with the model arguments it was trained with (its run's "
+            "config.yaml; a run from before CLIP took open_clip's image tower needs "
+            "+model.args.vision_init=timm +model.args.vision_norm_pre=false)",
+        )
         state: dict[str, Any] = {"model": model_state, "optim": optim_state, "extra": dict(extra_template)}
         with one_process_quietly():
             dcp.load(state, checkpoint_id=str(path))
@@ -140,11 +153,18 @@ class Checkpointer:
             try:
                 own = torch.load(rank_file, weights_only=True)
             except Exception as error:  # noqa: BLE001 - e.g. a file of an older version, which pickled numpy
-                log.warning("cannot read %s safely (%s); continuing without its RNG state and data position",
-                            rank_file, str(error).splitlines()[0])
+                log.warning(
+                    "cannot read %s safely (%s); continuing without its RNG state and data position",
+                    rank_file,
+                    str(error).splitlines()[0],
+                )
         else:
-            log.warning("%s has nothing for rank %d (different world size?); continuing without its RNG state "
-                        "and data position", path, self.info.rank)
+            log.warning(
+                "%s has nothing for rank %d (different world size?); continuing without its RNG state "
+                "and data position",
+                path,
+                self.info.rank,
+            )
         if "rng" in own:
             set_rng_state(own.pop("rng"))
         return state["extra"], own

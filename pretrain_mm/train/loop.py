@@ -18,17 +18,17 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, cast
+from typing import cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain_mm.config import Config, TrainerConfig, plain_config
+from pretrain_mm import distributed as dist_utils
 from pretrain_mm.builders import build_tokenizer, build_train_loader, model_from_config, pin_model_args
+from pretrain_mm.config import Config, TrainerConfig, plain_config
 from pretrain_mm.interop.init_from import load_open_clip_weights, read_open_clip, with_open_clip_architecture
 from pretrain_mm.interop.weights import MODEL_FILE
 from pretrain_mm.precision import Precision, autocast, resolve_precision
-from pretrain_mm import distributed as dist_utils
 from pretrain_mm.train.accumulation import accumulate_gradients
 from pretrain_mm.train.checkpoint import Checkpointer, write_model_file
 from pretrain_mm.train.metric_logger import MetricLogger, StepTimer, peak_memory_mb
@@ -46,9 +46,9 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainResult:
-    status: str                  # "finished" | "interrupted"
+    status: str  # "finished" | "interrupted"
     step: int
-    checkpoint: Optional[Path]
+    checkpoint: Path | None
     final_loss: float
 
 
@@ -92,18 +92,30 @@ def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainR
     precision = resolve_precision(trainer.precision, info.device)
     if info.is_main:
         log.info("computing in %s (%s)", precision.name, precision.reason)
-        log.info("global batch %d = %d rank(s) x %d micro-batch(es) of %d%s", trainer.batch_size, info.world_size, accum,
-                 micro, "; the contrastive loss is the whole batch's (GradCache)"
-                 if accum > 1 and cfg.model.kind == "clip" else "")
+        log.info(
+            "global batch %d = %d rank(s) x %d micro-batch(es) of %d%s",
+            trainer.batch_size,
+            info.world_size,
+            accum,
+            micro,
+            "; the contrastive loss is the whole batch's (GradCache)" if accum > 1 and cfg.model.kind == "clip" else "",
+        )
 
     # The model: identical initial weights on every rank, then each rank's own random stream.
     tokenizer = build_tokenizer(cfg.data) if cfg.model.kind == "clip" else None
     torch.manual_seed(trainer.seed)
     model = model_from_config(cfg, tokenizer.vocab_size if tokenizer else None).to(info.device)
-    if accum > 1 and info.is_main and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        log.warning("the model has BatchNorm (model.args.vision_stem=conv): its statistics are each micro-batch's "
-                    "of %d, so an accumulated step is close to, not exactly, the whole batch's; vision_stem=patch "
-                    "has none", micro)
+    if (
+        accum > 1
+        and info.is_main
+        and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    ):
+        log.warning(
+            "the model has BatchNorm (model.args.vision_stem=conv): its statistics are each micro-batch's "
+            "of %d, so an accumulated step is close to, not exactly, the whole batch's; vision_stem=patch "
+            "has none",
+            micro,
+        )
     if trainer.activation_checkpointing:
         apply_activation_checkpointing(model)
     if trainer.compile:
@@ -117,10 +129,16 @@ def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainR
 
     # Resume: the newest complete checkpoint of this run (auto), a given one, or none.
     checkpointer = Checkpointer(run_dir / "checkpoints", info, keep=trainer.keep_checkpoints)
-    start = checkpointer.latest() if trainer.resume == "auto" else (None if trainer.resume == "never" else Path(trainer.resume))
+    start = (
+        checkpointer.latest()
+        if trainer.resume == "auto"
+        else (None if trainer.resume == "never" else Path(trainer.resume))
+    )
     if trainer.resume == "never" and checkpointer.latest() is not None:
-        raise ValueError(f"{run_dir} already holds checkpoints and trainer.resume=never would overwrite the run; "
-                         "use trainer.resume=auto to continue it, or another hydra.run.dir")
+        raise ValueError(
+            f"{run_dir} already holds checkpoints and trainer.resume=never would overwrite the run; "
+            "use trainer.resume=auto to continue it, or another hydra.run.dir"
+        )
     step, data_state = 0, None
     if start is None and init_from:
         load_open_clip_weights(model, open_clip_state, init_from)
@@ -153,21 +171,25 @@ def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainR
             if batch is None:  # an epoch ended: the loader reshuffles for the next
                 empty_epochs = empty_epochs + 1 if fresh_epoch else 0
                 if empty_epochs >= 2:
-                    raise RuntimeError(f"rank {info.rank} received no training batch in two epochs; "
-                                       "give every rank at least one batch of samples (see data.train.urls)")
+                    raise RuntimeError(
+                        f"rank {info.rank} received no training batch in two epochs; "
+                        "give every rank at least one batch of samples (see data.train.urls)"
+                    )
                 batches, fresh_epoch = iter(loader), True
                 continue
             fresh_epoch = False
             timer.data_ready()
             micro_batches = split_batch(batch, accum, info.device)
-            loss_value = accumulate_gradients(model, objective, micro_batches, in_precision,
-                                              prepare=lambda m: {**m, "image": normalize(m["image"])})
+            loss_value = accumulate_gradients(
+                model, objective, micro_batches, in_precision, prepare=lambda m: {**m, "image": normalize(m["image"])}
+            )
             norm = grad_norm(model.parameters())
             for what, value in (("loss", loss_value), ("gradient norm", norm)):
                 if dist_utils.any_rank(not math.isfinite(value), info):
                     raise NonFiniteLossError(
                         f"the {what} became {value} at step {step + 1}; stopping before the update. The last good "
-                        f"checkpoint is {checkpointer.latest() or '(none yet)'}; lower optim.lr or check the data")
+                        f"checkpoint is {checkpointer.latest() or '(none yet)'}; lower optim.lr or check the data"
+                    )
             clip_gradients(model.parameters(), cfg.optim.grad_clip, norm)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
@@ -181,14 +203,26 @@ def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainR
             if step % trainer.log_every == 0 or step == trainer.max_steps:
                 final_loss = dist_utils.all_reduce_mean(loss_sum / loss_count, info)
                 loss_sum, loss_count = 0.0, 0
-                metrics.log(step, {"loss": final_loss, "lr": lr, "grad_norm": norm, **timer.take(trainer.log_every),
-                                   "peak_memory_mb": peak_memory_mb(info.device),
-                                   **{f"skipped_{k}": v for k, v in loader.skipped.items()}})
+                metrics.log(
+                    step,
+                    {
+                        "loss": final_loss,
+                        "lr": lr,
+                        "grad_norm": norm,
+                        **timer.take(trainer.log_every),
+                        "peak_memory_mb": peak_memory_mb(info.device),
+                        **{f"skipped_{k}": v for k, v in loader.skipped.items()},
+                    },
+                )
             interrupted = dist_utils.any_rank(stop.signum is not None, info)
             if step % trainer.checkpoint_every == 0 or step == trainer.max_steps or interrupted:
-                last_saved = checkpointer.save(step, model, optimizer,
-                                               {"step": step, "scheduler": scheduler.state_dict()},
-                                               rank_state={"data": loader.state_dict()})
+                last_saved = checkpointer.save(
+                    step,
+                    model,
+                    optimizer,
+                    {"step": step, "scheduler": scheduler.state_dict()},
+                    rank_state={"data": loader.state_dict()},
+                )
             if interrupted:
                 break
     metrics.close()
@@ -197,13 +231,22 @@ def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainR
         write_model_file(run_dir / MODEL_FILE, model, resolved_config(cfg, precision), step, info)
     if info.is_main:
         elapsed = time.perf_counter() - started
-        summary = {"status": status, "step": step, "steps_this_run": step - first_step, "final_loss": final_loss,
-                   "seconds": round(elapsed, 1), "checkpoint": str(last_saved) if last_saved else None,
-                   "skipped_samples": loader.skipped}
+        summary = {
+            "status": status,
+            "step": step,
+            "steps_this_run": step - first_step,
+            "final_loss": final_loss,
+            "seconds": round(elapsed, 1),
+            "checkpoint": str(last_saved) if last_saved else None,
+            "skipped_samples": loader.skipped,
+        }
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        print(f"{status}: step {step}/{trainer.max_steps} ({step - first_step} this run, {elapsed:.0f}s), "
-              f"loss {final_loss:.4f}, checkpoint {last_saved}"
-              + ("; run the same command again to continue" if status == "interrupted" else ""), flush=True)
+        print(
+            f"{status}: step {step}/{trainer.max_steps} ({step - first_step} this run, {elapsed:.0f}s), "
+            f"loss {final_loss:.4f}, checkpoint {last_saved}"
+            + ("; run the same command again to continue" if status == "interrupted" else ""),
+            flush=True,
+        )
     return TrainResult(status, step, last_saved, final_loss)
 
 
@@ -213,17 +256,23 @@ def batch_split(trainer: TrainerConfig, world_size: int) -> tuple[int, int]:
     if trainer.micro_batch_size is not None:
         per_rank, rem = divmod(trainer.batch_size, world_size)
         if rem or trainer.micro_batch_size < 1 or per_rank % trainer.micro_batch_size:
-            raise ValueError(f"trainer.batch_size={trainer.batch_size} must be world size ({world_size}) x a multiple of "
-                             f"trainer.micro_batch_size={trainer.micro_batch_size}")
+            raise ValueError(
+                f"trainer.batch_size={trainer.batch_size} must be world size ({world_size}) x a multiple of "
+                f"trainer.micro_batch_size={trainer.micro_batch_size}"
+            )
         accum = per_rank // trainer.micro_batch_size
         if trainer.grad_accum not in (1, accum):
-            raise ValueError(f"trainer.grad_accum={trainer.grad_accum} contradicts trainer.micro_batch_size="
-                             f"{trainer.micro_batch_size} (which means grad_accum={accum}); set one of them")
+            raise ValueError(
+                f"trainer.grad_accum={trainer.grad_accum} contradicts trainer.micro_batch_size="
+                f"{trainer.micro_batch_size} (which means grad_accum={accum}); set one of them"
+            )
         return trainer.micro_batch_size, accum
     micro, rem = divmod(trainer.batch_size, world_size * trainer.grad_accum)
     if rem or micro == 0:
-        raise ValueError(f"trainer.batch_size={trainer.batch_size} must be a positive multiple of world size "
-                         f"({world_size}) x trainer.grad_accum ({trainer.grad_accum})")
+        raise ValueError(
+            f"trainer.batch_size={trainer.batch_size} must be a positive multiple of world size "
+            f"({world_size}) x trainer.grad_accum ({trainer.grad_accum})"
+        )
     return micro, trainer.grad_accum
 
 
@@ -236,8 +285,10 @@ def resolved_config(cfg: Config, precision: Precision) -> dict:
 
 
 def write_config(path: Path, cfg: Config, precision: Precision) -> None:
-    path.write_text(f"# trainer.precision: {precision.name} ({precision.reason})\n"
-                    + OmegaConf.to_yaml(resolved_config(cfg, precision)))
+    path.write_text(
+        f"# trainer.precision: {precision.name} ({precision.reason})\n"
+        + OmegaConf.to_yaml(resolved_config(cfg, precision))
+    )
 
 
 def split_batch(batch: dict, parts: int, device: torch.device) -> list[dict]:
@@ -247,5 +298,7 @@ def split_batch(batch: dict, parts: int, device: torch.device) -> list[dict]:
     tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
     size = next(iter(tensors.values())).shape[0]
     step = size // parts
-    return [{k: v[i * step:(i + 1) * step].to(device, non_blocking=True) for k, v in tensors.items()}
-            for i in range(parts)]
+    return [
+        {k: v[i * step : (i + 1) * step].to(device, non_blocking=True) for k, v in tensors.items()}
+        for i in range(parts)
+    ]

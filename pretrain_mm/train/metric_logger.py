@@ -38,8 +38,11 @@ class StepTimer:
         self._t = now
 
     def take(self, steps: int) -> dict:
-        out = {"samples_per_s": self.samples / max(self.total, 1e-9), "step_time_s": self.total / max(steps, 1),
-               "data_wait_frac": self.data / max(self.total, 1e-9)}
+        out = {
+            "samples_per_s": self.samples / max(self.total, 1e-9),
+            "step_time_s": self.total / max(steps, 1),
+            "data_wait_frac": self.data / max(self.total, 1e-9),
+        }
         self.data = self.total = 0.0
         self.samples = 0
         return out
@@ -106,8 +109,11 @@ def _records_up_to(path: Path, start_step: int) -> list[bytes]:
             if not isinstance(record, dict):
                 raise ValueError(f"a JSON {type(record).__name__}, not an object")
         except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            where = ("its last line, cut mid-write when the run was killed" if number == len(lines)
-                     else "not its last line, so the file was damaged by something other than a killed run")
+            where = (
+                "its last line, cut mid-write when the run was killed"
+                if number == len(lines)
+                else "not its last line, so the file was damaged by something other than a killed run"
+            )
             log.warning("%s: dropping damaged line %d (%s; %s)", path, number, where, error)
             continue
         if record.get("step", 0) <= start_step:

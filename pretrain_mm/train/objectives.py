@@ -15,6 +15,7 @@ from pretrain_mm.ops import distributed_contrastive_loss, distributed_row_mean
 class ContrastiveObjective:
     """The contrastive loss of the batch; where the batch has hard-negative captions (data.hard_negatives),
     plus loss.hard_negative_weight times NegCLIP's term (models.clip.hard_negative_terms)."""
+
     couples_batch = True
 
     def __init__(self, loss_cfg: LossConfig):
@@ -28,12 +29,19 @@ class ContrastiveObjective:
 
     def loss(self, out: dict):
         bias = out.get("logit_bias") if self.kind == "sigmoid" else None
-        loss = distributed_contrastive_loss(out["image_features"], out["text_features"], out["logit_scale"], bias,
-                                            kind=self.kind, impl=self.impl)
+        loss = distributed_contrastive_loss(
+            out["image_features"], out["text_features"], out["logit_scale"], bias, kind=self.kind, impl=self.impl
+        )
         if "neg_text_features" in out and self.hard_negative_weight:
-            loss = loss + self.hard_negative_weight * distributed_row_mean(hard_negative_terms(
-                out["image_features"], out["text_features"], out["neg_text_features"], out["logit_scale"],
-                out["neg_mask"]))
+            loss = loss + self.hard_negative_weight * distributed_row_mean(
+                hard_negative_terms(
+                    out["image_features"],
+                    out["text_features"],
+                    out["neg_text_features"],
+                    out["logit_scale"],
+                    out["neg_mask"],
+                )
+            )
         return loss
 
     def __call__(self, model, batch):

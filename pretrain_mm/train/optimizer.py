@@ -1,7 +1,8 @@
 """AdamW with weight decay by the model's rule, the gradient norm and its clipping, a warm-up + cosine schedule."""
 
 import math
-from typing import Callable, cast
+from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -20,8 +21,10 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, **group_options) 
     assert skip <= names, f"no_weight_decay() names unknown parameters: {sorted(skip - names)[:5]}"
     decay = [p for n, p in model.named_parameters() if p.requires_grad and n not in skip]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and n in skip]
-    return [{"params": decay, "weight_decay": weight_decay, **group_options},
-            {"params": no_decay, "weight_decay": 0.0, **group_options}]
+    return [
+        {"params": decay, "weight_decay": weight_decay, **group_options},
+        {"params": no_decay, "weight_decay": 0.0, **group_options},
+    ]
 
 
 def build_optimizer(model: nn.Module, optim_cfg: OptimConfig) -> torch.optim.AdamW:
@@ -29,9 +32,13 @@ def build_optimizer(model: nn.Module, optim_cfg: OptimConfig) -> torch.optim.Ada
     pass over each parameter instead of a dozen elementwise ops (CPU and CUDA alike); FSDP2's
     DTensors keep the default implementation."""
     fused = not any(isinstance(p, DTensor) for p in model.parameters())
-    return torch.optim.AdamW(weight_decay_groups(model, optim_cfg.weight_decay), lr=optim_cfg.lr,
-                             betas=(optim_cfg.betas[0], optim_cfg.betas[1]),
-                             eps=optim_cfg.eps, fused=fused or None)
+    return torch.optim.AdamW(
+        weight_decay_groups(model, optim_cfg.weight_decay),
+        lr=optim_cfg.lr,
+        betas=(optim_cfg.betas[0], optim_cfg.betas[1]),
+        eps=optim_cfg.eps,
+        fused=fused or None,
+    )
 
 
 @torch.no_grad()
@@ -58,7 +65,12 @@ def clip_gradients(parameters, max_norm: float, norm: float) -> None:
                 p.grad.mul_(max_norm / (norm + 1e-6))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: OptimConfig, max_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, optim_cfg: OptimConfig, max_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: warmup_cosine(step, warmup=optim_cfg.warmup_steps, total=max_steps, min_ratio=optim_cfg.min_lr_ratio))
+        lambda step: warmup_cosine(
+            step, warmup=optim_cfg.warmup_steps, total=max_steps, min_ratio=optim_cfg.min_lr_ratio
+        ),
+    )
