@@ -62,7 +62,17 @@ def non_baseline_instructions(obj):
         insn = parts[-1].strip()
         words = insn.split()
         # Skip prefixes (rep, lock, notrack, ...), as objdump prints them before the mnemonic.
-        while len(words) > 1 and words[0] in ("rep", "repz", "repnz", "repe", "repne", "lock", "notrack", "bnd", "data16"):
+        while len(words) > 1 and words[0] in (
+            "rep",
+            "repz",
+            "repnz",
+            "repe",
+            "repne",
+            "lock",
+            "notrack",
+            "bnd",
+            "data16",
+        ):
             words = words[1:]
         if words and (NON_BASELINE_MNEMONIC.match(words[0]) or WIDE_REGISTER.search(insn)):
             found[fn] = insn
@@ -86,15 +96,20 @@ def main():
         bad = non_baseline_instructions(obj) if candidates else {}
         offending = [w for w in candidates if w in bad]
         shared = sorted(weak & portable)
-        print(f"{obj}: {len(weak)} weak functions, {len(candidates)} outside an AVX2/AVX512 namespace, "
-              f"{len(offending)} of those with non-baseline instructions"
-              + (f"; {len(shared)} also in a portable object" if args.portable else ""))
+        print(
+            f"{obj}: {len(weak)} weak functions, {len(candidates)} outside an AVX2/AVX512 namespace, "
+            f"{len(offending)} of those with non-baseline instructions"
+            + (f"; {len(shared)} also in a portable object" if args.portable else "")
+        )
         for w in offending:
             print(f"  FAIL {names[w]}\n       {bad[w]}")
         failures += len(offending)
     if failures:
-        print(f"{failures} weak function(s) compiled for a SIMD target could replace a portable copy at link time; "
-              "see csrc/cpu/panel_kernels_headers.h", file=sys.stderr)
+        print(
+            f"{failures} weak function(s) compiled for a SIMD target could replace a portable copy at link time; "
+            "see csrc/cpu/panel_kernels_headers.h",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

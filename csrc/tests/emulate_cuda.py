@@ -60,8 +60,9 @@ def convert(text, src_path, emulation_header, rename=None, constants=()):
         text = text.replace("namespace %s {" % rename[0], "namespace %s {" % rename[1])
         text = text.replace("}  // namespace %s" % rename[0], "}  // namespace %s" % rename[1])
     for name, value in constants:
-        text, found = re.subn(r"(constexpr\s+[\w:<>]+\s+%s\s*=\s*)[^;]+;" % re.escape(name),
-                              lambda m: m.group(1) + value + ";", text)
+        text, found = re.subn(
+            r"(constexpr\s+[\w:<>]+\s+%s\s*=\s*)[^;]+;" % re.escape(name), lambda m: m.group(1) + value + ";", text
+        )
         if found != 1:
             raise SystemExit("emulate_cuda.py: no single constexpr %s to set" % name)
     prologue = '#include "%s"\n#line 1 "%s"\n' % (os.path.abspath(emulation_header), os.path.abspath(src_path))
@@ -77,8 +78,9 @@ def main():
     args = parser.parse_args()
     header = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_emulation.h")
     with open(args.source) as f:
-        text, _ = convert(f.read(), args.source, header, rename=args.rename,
-                          constants=[kv.split("=", 1) for kv in args.set])
+        text, _ = convert(
+            f.read(), args.source, header, rename=args.rename, constants=[kv.split("=", 1) for kv in args.set]
+        )
     with open(args.output + ".tmp", "w") as f:
         f.write(text)
     os.replace(args.output + ".tmp", args.output)

@@ -162,7 +162,7 @@ class Evaluation:
         self.results["samples"][ds.name]["train"] = len(train)
         y_train, y_test = train.labels["label"], test.labels["label"]
         classes = len(ds.classnames) if ds.classnames else int(max(y_train.max(), y_test.max())) + 1
-        p = self.eval_cfg.probe
+        probe = self.eval_cfg.probe
         for tower in self.towers:
             x_train, x_test = train.image[self.probed(tower)], test.image[self.probed(tower)]
             metrics, predictions = linear_probe(
@@ -171,11 +171,11 @@ class Evaluation:
                 x_test,
                 y_test,
                 classes,
-                epochs=p.epochs,
-                batch_size=p.batch_size,
-                lr=p.lr,
-                weight_decay=p.weight_decay,
-                warmup_epochs=p.warmup_epochs,
+                epochs=probe.epochs,
+                batch_size=probe.batch_size,
+                lr=probe.lr,
+                weight_decay=probe.weight_decay,
+                warmup_epochs=probe.warmup_epochs,
                 seed=self.eval_cfg.seed,
             )
             self.record(tower, "linear_probe", ds.name, metrics)
