@@ -1,0 +1,136 @@
+"""Contrastive accumulation (GradCache) gives the whole batch's loss and gradients, on 1 and 2 processes."""
+
+import math
+
+import pytest
+import torch
+from torch.distributed.tensor import DTensor
+
+from helpers.multiprocess import run_distributed
+from helpers.tiny_models import captions, images, tiny_clip
+from pretrain_mm.config import LossConfig
+from pretrain_mm.train.accumulation import accumulate_gradients
+from pretrain_mm.train.objectives import ContrastiveObjective
+from pretrain_mm.train.optimizer import grad_norm
+
+BATCH, MICRO = 16, 4
+KINDS = ("softmax", "sigmoid")
+
+
+def objective(kind):
+    return ContrastiveObjective(LossConfig(kind=kind, impl="fused", hard_negative_weight=0.7))
+
+
+def model64(kind, **kwargs):
+    return tiny_clip(loss_kind=kind, **kwargs).double()
+
+
+def whole_batch(rows=slice(None), negatives=False):
+    """BATCH pairs; with negatives, hard-negative captions for the rows neg_mask marks (not all of them)."""
+    batch = {"image": images(BATCH).double(), "text": captions(BATCH)}
+    if negatives:
+        batch["neg_text"] = captions(BATCH, seed=3)
+        batch["neg_mask"] = torch.arange(BATCH) % 3 != 0
+    return {k: v[rows] for k, v in batch.items()}
+
+
+def split(batch, parts):
+    size = batch["image"].shape[0] // parts
+    return [{k: v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(parts)]
+
+
+def grads(model):
+    out = {}
+    for name, p in model.named_parameters():
+        g = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+        out[name] = g.detach().clone() if g is not None else torch.zeros(p.shape, dtype=p.dtype)
+    return out
+
+
+def assert_same_grads(actual, expected):
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("negatives", [False, True], ids=["pairs", "hard_negatives"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_accumulated_gradients_equal_the_whole_batch(kind, negatives):
+    model = model64(kind)
+    loss_one = accumulate_gradients(model, objective(kind), [whole_batch(negatives=negatives)])
+    expected = grads(model)
+    model.zero_grad(set_to_none=True)
+    loss_four = accumulate_gradients(model, objective(kind), split(whole_batch(negatives=negatives), MICRO))
+    assert loss_four == pytest.approx(loss_one, rel=1e-12)
+    assert_same_grads(grads(model), expected)
+
+    # What summing micro-batch losses trains instead (B/k negatives): a different loss and gradient.
+    model.zero_grad(set_to_none=True)
+    loss_summed = sum(objective(kind)(model, micro) / MICRO for micro in split(whole_batch(negatives=negatives), MICRO))
+    loss_summed.backward()
+    assert loss_summed.item() != pytest.approx(loss_one, rel=1e-6)
+    assert not torch.allclose(grads(model)["visual.head.weight"], expected["visual.head.weight"], rtol=1e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_patch_dropout_and_drop_path_draw_the_same_in_both_passes(kind):
+    """With randomness in the towers, GradCache equals keeping every micro-batch's graph
+    (open_clip's --accum-freq) from the same RNG state: the second pass redraws the first's masks."""
+    model = model64(kind, patch_dropout=0.5, drop_path_rate=0.3).train()
+    torch.manual_seed(7)
+    outs = [model(m["image"], m["text"]) for m in split(whole_batch(), MICRO)]
+    cat = {k: torch.cat([o[k] for o in outs]) for k in ("image_features", "text_features")}
+    loss_graphs = objective(kind).loss({**outs[0], **cat})
+    loss_graphs.backward()
+    expected, after_graphs = grads(model), torch.get_rng_state()
+
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(7)
+    loss = accumulate_gradients(model, objective(kind), split(whole_batch(), MICRO))
+    assert loss == pytest.approx(loss_graphs.item(), rel=1e-12)
+    assert_same_grads(grads(model), expected)
+    assert torch.equal(torch.get_rng_state(), after_graphs)  # the stream goes on as after one pass
+
+
+def fsdp_accumulated(rank, world, kind, negatives):
+    from pretrain_mm.train.parallelize import apply_fsdp
+
+    model = model64(kind)
+    apply_fsdp(model, bf16=False)
+    per_rank = BATCH // world
+    mine = whole_batch(slice(rank * per_rank, (rank + 1) * per_rank), negatives)
+    loss = accumulate_gradients(model, objective(kind), split(mine, MICRO // world * 2))
+    return loss, grads(model), grad_norm(model.parameters())
+
+
+# softmax with hard negatives covers plain softmax too (its term adds to the same loss); ~25 s a case.
+@pytest.mark.parametrize("kind,negatives", [("softmax", True), ("sigmoid", False)])
+def test_two_fsdp2_processes_accumulating_equal_one_process_on_the_whole_batch(tmp_path, kind, negatives):
+    model = model64(kind)
+    loss_one = accumulate_gradients(model, objective(kind), [whole_batch(negatives=negatives)])
+    expected = grads(model)
+    norm = math.sqrt(sum(float(g.pow(2).sum()) for g in expected.values()))
+    for loss, got, got_norm in run_distributed(fsdp_accumulated, 2, tmp_path, kind, negatives):
+        assert loss == pytest.approx(loss_one, rel=1e-12)
+        assert_same_grads(got, expected)
+        assert got_norm == pytest.approx(norm, rel=1e-12)
+
+
+def fsdp_bf16_scalars(rank, world):
+    from pretrain_mm.train.parallelize import apply_fsdp
+
+    model = tiny_clip(loss_kind="sigmoid")
+    apply_fsdp(model, bf16=True)  # MixedPrecisionPolicy(param_dtype=bf16) works on CPU with gloo too
+    batch = {"image": images(8, seed=rank), "text": captions(8, seed=rank + 10)}
+    out = model(batch["image"], batch["text"])
+    objective("sigmoid").loss(out).backward()
+    return (out["image_features"].dtype, out["logit_scale"].dtype, out["logit_bias"].dtype,
+            float(out["logit_scale"]), isinstance(model.logit_scale, DTensor), model.logit_scale.grad.clone())
+
+
+def test_fsdp2_mixed_precision_keeps_the_scale_and_bias_fp32(tmp_path):
+    results = run_distributed(fsdp_bf16_scalars, 2, tmp_path)
+    for features, scale, bias, value, sharded, _ in results:
+        assert features == torch.bfloat16 and scale == bias == torch.float32 and not sharded
+        assert value == pytest.approx(10.0, rel=1e-6)  # exp(log 10) exactly, not bf16's 10.0625 or 9.9375
+    assert torch.equal(results[0][5], results[1][5])  # averaged over ranks, so every rank steps alike
