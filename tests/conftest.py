@@ -15,15 +15,17 @@ def pytest_report_header(config):
     from pretrain_mm.precision import resolve_precision
 
     precision = resolve_precision("auto", torch.device("cpu"))
-    return [f"cpu: {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads; "
-            f"pretrain_mm build: {_extension.BUILD_INFO}",
-            f"trainer.precision=auto on this CPU: {precision.name} ({precision.reason})"]
+    return [
+        f"cpu: {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads; "
+        f"pretrain_mm build: {_extension.BUILD_INFO}",
+        f"trainer.precision=auto on this CPU: {precision.name} ({precision.reason})",
+    ]
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = Path(item.path).resolve().parts
-        if parts[:len(TESTS.parts)] == TESTS.parts and len(parts) > len(TESTS.parts) + 1:
+        if parts[: len(TESTS.parts)] == TESTS.parts and len(parts) > len(TESTS.parts) + 1:
             folder = parts[len(TESTS.parts)]
             if folder in ("unit", "integration"):
                 item.add_marker(folder)

@@ -18,11 +18,16 @@ def write_split(directory, samples, shard_size, nshards_file=True):
 
 def classification_dir(root, with_train=True):
     root.mkdir()
-    write_split(root / "test", [(f"s{i:04d}", {"webp": toy_image(i, fmt="WEBP"), "cls": str(i % 3)})
-                                for i in range(10)], 4)
+    write_split(
+        root / "test", [(f"s{i:04d}", {"webp": toy_image(i, fmt="WEBP"), "cls": str(i % 3)}) for i in range(10)], 4
+    )
     if with_train:
-        write_split(root / "train", [(f"t{i:04d}", {"png": toy_image(i, fmt="PNG"), "cls": str(i % 3)})
-                                     for i in range(12)], 5, nshards_file=False)
+        write_split(
+            root / "train",
+            [(f"t{i:04d}", {"png": toy_image(i, fmt="PNG"), "cls": str(i % 3)}) for i in range(12)],
+            5,
+            nshards_file=False,
+        )
     (root / "classnames.txt").write_text("cat\ndog\nbird\n")
     (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na drawing of a {c}.\n")
     return root

@@ -21,8 +21,7 @@ def make_cfg(kind="clip", **eval_overrides):
     cfg = default_config(kind)
     OmegaConf.set_struct(cfg, False)
     cfg.data.image_size, cfg.data.num_workers = 32, 0
-    fast = dict(max_samples=120, batch_size=64, knn_k=[5, 10], examples=2, reconstructions=3,
-                probe={"epochs": 5})
+    fast = dict(max_samples=120, batch_size=64, knn_k=[5, 10], examples=2, reconstructions=3, probe={"epochs": 5})
     cfg.eval = OmegaConf.merge(OmegaConf.structured(EvalConfig), fast, eval_overrides)
     return cfg
 
@@ -33,7 +32,8 @@ def save_run(run_dir, cfg):
     model = model_from_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(run_dir / "config.yaml", cfg, Precision(False, "fp32"))
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 5.0 / s, "lr": 1e-3}) + "\n"
-                                                   for s in range(1, 6)) + '{"step": 6, "lo')  # a torn last line
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 5.0 / s, "lr": 1e-3}) + "\n" for s in range(1, 6)) + '{"step": 6, "lo'
+    )  # a torn last line
     optimizer = torch.optim.AdamW(model.parameters())
     return Checkpointer(run_dir / "checkpoints", INFO).save(3, model, optimizer, {"step": 3})

@@ -45,9 +45,21 @@ def write_bad_shards(out):
 
 def make(urls, tokenizer, workers, resampled, **kw):
     """The training loader's arguments (pretrain_mm/builders.build_train_loader), small."""
-    return build_loader(urls, batch_size=BATCH, tokenizer=tokenizer, image_size=16, train=True,
-                        num_workers=workers, seed=7, resampled=resampled, rank=0, world_size=1,
-                        shuffle_buffer=BUFFER, drop_last=True, **kw)
+    return build_loader(
+        urls,
+        batch_size=BATCH,
+        tokenizer=tokenizer,
+        image_size=16,
+        train=True,
+        num_workers=workers,
+        seed=7,
+        resampled=resampled,
+        rank=0,
+        world_size=1,
+        shuffle_buffer=BUFFER,
+        drop_last=True,
+        **kw,
+    )
 
 
 def take(loader, n, batches=None):
@@ -84,5 +96,11 @@ def resume(urls, tokenizer, workers, resampled, cut, total, **kw):
     resumed.load_state_dict(state)
     assert resumed.state_dict() == first.state_dict()
     after, _ = take(resumed, total - cut)
-    return {"reference": reference, "first": first, "resumed": resumed, "expected": expected[cut:], "got": after,
-            "state": state}
+    return {
+        "reference": reference,
+        "first": first,
+        "resumed": resumed,
+        "expected": expected[cut:],
+        "got": after,
+        "state": state,
+    }

@@ -37,8 +37,10 @@ def run_distributed(fn, world_size, tmp_path, *args, timeout=300):
     result_dir = tmp_path / f"results-{world_size}"
     result_dir.mkdir(parents=True, exist_ok=True)
     init_file = tmp_path / f"init-{world_size}"
-    procs = [ctx.Process(target=_worker, args=(r, world_size, str(init_file), str(result_dir), fn, args))
-             for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_worker, args=(r, world_size, str(init_file), str(result_dir), fn, args))
+        for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     for p in procs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from PIL import Image
 
@@ -20,9 +20,16 @@ def toy_image(index: int, size: int = 32, fmt: str = "JPEG") -> bytes:
     return buf.getvalue()
 
 
-def write_toy_shards(out_dir: str, num_samples: int, shard_size: int, *, bad_image: Iterable[int] = (),
-                     no_caption: Iterable[int] = (), extra: Mapping[int, Mapping[str, bytes]] | None = None,
-                     image_size: int = 32) -> list[str]:
+def write_toy_shards(
+    out_dir: str,
+    num_samples: int,
+    shard_size: int,
+    *,
+    bad_image: Iterable[int] = (),
+    no_caption: Iterable[int] = (),
+    extra: Mapping[int, Mapping[str, bytes]] | None = None,
+    image_size: int = 32,
+) -> list[str]:
     """Write samples '{i:06d}' with .jpg, .txt ('caption i'), .cls (i % 10) and .json; the ones in
     bad_image get bytes that are not an image, the ones in no_caption no .txt, and `extra` adds
     members to chosen samples. Returns the shard paths."""
@@ -30,8 +37,11 @@ def write_toy_shards(out_dir: str, num_samples: int, shard_size: int, *, bad_ima
     with ShardWriter(out_dir, shard_size) as writer:
         for i in range(num_samples):
             image = toy_image(i, image_size)
-            members: dict = {"jpg": image[: len(image) // 2] if i in bad else image,  # a JPEG cut short
-                             "cls": str(i % 10), "json": json.dumps({"label": i % 10, "index": i})}
+            members: dict = {
+                "jpg": image[: len(image) // 2] if i in bad else image,  # a JPEG cut short
+                "cls": str(i % 10),
+                "json": json.dumps({"label": i % 10, "index": i}),
+            }
             if i not in nocap:
                 members["txt"] = f"caption {i}"
             members.update(extra.get(i, {}))

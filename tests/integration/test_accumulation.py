@@ -36,7 +36,7 @@ def whole_batch(rows=slice(None), negatives=False):
 
 def split(batch, parts):
     size = batch["image"].shape[0] // parts
-    return [{k: v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(parts)]
+    return [{k: v[i * size : (i + 1) * size] for k, v in batch.items()} for i in range(parts)]
 
 
 def grads(model):
@@ -124,8 +124,14 @@ def fsdp_bf16_scalars(rank, world):
     batch = {"image": images(8, seed=rank), "text": captions(8, seed=rank + 10)}
     out = model(batch["image"], batch["text"])
     objective("sigmoid").loss(out).backward()
-    return (out["image_features"].dtype, out["logit_scale"].dtype, out["logit_bias"].dtype,
-            float(out["logit_scale"]), isinstance(model.logit_scale, DTensor), model.logit_scale.grad.clone())
+    return (
+        out["image_features"].dtype,
+        out["logit_scale"].dtype,
+        out["logit_bias"].dtype,
+        float(out["logit_scale"]),
+        isinstance(model.logit_scale, DTensor),
+        model.logit_scale.grad.clone(),
+    )
 
 
 def test_fsdp2_mixed_precision_keeps_the_scale_and_bias_fp32(tmp_path):

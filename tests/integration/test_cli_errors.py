@@ -16,8 +16,10 @@ MISTAKES = {
     # Unquoted braces as the shell leaves them: __main__ quotes them for Hydra, the data layer finds nothing.
     "shards": (["+exp=clip", "data=wds", "data.train.urls=/nope/{0..3}.tar"], ["'/nope/{0..3}.tar'"]),
     "tokenizer": (["+exp=clip", "data.tokenizer=/nope.json"], ["'/nope.json'"]),
-    "checkpoint": (["+exp=eval", "eval.checkpoint=/nope"],
-                   ["checkpoint /nope does not exist (eval.checkpoint)", "outputs/clip"]),
+    "checkpoint": (
+        ["+exp=eval", "eval.checkpoint=/nope"],
+        ["checkpoint /nope does not exist (eval.checkpoint)", "outputs/clip"],
+    ),
 }
 
 
@@ -49,16 +51,26 @@ def test_a_mistake_is_one_error_line(tmp_path, case):
     for text in named:
         assert text in lines[0], lines[0]
     assert "Traceback" not in out.stderr and no_project_traceback(out.stderr), out.stderr[-3000:]
-    assert "HYDRA_FULL_ERROR" not in out.stderr   # Hydra's hint comes with its traceback only
+    assert "HYDRA_FULL_ERROR" not in out.stderr  # Hydra's hint comes with its traceback only
 
 
 @pytest.mark.slow
 def test_already_quoted_pattern_reaches_the_data_layer_intact(tmp_path):
     # What the shell leaves of 'data.train.urls="/nope/{0..3}.tar"': Hydra's own quoting, untouched.
-    out = subprocess.run(["bash", "-c", f"{sys.executable} -m pretrain_mm +exp=clip data=wds "
-                          "'data.train.urls=\"/nope/{0..3}.tar\"' trainer.max_steps=1 eval.enabled=false "
-                          f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=900,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tmp_path)
+    out = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"{sys.executable} -m pretrain_mm +exp=clip data=wds "
+            "'data.train.urls=\"/nope/{0..3}.tar\"' trainer.max_steps=1 eval.enabled=false "
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        cwd=tmp_path,
+    )
     assert out.returncode == 1
     lines = error_lines(out.stderr)
     assert len(lines) == 1 and "'/nope/{0..3}.tar'" in lines[0], out.stderr[-3000:]
@@ -78,8 +90,15 @@ def test_under_torchrun_every_rank_says_one_line(tmp_path, case):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-                "-m", "pretrain_mm")
+    launcher = (
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={port}",
+        "-m",
+        "pretrain_mm",
+    )
     overrides, named = MISTAKES[case]
     out = cli(tmp_path, *overrides, launcher=launcher)
     assert out.returncode == 1, out.stderr[-3000:]
@@ -91,12 +110,15 @@ def test_under_torchrun_every_rank_says_one_line(tmp_path, case):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override, said", [
-    ("trainer.max_stepz=3", ["Could not override 'trainer.max_stepz'", "Key 'max_stepz' not in"]),
-    # A choice is an Enum in config.py: Hydra refuses it while composing, naming the choices.
-    ("trainer.precision=fp16", ["Invalid value 'fp16', expected one of [auto, bf16, fp32]", "trainer.precision"]),
-    ("model.mask_ratio=0.5", ["Key 'mask_ratio' not in 'ClipModelConfig'"]),  # an MAE key on a CLIP
-])
+@pytest.mark.parametrize(
+    "override, said",
+    [
+        ("trainer.max_stepz=3", ["Could not override 'trainer.max_stepz'", "Key 'max_stepz' not in"]),
+        # A choice is an Enum in config.py: Hydra refuses it while composing, naming the choices.
+        ("trainer.precision=fp16", ["Invalid value 'fp16', expected one of [auto, bf16, fp32]", "trainer.precision"]),
+        ("model.mask_ratio=0.5", ["Key 'mask_ratio' not in 'ClipModelConfig'"]),  # an MAE key on a CLIP
+    ],
+)
 def test_a_key_or_choice_the_schema_lacks_is_hydras_message_without_traceback(tmp_path, override, said):
     out = cli(tmp_path, "+exp=clip", override)
     assert out.returncode == 1

@@ -44,9 +44,11 @@ def test_opcheck():
     torch.library.opcheck(ops.softmax_forward.default, (q, k, leaves[2], 10, 1024))
 
 
-@pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "default",
-                    reason="torch 2.14's inductor emits at::vec code that its own header lacks under "
-                           "ATEN_CPU_CAPABILITY=default (a C++ compile error in torch, not in this op)")
+@pytest.mark.skipif(
+    os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "default",
+    reason="torch 2.14's inductor emits at::vec code that its own header lacks under "
+    "ATEN_CPU_CAPABILITY=default (a C++ compile error in torch, not in this op)",
+)
 @pytest.mark.parametrize("kind", KINDS)
 def test_torch_compile_fullgraph_matches_eager(kind):
     img, txt, scale, bias = make_batch(96, 32, seed=4)
@@ -72,7 +74,8 @@ def test_every_cpu_build_agrees(capability):
     script = (
         "import torch, torch.nn.functional as F; from pretrain_mm.ops import contrastive_loss, _extension;"
         "g = torch.Generator().manual_seed(0);"
-        "x, y = F.normalize(torch.randn(300, 40, generator=g), dim=1), F.normalize(torch.randn(300, 40, generator=g), dim=1);"
+        "x = F.normalize(torch.randn(300, 40, generator=g), dim=1);"
+        "y = F.normalize(torch.randn(300, 40, generator=g), dim=1);"
         "print(_extension.BUILD_INFO);"
         "print(contrastive_loss(x, y, torch.tensor(20.0)).item(),"
         " contrastive_loss(x, y, torch.tensor(20.0), torch.tensor(-4.0), kind='sigmoid').item())"

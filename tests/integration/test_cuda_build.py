@@ -44,9 +44,22 @@ def find_nvcc():
 
 def compile_cubin(nvcc, arch, out_dir):
     # The flags setup.py gives nvcc (torch adds -std=c++20), warnings as errors.
-    cmd = [nvcc, "-cubin", f"-arch={arch}", "-std=c++20", "-O3", "-lineinfo", "--expt-relaxed-constexpr",
-           "-Xptxas", "-v", "-Werror", "all-warnings", "-o", os.path.join(out_dir, f"panel_kernels_{arch}.cubin"),
-           SOURCE]
+    cmd = [
+        nvcc,
+        "-cubin",
+        f"-arch={arch}",
+        "-std=c++20",
+        "-O3",
+        "-lineinfo",
+        "--expt-relaxed-constexpr",
+        "-Xptxas",
+        "-v",
+        "-Werror",
+        "all-warnings",
+        "-o",
+        os.path.join(out_dir, f"panel_kernels_{arch}.cubin"),
+        SOURCE,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     return arch, proc.returncode, proc.stdout + proc.stderr
 
@@ -109,10 +122,18 @@ def test_emulated_cuda_kernels_match_cpu_kernels(tmp_path):
     if cmake is None:
         pytest.skip("no cmake")
     build = tmp_path / "build"
-    subprocess.run([cmake, "-S", ROOT, "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"], check=True,
-                   capture_output=True, timeout=600)
-    proc = subprocess.run([cmake, "--build", str(build), "--target", "panel_kernels_emulated", "-j",
-                           str(os.cpu_count() or 2)], capture_output=True, text=True, timeout=1800)
+    subprocess.run(
+        [cmake, "-S", ROOT, "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    proc = subprocess.run(
+        [cmake, "--build", str(build), "--target", "panel_kernels_emulated", "-j", str(os.cpu_count() or 2)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     run = subprocess.run([str(build / "panel_kernels_emulated")], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]

@@ -12,10 +12,19 @@ from pretrain_mm.data import build_loader, builtin_info, get_builtin, load_token
 def test_digits_splits_and_labels(tmp_path):
     root = str(tmp_path)
     train, val = get_builtin("digits", "train", root=root), get_builtin("digits", "val", root=root)
-    count = lambda urls: sum(len(b["key"]) for b in build_loader(urls, batch_size=256, image_size=32, train=False))
+
+    def count(urls):
+        return sum(len(b["key"]) for b in build_loader(urls, batch_size=256, image_size=32, train=False))
+
     assert count(train) == 1437 and count(val) == 360
-    loader = build_loader(val, batch_size=360, image_size=32, train=False, label_key="cls",
-                          tokenizer=load_tokenizer(builtin.builtin_dir("digits", root)))
+    loader = build_loader(
+        val,
+        batch_size=360,
+        image_size=32,
+        train=False,
+        label_key="cls",
+        tokenizer=load_tokenizer(builtin.builtin_dir("digits", root)),
+    )
     (batch,) = list(loader)
     assert all(30 <= n <= 42 for n in torch.bincount(batch["label"], minlength=10).tolist())  # stratified
     names = builtin_info("digits", root)["classes"]["label"]
@@ -29,8 +38,9 @@ def test_a_mixture_weight_repeats_that_sets_training_shards(tmp_path):
     from pretrain_mm.builders import builtin_names, split_urls
 
     def data(name):
-        return SimpleNamespace(name=name, root=str(tmp_path), train=SimpleNamespace(urls=None),
-                               val=SimpleNamespace(urls=None))
+        return SimpleNamespace(
+            name=name, root=str(tmp_path), train=SimpleNamespace(urls=None), val=SimpleNamespace(urls=None)
+        )
 
     digits = {split: get_builtin("digits", split, root=str(tmp_path)) for split in ("train", "val")}
     assert split_urls(data("digits*3"), "train") == digits["train"] * 3

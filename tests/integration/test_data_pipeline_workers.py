@@ -31,8 +31,9 @@ def all_keys(n=N):
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("train", [False, True])
 def test_every_sample_once_per_epoch(shards, tokenizer, workers, train):
-    loader = build_loader(shards, batch_size=6, tokenizer=tokenizer, image_size=16, train=train,
-                          num_workers=workers, label_key="cls")
+    loader = build_loader(
+        shards, batch_size=6, tokenizer=tokenizer, image_size=16, train=train, num_workers=workers, label_key="cls"
+    )
     for _ in range(2):  # two epochs
         seen = keys_of(loader)
         assert sorted(seen) == all_keys()
@@ -42,8 +43,10 @@ def test_every_sample_once_per_epoch(shards, tokenizer, workers, train):
 
 
 def test_two_ranks_split_the_epoch(shards):
-    per_rank = [keys_of(build_loader(shards, batch_size=4, image_size=16, num_workers=2, rank=r, world_size=2))
-                for r in range(2)]
+    per_rank = [
+        keys_of(build_loader(shards, batch_size=4, image_size=16, num_workers=2, rank=r, world_size=2))
+        for r in range(2)
+    ]
     assert not set(per_rank[0]) & set(per_rank[1])
     assert sorted(per_rank[0] + per_rank[1]) == all_keys()
 
@@ -89,8 +92,9 @@ def test_bad_data_is_skipped_and_counted_across_workers(tmp_path, tokenizer):
 
 
 def test_resampled_epochs_have_fixed_length(shards):
-    loader = build_loader(shards, batch_size=4, image_size=16, num_workers=2, resampled=True,
-                          samples_per_epoch=50, rank=1, world_size=2)
+    loader = build_loader(
+        shards, batch_size=4, image_size=16, num_workers=2, resampled=True, samples_per_epoch=50, rank=1, world_size=2
+    )
     assert len(loader) == 8  # ceil(50 / (2 ranks * 4 * 2 workers)) = 4 batches per worker
     for _ in range(2):
         batches = list(loader)

@@ -29,8 +29,10 @@ def bad_shards(tmp_path_factory):
 # 10 batches an epoch. Resampled: 5 per worker at W=2 (odd cuts: worker 1 is next; at 9 worker 0 is
 # done). Finite: the 5 shards deal 24 + 16 samples to the W=2 workers (6 + 4 batches: worker 1
 # ends first, after batch 8; at cut 9 worker 0 is next, at 10 the epoch is over but not yet ended).
-@pytest.mark.parametrize("workers,resampled,cut", [
-    (2, True, 7), (2, True, 9), (2, True, 10), (2, True, 12), (2, False, 3), (2, False, 9), (2, False, 10)])
+@pytest.mark.parametrize(
+    "workers,resampled,cut",
+    [(2, True, 7), (2, True, 9), (2, True, 10), (2, True, 12), (2, False, 3), (2, False, 9), (2, False, 10)],
+)
 def test_resume_delivers_what_the_uninterrupted_loader_would(shards, tokenizer, workers, resampled, cut):
     run = resume(shards, tokenizer, workers, resampled, cut, cut + 13)
     assert_same(run["got"], run["expected"])  # the rest of the epoch, the next one whole, into the one after
@@ -61,9 +63,14 @@ def test_old_states_and_bad_states(shards, tokenizer):
     fresh.set_epoch(1)
     assert_same(list(loader), list(fresh))
     assert loader.skipped == {"bad_image": 2} and loader.state_dict()["epoch"] == 2
-    for bad in ({"positions": {}}, {"epoch": -1}, {"epoch": "x"}, [1, 2],
-                {"epoch": 0, "positions": {"0": {"batches": 1}}, "layout": loader.layout},
-                {"epoch": 0, "positions": {"3": [1, 4]}, "layout": loader.layout}):
+    for bad in (
+        {"positions": {}},
+        {"epoch": -1},
+        {"epoch": "x"},
+        [1, 2],
+        {"epoch": 0, "positions": {"0": {"batches": 1}}, "layout": loader.layout},
+        {"epoch": 0, "positions": {"3": [1, 4]}, "layout": loader.layout},
+    ):
         with pytest.raises(ValueError, match="state|worker"):
             make(shards, tokenizer, 0, True).load_state_dict(bad)
     two = make(shards, tokenizer, 2, True)

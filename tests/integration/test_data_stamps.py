@@ -40,8 +40,15 @@ def samples(root):
         rows = []
         for url in get_builtin("stamps", split, root):
             for s in iter_shard(url):
-                rows.append({"key": s["__key__"], "png": s["png"], "txt": s["txt"].decode("utf-8"),
-                             "cls": int(s["cls"]) if "cls" in s else None, "json": json.loads(s["json"])})
+                rows.append(
+                    {
+                        "key": s["__key__"],
+                        "png": s["png"],
+                        "txt": s["txt"].decode("utf-8"),
+                        "cls": int(s["cls"]) if "cls" in s else None,
+                        "json": json.loads(s["json"]),
+                    }
+                )
         out[split] = rows
     return out
 
@@ -120,12 +127,22 @@ def test_eval_sets_read_back(root, samples):
     # what zero-shot / retrieval read: val images, captions, labels; conf/data/stamps.yaml's
     # context_length (64) holds every caption whole
     tokenizer = load_tokenizer(builtin_dir("stamps", root), context_length=64)
-    (batch,) = list(build_loader(ds.test_urls, batch_size=256, image_size=64, train=False, tokenizer=tokenizer,
-                                 caption_key=ds.caption_key, label_key=ds.label_key))
+    (batch,) = list(
+        build_loader(
+            ds.test_urls,
+            batch_size=256,
+            image_size=64,
+            train=False,
+            tokenizer=tokenizer,
+            caption_key=ds.caption_key,
+            label_key=ds.label_key,
+        )
+    )
     assert len(batch["key"]) == len(samples["val"]) and batch["label"].max() < len(CLASSES)
     assert all(tokenizer.decode(t) == c.lower() for t, c in zip(batch["text"], batch["caption"]))
-    longest = max(len(tokenizer.hf.encode(r["txt"], add_special_tokens=False).ids) for rows in samples.values()
-                  for r in rows)
+    longest = max(
+        len(tokenizer.hf.encode(r["txt"], add_special_tokens=False).ids) for rows in samples.values() for r in rows
+    )
     assert longest + 2 <= 64
 
     bench = clip_benchmark_set(os.path.join(builtin_dir("stamps", root), CLIP_BENCHMARK_DIR))

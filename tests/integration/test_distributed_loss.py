@@ -18,8 +18,9 @@ def rank_results(rank, world_size):
     out = {}
     for kind in KINDS:
         for impl in ("fused", "reference"):
-            loss, grads = loss_and_grads(kind, images[mine], texts[mine], distributed_contrastive_loss, impl=impl,
-                                         workspace_bytes=256)
+            loss, grads = loss_and_grads(
+                kind, images[mine], texts[mine], distributed_contrastive_loss, impl=impl, workspace_bytes=256
+            )
             for g in grads:  # what DDP / FSDP do: average gradients over ranks
                 dist.all_reduce(g)
                 g /= world_size
@@ -35,11 +36,13 @@ def test_distributed_equals_one_process(world_size, tmp_path):
     for rank, result in enumerate(results):
         for (kind, impl), (loss, grads) in result.items():
             want_loss, want_grads = expected[kind]
-            torch.testing.assert_close(loss, want_loss, rtol=1e-12, atol=1e-12,
-                                       msg=lambda m: f"rank {rank} {kind} {impl} loss: {m}")
+            torch.testing.assert_close(
+                loss, want_loss, rtol=1e-12, atol=1e-12, msg=lambda m: f"rank {rank} {kind} {impl} loss: {m}"
+            )
             for i, (g, w) in enumerate(zip(grads, want_grads)):
-                torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12,
-                                           msg=lambda m: f"rank {rank} {kind} {impl} grad {i}: {m}")
+                torch.testing.assert_close(
+                    g, w, rtol=1e-10, atol=1e-12, msg=lambda m: f"rank {rank} {kind} {impl} grad {i}: {m}"
+                )
 
 
 def rank_auto_without_the_extension(rank, world_size):
@@ -48,8 +51,9 @@ def rank_auto_without_the_extension(rank, world_size):
     _extension.AVAILABLE = False  # this spawned process only
     images, texts = batch()
     n = BATCH // world_size
-    small = loss_and_grads("softmax", images[rank * n:(rank + 1) * n], texts[rank * n:(rank + 1) * n],
-                           distributed_contrastive_loss)[0]
+    small = loss_and_grads(
+        "softmax", images[rank * n : (rank + 1) * n], texts[rank * n : (rank + 1) * n], distributed_contrastive_loss
+    )[0]
     # Each rank's n is under the limit, the global N = world * n is over it; D = 2 keeps it cheap.
     n = REFERENCE_MAX_N // world_size + 1
     try:

@@ -1,4 +1,5 @@
-"""The real CLI: a run ends with its report; +exp=eval evaluates a run alone, never through a pickle; bad paths fail clearly."""
+"""The real CLI: a run ends with its report; +exp=eval evaluates a run alone, never through a pickle; bad paths
+fail clearly."""
 
 import json
 import os
@@ -7,16 +8,34 @@ import subprocess
 import sys
 
 # A tiny run (32 px, a batch of 16) and an evaluation cut down to seconds.
-TRAIN = ["trainer.max_steps=2", "trainer.batch_size=16", "trainer.log_every=1", "data.image_size=32",
-         "data.num_workers=0", "data.shuffle_buffer=64", "optim.warmup_steps=1"]
-FAST_EVAL = ["eval.max_samples=64", "eval.batch_size=32", "eval.knn_k=[5,10]", "eval.probe.epochs=3",
-             "eval.examples=1", "eval.reconstructions=2"]
+TRAIN = [
+    "trainer.max_steps=2",
+    "trainer.batch_size=16",
+    "trainer.log_every=1",
+    "data.image_size=32",
+    "data.num_workers=0",
+    "data.shuffle_buffer=64",
+    "optim.warmup_steps=1",
+]
+FAST_EVAL = [
+    "eval.max_samples=64",
+    "eval.batch_size=32",
+    "eval.knn_k=[5,10]",
+    "eval.probe.epochs=3",
+    "eval.examples=1",
+    "eval.reconstructions=2",
+]
 
 
 def run_cli(*overrides, check=True):
     cmd = [sys.executable, "-m", "pretrain_mm", *overrides]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
+    out = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"),
+    )
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
     return out
@@ -33,16 +52,23 @@ def test_training_ends_with_a_report_and_exp_eval_reruns_it(tmp_path):
 
     # Alone, from the run directory: the model comes from the run's config.yaml, not from this command's.
     elsewhere = tmp_path / "again"
-    run_cli("+exp=eval", f"eval.checkpoint={run}", f"eval.output_dir={elsewhere}", "eval.random_baseline=false",
-            *FAST_EVAL, f"hydra.run.dir={tmp_path / 'eval_job'}")
+    run_cli(
+        "+exp=eval",
+        f"eval.checkpoint={run}",
+        f"eval.output_dir={elsewhere}",
+        "eval.random_baseline=false",
+        *FAST_EVAL,
+        f"hydra.run.dir={tmp_path / 'eval_job'}",
+    )
     again = json.loads((elsewhere / "report" / "results.json").read_text())
     assert again["model"] == results["model"] and set(again["metrics"]) == {"trained"}
     assert again["metrics"]["trained"]["knn"] == results["metrics"]["trained"]["knn"]
 
 
 def test_exp_eval_names_a_missing_checkpoint(tmp_path):
-    out = run_cli("+exp=eval", f"eval.checkpoint={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'job'}",
-                  check=False)
+    out = run_cli(
+        "+exp=eval", f"eval.checkpoint={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'job'}", check=False
+    )
     assert out.returncode != 0 and f"checkpoint {tmp_path / 'nowhere'} does not exist" in out.stderr
 
 
@@ -65,12 +91,23 @@ def test_evaluating_a_run_someone_sent_reads_its_safetensors_never_its_pickles(t
     (step / ".metadata").write_bytes(crafted)  # DCP reads this file with pickle
     (step / "rank0.pt").write_bytes(crafted)
 
-    run_cli("+exp=eval", f"eval.checkpoint={run}", "eval.random_baseline=false", *FAST_EVAL,
-            f"hydra.run.dir={tmp_path / 'job'}")
+    run_cli(
+        "+exp=eval",
+        f"eval.checkpoint={run}",
+        "eval.random_baseline=false",
+        *FAST_EVAL,
+        f"hydra.run.dir={tmp_path / 'job'}",
+    )
     assert not marker.exists()
     assert json.loads((run / "report" / "results.json").read_text())["checkpoint"] == str(run / "model.safetensors")
 
     # What the README's trust note warns of: a checkpoint directory is read through DCP's pickle.
-    run_cli("+exp=eval", f"eval.checkpoint={step}", "eval.random_baseline=false", *FAST_EVAL,
-            f"hydra.run.dir={tmp_path / 'job2'}", check=False)
+    run_cli(
+        "+exp=eval",
+        f"eval.checkpoint={step}",
+        "eval.random_baseline=false",
+        *FAST_EVAL,
+        f"hydra.run.dir={tmp_path / 'job2'}",
+        check=False,
+    )
     assert marker.exists()

@@ -16,22 +16,40 @@ def _extract(rank, world_size, labelled_urls, captioned_urls, single_urls, token
     several captions per image (the owners must be renumbered across ranks); and a split of one
     sample, which leaves a rank with nothing (it must still take part in the gathers)."""
     cpu, mean = torch.device("cpu"), {"mean": lambda x: x.mean(dim=(2, 3))}
-    labelled = extract_features(build_loader(labelled_urls, batch_size=3, image_size=16, train=False,
-                                             label_key="cls"), mean, cpu)
-    captioned = extract_features(build_loader(captioned_urls, batch_size=2, tokenizer=tokenizer, image_size=16,
-                                              train=False), mean, cpu, tokenizer=tokenizer, split_captions=True,
-                                 text_encoders={"mean": lambda tokens: tokens[:, :5].float()})
-    single = extract_features(build_loader(single_urls, batch_size=3, image_size=16, train=False, label_key="cls"),
-                              mean, cpu)
-    return (labelled.keys, labelled.image["mean"], labelled.labels["label"], captioned.keys, captioned.captions,
-            captioned.text_image, captioned.text["mean"], single.keys, single.image["mean"], single.labels["label"])
+    labelled = extract_features(
+        build_loader(labelled_urls, batch_size=3, image_size=16, train=False, label_key="cls"), mean, cpu
+    )
+    captioned = extract_features(
+        build_loader(captioned_urls, batch_size=2, tokenizer=tokenizer, image_size=16, train=False),
+        mean,
+        cpu,
+        tokenizer=tokenizer,
+        split_captions=True,
+        text_encoders={"mean": lambda tokens: tokens[:, :5].float()},
+    )
+    single = extract_features(
+        build_loader(single_urls, batch_size=3, image_size=16, train=False, label_key="cls"), mean, cpu
+    )
+    return (
+        labelled.keys,
+        labelled.image["mean"],
+        labelled.labels["label"],
+        captioned.keys,
+        captioned.captions,
+        captioned.text_image,
+        captioned.text["mean"],
+        single.keys,
+        single.image["mean"],
+        single.labels["label"],
+    )
 
 
 def test_extraction_on_two_ranks_equals_one(tmp_path):
     labelled = clip_benchmark_set(classification_dir(tmp_path / "labelled", with_train=False)).test_urls
     captioned = clip_benchmark_set(retrieval_dir(tmp_path / "captioned")).test_urls
-    tokenizer = train_tokenizer([f"picture {i} caption {j}" for i in range(9) for j in range(3)], vocab_size=300,
-                                context_length=12)
+    tokenizer = train_tokenizer(
+        [f"picture {i} caption {j}" for i in range(9) for j in range(3)], vocab_size=300, context_length=12
+    )
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     write_split(lonely, [("only", {"jpg": toy_image(3), "cls": "2"})], 1)

@@ -53,8 +53,9 @@ def test_clip_checkpoint_evaluation_writes_the_report(tmp_path):
     trained, random = results["metrics"]["trained"], results["metrics"]["random"]
     assert set(trained) == {"zeroshot", "retrieval", "linear_probe", "knn", "finetune"} == set(random)
     assert set(trained["zeroshot"]) == {"shapes/colour", "shapes/shape", "digits/label"}
-    assert set(trained["retrieval"]["shapes"]) == {f"{d}_R@{k}" for d in ("image_to_text", "text_to_image")
-                                                    for k in (1, 5, 10)}
+    assert set(trained["retrieval"]["shapes"]) == {
+        f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)
+    }
     assert set(trained["knn"]["digits"]) == {"top1@k5", "top1@k10"}
     assert results["samples"] == {"shapes": {"test": 120, "texts": 120}, "digits": {"test": 120, "train": 120}}
     for task in trained.values():
@@ -64,8 +65,13 @@ def test_clip_checkpoint_evaluation_writes_the_report(tmp_path):
     report = tmp_path / "run" / "report"
     assert json.loads((report / "results.json").read_text())["metrics"] == json.loads(json.dumps(results["metrics"]))
     page = (report / "report.html").read_text()
-    for section in ("Results", "Training curves", "k-NN accuracy against k", "Confusion matrices",
-                    "Retrieval examples: shapes"):
+    for section in (
+        "Results",
+        "Training curves",
+        "k-NN accuracy against k",
+        "Confusion matrices",
+        "Retrieval examples: shapes",
+    ):
         assert section in page
     assert (report / "training_curves.png").exists() and (report / "knn_digits.png").exists()
     # what the built-in sets' splits and prompts test, from their classes.json, beside the numbers

@@ -10,19 +10,24 @@ import open_clip
 import pytest
 import torch
 from omegaconf import OmegaConf
+from test_eval_cli import TRAIN, run_cli
 
 from pretrain_mm.builders import build_tokenizer, model_from_config
 from pretrain_mm.config import plain_config
 from pretrain_mm.eval.loading import load_checkpoint_model
 from pretrain_mm.interop import read_header, save_weights
-from test_eval_cli import TRAIN, run_cli
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def export_cli(*args):
-    return subprocess.run([sys.executable, "-m", "pretrain_mm.export", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return subprocess.run(
+        [sys.executable, "-m", "pretrain_mm.export", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +40,14 @@ def run(tmp_path_factory):
 
 def inputs(cfg, n=6):
     torch.manual_seed(0)
-    captions = ["a small red circle", "a large blue star at the top left", "a digit 7", "", "a green cross on white",
-                "a picture of a yellow diamond on a black background"][:n]
+    captions = [
+        "a small red circle",
+        "a large blue star at the top left",
+        "a digit 7",
+        "",
+        "a green cross on white",
+        "a picture of a yellow diamond on a black background",
+    ][:n]
     return torch.randn(n, 3, cfg.data.image_size, cfg.data.image_size), build_tokenizer(cfg.data)(captions)
 
 
@@ -101,8 +112,15 @@ def test_clip_benchmark_scores_the_export_as_our_evaluator_scores_the_run(tmp_pa
         pytest.skip(f"cannot install CLIP_benchmark from PyPI into open_clip's venv: {error}")
     run = tmp_path / "run"
     train = [arg for arg in TRAIN if not arg.startswith("trainer.max_steps=")]
-    run_cli("+exp=clip", "data=stamps", "model.args.vision_stem=patch", *train, "trainer.max_steps=20",
-            "eval.enabled=false", f"hydra.run.dir={run}")
+    run_cli(
+        "+exp=clip",
+        "data=stamps",
+        "model.args.vision_stem=patch",
+        *train,
+        "trainer.max_steps=20",
+        "eval.enabled=false",
+        f"hydra.run.dir={run}",
+    )
     export(run, tmp_path / "open_clip", "open_clip")
     directory = Path(builtin_dir("stamps")) / CLIP_BENCHMARK_DIR
     retrieval = retrieval_dir(get_builtin("stamps", "val"), tmp_path / "retrieval")

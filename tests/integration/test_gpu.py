@@ -80,13 +80,24 @@ def run_all(ops, q, k, scale, bias, offset, ws, g_seed=0):
     g_col = torch.randn(N, generator=g, dtype=torch.float64).to(q.device)
     g_diag = torch.randn(n, generator=g, dtype=torch.float64).to(q.device)
     r, c, d = ops.softmax_forward(q, k, scale, offset, ws)
-    sm_bwd = ops.softmax_backward(q, k, scale, r, c, g_row.to(r.dtype), g_col.to(r.dtype), g_diag.to(r.dtype),
-                                  offset, ws)
+    sm_bwd = ops.softmax_backward(
+        q, k, scale, r, c, g_row.to(r.dtype), g_col.to(r.dtype), g_diag.to(r.dtype), offset, ws
+    )
     loss = ops.sigmoid_forward(q, k, scale, bias, offset, ws)
     sg_bwd = ops.sigmoid_backward(q, k, scale, bias, g_row.to(loss.dtype), offset, ws)
-    return {"row_lse": r, "col_lse": c, "diag": d, "softmax dq": sm_bwd[0], "softmax dk": sm_bwd[1],
-            "softmax dscale": sm_bwd[2], "sigmoid row_loss": loss, "sigmoid dq": sg_bwd[0], "sigmoid dk": sg_bwd[1],
-            "sigmoid dscale": sg_bwd[2], "sigmoid dbias": sg_bwd[3]}
+    return {
+        "row_lse": r,
+        "col_lse": c,
+        "diag": d,
+        "softmax dq": sm_bwd[0],
+        "softmax dk": sm_bwd[1],
+        "softmax dscale": sm_bwd[2],
+        "sigmoid row_loss": loss,
+        "sigmoid dq": sg_bwd[0],
+        "sigmoid dk": sg_bwd[1],
+        "sigmoid dscale": sg_bwd[2],
+        "sigmoid dbias": sg_bwd[3],
+    }
 
 
 def compare_devices(ops, n, N, D, offset, dtype, ws, scale=14.3, bias=-10.0, nan_at=None):
@@ -103,8 +114,13 @@ def compare_devices(ops, n, N, D, offset, dtype, ws, scale=14.3, bias=-10.0, nan
         if "dscale" in name or "dbias" in name:
             rtol, atol = tolerances(dtype)
             scale_of_sum = max(1.0, float(want[name].abs().nan_to_num()))
-            torch.testing.assert_close(got[name].cpu().to(want[name].dtype), want[name], rtol=rtol * 10,
-                                       atol=atol * scale_of_sum * 10, equal_nan=True)
+            torch.testing.assert_close(
+                got[name].cpu().to(want[name].dtype),
+                want[name],
+                rtol=rtol * 10,
+                atol=atol * scale_of_sum * 10,
+                equal_nan=True,
+            )
         else:
             assert_close(got[name], want[name], dtype, f"{name} n={n} N={N} D={D} offset={offset} ws={ws}")
     return got
@@ -184,11 +200,11 @@ def chunked_reference(q, k, s, offset, chunk=2048):
     col_lse = torch.full((N,), float("-inf"), dtype=torch.float64, device=q.device)
     diag = torch.empty(n, dtype=torch.float64, device=q.device)
     for r0 in range(0, n, chunk):
-        L = (s * (q[r0:r0 + chunk].double() @ k.double().T))
+        L = s * (q[r0 : r0 + chunk].double() @ k.double().T)
         rows = torch.arange(r0, r0 + L.shape[0], device=q.device)
-        row_lse[r0:r0 + L.shape[0]] = torch.logsumexp(L, 1)
+        row_lse[r0 : r0 + L.shape[0]] = torch.logsumexp(L, 1)
         col_lse = torch.logaddexp(col_lse, torch.logsumexp(L, 0))
-        diag[r0:r0 + L.shape[0]] = L[rows - r0, rows + offset]
+        diag[r0 : r0 + L.shape[0]] = L[rows - r0, rows + offset]
     return row_lse, col_lse, diag
 
 
@@ -221,8 +237,10 @@ def test_32k_memory_stays_linear(ops):
     sdq, sdk, sds, sdb = ops.sigmoid_backward(q, k, s, b, g_row, 0, ws)
     torch.cuda.synchronize()
     bwd_peak = torch.cuda.max_memory_allocated() - base
-    print(f"\npeak extra memory: forward {fwd_peak / MiB:.0f} MiB, backward {bwd_peak / MiB:.0f} MiB "
-          f"(budget {budget / MiB:.0f} MiB, logits would be {logits_bytes / MiB:.0f} MiB)")
+    print(
+        f"\npeak extra memory: forward {fwd_peak / MiB:.0f} MiB, backward {bwd_peak / MiB:.0f} MiB "
+        f"(budget {budget / MiB:.0f} MiB, logits would be {logits_bytes / MiB:.0f} MiB)"
+    )
     assert fwd_peak <= budget
     assert bwd_peak <= budget + 2 * feature_bytes  # the two ops' gradients are alive together
 
@@ -230,8 +248,9 @@ def test_32k_memory_stays_linear(ops):
     torch.testing.assert_close(r.double(), row_lse, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(c.double(), col_lse, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(d.double(), diag, rtol=1e-5, atol=1e-4)
-    ref_dq, ref_dk, ref_ds = chunked_softmax_backward(q, k, float(s), row_lse, col_lse, g_row.double(),
-                                                      g_row.double(), g_diag.double(), 0)
+    ref_dq, ref_dk, ref_ds = chunked_softmax_backward(
+        q, k, float(s), row_lse, col_lse, g_row.double(), g_row.double(), g_diag.double(), 0
+    )
     torch.testing.assert_close(dq.double(), ref_dq, rtol=1e-3, atol=1e-6)
     torch.testing.assert_close(dk.double(), ref_dk, rtol=1e-3, atol=1e-6)
     torch.testing.assert_close(ds.double(), ref_ds, rtol=1e-3, atol=1e-5)
@@ -248,12 +267,12 @@ def chunked_softmax_backward(q, k, s, row_lse, col_lse, g_row, g_col, g_diag, of
     dk = torch.zeros_like(kd)
     ds = torch.zeros((), dtype=torch.float64, device=q.device)
     for r0 in range(0, n, chunk):
-        p = qd[r0:r0 + chunk] @ kd.T
+        p = qd[r0 : r0 + chunk] @ kd.T
         L = s * p
         rows = torch.arange(r0, r0 + p.shape[0], device=q.device)
         G = g_row[rows, None] * torch.exp(L - row_lse[rows, None]) + g_col[None] * torch.exp(L - col_lse[None])
         G[rows - r0, rows + offset] += g_diag[rows]
-        dq[r0:r0 + p.shape[0]] = s * G @ kd
-        dk += s * G.T @ qd[r0:r0 + p.shape[0]]
+        dq[r0 : r0 + p.shape[0]] = s * G @ kd
+        dk += s * G.T @ qd[r0 : r0 + p.shape[0]]
         ds += (G * p).sum()
     return dq, dk, ds

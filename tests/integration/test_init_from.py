@@ -1,4 +1,5 @@
-"""model.init_from: open_clip weights (its trainer's .pt, or safetensors) start our training and evaluation, running no code."""
+"""model.init_from: open_clip weights (its trainer's .pt, or safetensors) start our training and evaluation,
+running no code."""
 
 import json
 import pickle
@@ -9,18 +10,20 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from test_eval_cli import FAST_EVAL, TRAIN, RunsCode, run_cli
 
-from pretrain_mm.__main__ import CONFIG_DIR
+from helpers.configs import compose_config
 from pretrain_mm.eval.loading import load_open_clip_model
 from pretrain_mm.interop.init_from import clip_args, read_open_clip
-from test_eval_cli import FAST_EVAL, RunsCode, TRAIN, run_cli
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 # open_clip's defaults (LayerNorm eps 1e-5, no patch bias) at a CPU size, with the CLIP BPE's vocabulary.
-MODEL_CFG = {"embed_dim": 64, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+MODEL_CFG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
 
 
 def open_clip_files(tmp_path, model_cfg=MODEL_CFG):
@@ -32,16 +35,22 @@ def open_clip_files(tmp_path, model_cfg=MODEL_CFG):
     model.logit_scale.grad = torch.ones(())
     optimizer.step()  # an optimizer state with tensors in it, as a trainer's checkpoint has
     weights = tmp_path / "epoch_1.pt"
-    torch.save({"epoch": 1, "name": "test", "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict()}, weights)
+    torch.save(
+        {
+            "epoch": 1,
+            "name": "test",
+            "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+        },
+        weights,
+    )
     config = tmp_path / "model.json"
     config.write_text(json.dumps(model_cfg))
     return model, weights, config
 
 
 def config(**overrides):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=[f"{k}={v}" for k, v in overrides.items()])
+    return compose_config(*(f"{k}={v}" for k, v in overrides.items()))
 
 
 def test_our_clip_holding_open_clip_weights_gives_open_clips_embeddings(tmp_path):
@@ -58,8 +67,11 @@ def test_our_clip_holding_open_clip_weights_gives_open_clips_embeddings(tmp_path
 
 
 def test_what_our_towers_cannot_hold_is_refused_by_name():
-    for section, key, value in (("vision_cfg", "ls_init_value", 0.1), ("text_cfg", "hf_model_name", "bert"),
-                                ("model_cfg", "quick_gelu", True)):
+    for section, key, value in (
+        ("vision_cfg", "ls_init_value", 0.1),
+        ("text_cfg", "hf_model_name", "bert"),
+        ("model_cfg", "quick_gelu", True),
+    ):
         cfg = json.loads(json.dumps(MODEL_CFG))
         (cfg if section == "model_cfg" else cfg[section])[key] = value
         with pytest.raises(ValueError, match=f"{section}.{key}="):
@@ -77,9 +89,16 @@ def test_a_pt_that_needs_code_to_load_is_refused_without_running_it(tmp_path):
 
 def test_exp_eval_reads_an_open_clip_file(tmp_path):
     _, weights, model_json = open_clip_files(tmp_path)
-    run_cli("+exp=eval", f"eval.checkpoint={weights}", f"model.init_from_config={model_json}", "data.tokenizer=clip",
-            "eval.random_baseline=false", *FAST_EVAL, f"eval.output_dir={tmp_path / 'eval'}",
-            f"hydra.run.dir={tmp_path / 'job'}")
+    run_cli(
+        "+exp=eval",
+        f"eval.checkpoint={weights}",
+        f"model.init_from_config={model_json}",
+        "data.tokenizer=clip",
+        "eval.random_baseline=false",
+        *FAST_EVAL,
+        f"eval.output_dir={tmp_path / 'eval'}",
+        f"hydra.run.dir={tmp_path / 'job'}",
+    )
     results = json.loads((tmp_path / "eval" / "report" / "results.json").read_text())
     assert results["checkpoint"] == str(weights) and "shapes/colour" in results["metrics"]["trained"]["zeroshot"]
 
@@ -101,18 +120,53 @@ def test_a_checkpoint_of_open_clips_own_trainer_continues_training_here(tmp_path
     model_dir = openclip_model_dir(tmp_path / "model", args)
     shards = get_builtin("stamps", "train")
     first, last = Path(shards[0]).stem, Path(shards[-1]).stem
-    done = subprocess.run([python, "-m", "open_clip_train.main", "--model", f"local-dir:{model_dir}",
-                           "--train-data", str(Path(shards[0]).parent / f"{{{first}..{last}}}.tar"),
-                           "--dataset-type", "webdataset", "--dataset-resampled", "--train-num-samples", "48",
-                           "--epochs", "1", "--batch-size", "16", "--precision", "fp32", "--workers", "1",
-                           "--logs", str(tmp_path), "--name", "oc", "--save-frequency", "1", "--report-to", ""],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            python,
+            "-m",
+            "open_clip_train.main",
+            "--model",
+            f"local-dir:{model_dir}",
+            "--train-data",
+            str(Path(shards[0]).parent / f"{{{first}..{last}}}.tar"),
+            "--dataset-type",
+            "webdataset",
+            "--dataset-resampled",
+            "--train-num-samples",
+            "48",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--precision",
+            "fp32",
+            "--workers",
+            "1",
+            "--logs",
+            str(tmp_path),
+            "--name",
+            "oc",
+            "--save-frequency",
+            "1",
+            "--report-to",
+            "",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     weights = tmp_path / "oc" / "checkpoints" / "epoch_1.pt"
     run = tmp_path / "run"
-    out = run_cli("+exp=clip", "data=stamps", *TRAIN, f"model.init_from={weights}",
-                  f"model.init_from_config={model_dir / 'open_clip_config.json'}", "eval.enabled=false",
-                  f"hydra.run.dir={run}")
+    out = run_cli(
+        "+exp=clip",
+        "data=stamps",
+        *TRAIN,
+        f"model.init_from={weights}",
+        f"model.init_from_config={model_dir / 'open_clip_config.json'}",
+        "eval.enabled=false",
+        f"hydra.run.dir={run}",
+    )
     assert "starting from the open_clip weights" in out.stderr + out.stdout
     assert json.loads((run / "train_summary.json").read_text())["status"] == "finished"
     assert (run / "model.safetensors").is_file()

@@ -18,8 +18,9 @@ def random_clip(size, **kwargs):
     weight's mapping shows in the embeddings."""
     torch.manual_seed(0)
     patch = 8 if size == "tiny" else 16
-    model = build_model("clip", size, image_size=IMAGE, vocab_size=VOCAB, context_length=CONTEXT, patch_size=patch,
-                        **kwargs).eval()
+    model = build_model(
+        "clip", size, image_size=IMAGE, vocab_size=VOCAB, context_length=CONTEXT, patch_size=patch, **kwargs
+    ).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:
@@ -49,8 +50,10 @@ def exported(model, tmp_path):
 def assert_same_embeddings(ours, theirs):
     images, text = torch.randn(3, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(1)), tokens(4)
     with torch.no_grad():
-        for a, b in ((ours.encode_image(images), theirs.encode_image(images, normalize=True)),
-                     (ours.encode_text(text), theirs.encode_text(text, normalize=True))):
+        for a, b in (
+            (ours.encode_image(images), theirs.encode_image(images, normalize=True)),
+            (ours.encode_text(text), theirs.encode_text(text, normalize=True)),
+        ):
             assert (a - b).abs().max().item() <= 1e-5
         assert float(ours.logit_scale.exp()) == pytest.approx(float(theirs.logit_scale.exp()))
 
@@ -73,8 +76,11 @@ def test_larger_sizes_map_onto_open_clips_model_name_for_name_and_shape_for_shap
     assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
 
 
-@pytest.mark.parametrize("args", [dict(loss_kind="sigmoid"), dict(vision_pool="mean"), dict(vision_norm_pre=False),
-                                  dict(vision_pos_embed="sincos")], ids=lambda a: "-".join(map(str, a.values())))
+@pytest.mark.parametrize(
+    "args",
+    [dict(loss_kind="sigmoid"), dict(vision_pool="mean"), dict(vision_norm_pre=False), dict(vision_pos_embed="sincos")],
+    ids=lambda a: "-".join(map(str, a.values())),
+)
 def test_variants_open_clip_can_express_export_exactly(args, tmp_path):
     model = random_clip("tiny", **args)
     theirs = exported(model, tmp_path)

@@ -30,9 +30,27 @@ def readme_training_command() -> str:
 @pytest.mark.slow
 def test_readme_command_trains_on_shards_through_bash(tmp_path):
     shards = tmp_path / "shards"
-    subprocess.run([sys.executable, "-m", "pretrain_mm.data", "write", "builtin:shapes", str(shards), "--num-train",
-                    "64", "--num-val", "16", "--shard-size", "32", "--image-size", "32"], check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pretrain_mm.data",
+            "write",
+            "builtin:shapes",
+            str(shards),
+            "--num-train",
+            "64",
+            "--num-val",
+            "16",
+            "--shard-size",
+            "32",
+            "--image-size",
+            "32",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert sorted(p.name for p in (shards / "train").glob("*.tar")) == ["00000.tar", "00001.tar"]
     command = readme_training_command()
     assert command.startswith("python -m pretrain_mm ")
@@ -46,9 +64,15 @@ def test_readme_command_trains_on_shards_through_bash(tmp_path):
     command = re.sub(r"data\.tokenizer=\S+", f"data.tokenizer={shards}/tokenizer.json", command)
     run = tmp_path / "run"
     extra = [*FAST, "model.size=tiny", "trainer.max_steps=2", "eval.enabled=false", f"hydra.run.dir={run}"]
-    command = shlex.quote(sys.executable) + command[len("python"):] + " " + " ".join(map(shlex.quote, extra))
-    out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=900, cwd=tmp_path,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    command = shlex.quote(sys.executable) + command[len("python") :] + " " + " ".join(map(shlex.quote, extra))
+    out = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"
     assert summary(run)["status"] == "finished" and [m["step"] for m in metrics(run)] == [1, 2]
     assert f"urls: {pattern}" in (run / "config.yaml").read_text()

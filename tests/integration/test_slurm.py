@@ -19,13 +19,21 @@ from pathlib import Path
 
 import pytest
 import submitit
-
 from test_train import FAST, checkpoints, metrics, summary
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_SLURM = ROOT / "launch" / "local_slurm.sh"
-ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
-         "DEADLINE")
+ENDED = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+)
 # A hang guard, not a speed limit: the longest a job may go without writing anything (a log line, a
 # metric, a checkpoint) before its test gives up. A training step or an evaluation stage that slow is a hang.
 STALL_S = 900
@@ -35,8 +43,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def slurm_env(tmp_path_factory):
     """A private Slurm for this session (installed first if need be); yields the environment for its clients."""
-    env = dict(os.environ, LOCAL_SLURM_DIR=str(tmp_path_factory.mktemp("slurm")), OMP_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ, LOCAL_SLURM_DIR=str(tmp_path_factory.mktemp("slurm")), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"
+    )
     started = subprocess.run([LOCAL_SLURM, "start"], capture_output=True, text=True, env=env, timeout=900)
     if started.returncode == 3:  # no apt-get / not root: Slurm cannot be installed here
         pytest.skip(started.stderr.strip())
@@ -73,7 +82,7 @@ def activity(folder: Path):
     for path in folder.rglob("*"):
         try:
             stat = path.stat()
-        except FileNotFoundError:   # renamed or removed while we looked (a checkpoint being finalised)
+        except FileNotFoundError:  # renamed or removed while we looked (a checkpoint being finalised)
             continue
         if path.is_file():
             seen.add((str(path), stat.st_size, stat.st_mtime_ns))
@@ -103,8 +112,9 @@ def wait_for_job(env, job, predicate, what, watch: Path):
 def cli(cwd, env, *args, check=True):
     """`python -m pretrain_mm ...` in `cwd`; it may run as long as the jobs it waits for keep writing there."""
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "pretrain_mm", *args], stdout=stdout, stderr=stderr,
-                                text=True, env=env, cwd=cwd)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pretrain_mm", *args], stdout=stdout, stderr=stderr, text=True, env=env, cwd=cwd
+        )
         try:
             wait_until(lambda: proc.poll() is not None, f"`python -m pretrain_mm {' '.join(args)}`", Path(cwd))
         finally:
@@ -160,17 +170,25 @@ def assert_resumed(run, log: str, max_steps: int):
     k = int(stopped.group(1))
     assert 0 < k < max_steps
     assert summary(run)["status"] == "finished" and summary(run)["step"] == max_steps
-    assert summary(run)["steps_this_run"] == max_steps - k        # the last run started at k, not at 0
+    assert summary(run)["steps_this_run"] == max_steps - k  # the last run started at k, not at 0
     assert checkpoints(run) == [f"step_{k:08d}", f"step_{max_steps:08d}"]
-    assert [m["step"] for m in metrics(run)] == list(range(1, max_steps + 1))   # no restart, no repeats
+    assert [m["step"] for m in metrics(run)] == list(range(1, max_steps + 1))  # no restart, no repeats
     return k
 
 
 def test_two_task_job_trains_with_world_size_2(tmp_path, slurm_env):
     run = tmp_path / "clip"
     # Evaluation as a dependent job: submitted at once, starts when training has ended.
-    out = submit(tmp_path, slurm_env, run, "launcher.tasks_per_node=2", "launcher.wait=true",
-                 "launcher.eval_job=true", "trainer.max_steps=4", "trainer.checkpoint_every=2")
+    out = submit(
+        tmp_path,
+        slurm_env,
+        run,
+        "launcher.tasks_per_node=2",
+        "launcher.wait=true",
+        "launcher.eval_job=true",
+        "trainer.max_steps=4",
+        "trainer.checkpoint_every=2",
+    )
     train_job = job_id(out.stdout)
     assert f"logs:  {run}/slurm/{train_job}_0_log.out" in out.stdout
     assert f"Slurm job {train_job}: training finished at step 4" in out.stdout
@@ -178,18 +196,24 @@ def test_two_task_job_trains_with_world_size_2(tmp_path, slurm_env):
     assert summary(run)["status"] == "finished" and summary(run)["step"] == 4
     assert checkpoints(run) == ["step_00000002", "step_00000004"]
     ranks = sorted(p.name for p in (run / "checkpoints" / "step_00000004").glob("rank*.pt"))
-    assert ranks == ["rank0.pt", "rank1.pt"]   # world size 2
+    assert ranks == ["rank0.pt", "rank1.pt"]  # world size 2
     assert [m["step"] for m in metrics(run)] == [1, 2, 3, 4]
     assert (run / "slurm" / f"{train_job}_1_log.err").exists()  # the second task ran
 
 
 def test_preemption_checkpoints_requeues_and_resumes(tmp_path, slurm_env):
     run, max_steps = tmp_path / "clip", 40
-    out = submit(tmp_path, slurm_env, run, "launcher.tasks_per_node=2", f"trainer.max_steps={max_steps}",
-                 "trainer.checkpoint_every=1000")
+    out = submit(
+        tmp_path,
+        slurm_env,
+        run,
+        "launcher.tasks_per_node=2",
+        f"trainer.max_steps={max_steps}",
+        "trainer.checkpoint_every=1000",
+    )
     job = job_id(out.stdout)
     wait_for_job(slurm_env, job, steps_logged(run, 1), "the first step", tmp_path)
-    slurm(slurm_env, "scancel", "--signal=USR2", job)      # what submitit's stop signal is
+    slurm(slurm_env, "scancel", "--signal=USR2", job)  # what submitit's stop signal is
     assert wait_for_end(slurm_env, job, tmp_path) == "COMPLETED"
     assert restarts(slurm_env, job) == 1
     k = assert_resumed(run, (run / "slurm" / f"{job}_0_log.out").read_text(), max_steps)
@@ -206,33 +230,44 @@ def test_time_limit_requeues_and_resumes(tmp_path, slurm_env):
     # (then nothing is saved yet). Training never ends by itself: the test cancels the job once the
     # requeued run shows that it went on where the first one stopped.
     run, max_steps = tmp_path / "clip", 1_000_000
-    out = submit(tmp_path, slurm_env, run, "launcher.timeout_min=1", "launcher.signal_delay_s=25",
-                 f"trainer.max_steps={max_steps}", "trainer.checkpoint_every=1000000")
+    out = submit(
+        tmp_path,
+        slurm_env,
+        run,
+        "launcher.timeout_min=1",
+        "launcher.signal_delay_s=25",
+        f"trainer.max_steps={max_steps}",
+        "trainer.checkpoint_every=1000000",
+    )
     job = job_id(out.stdout)
-    wait_for_job(slurm_env, job, lambda: restarts(slurm_env, job) >= 1, "the time limit to requeue the job",
-                 tmp_path)
+    wait_for_job(slurm_env, job, lambda: restarts(slurm_env, job) >= 1, "the time limit to requeue the job", tmp_path)
     # So that the requeued run is not stopped again before it has shown it resumed.
     slurm(slurm_env, "scontrol", "update", f"JobId={job}", "TimeLimit=10")
     out_log, err_log = run / "slurm" / f"{job}_0_log.out", run / "slurm" / f"{job}_0_log.err"
     # Rank 0 said how the first run stopped before it requeued the job.
     stopped = re.search(r"interrupted: step (\d+)/", read(out_log))
-    if stopped:   # in training: every rank checkpointed step k; the requeued run resumes there
+    if stopped:  # in training: every rank checkpointed step k; the requeued run resumes there
         k = int(stopped.group(1))
         resumed = f"resumed from {run}/checkpoints/step_{k:08d} at step {k}"
-        wait_for_job(slurm_env, job, lambda: resumed in read(err_log) and steps_logged(run, k + 1)(),
-                     "the run to resume", tmp_path)
-    else:         # before training: nothing to save, the requeued run starts from the beginning
+        wait_for_job(
+            slurm_env,
+            job,
+            lambda: resumed in read(err_log) and steps_logged(run, k + 1)(),
+            "the run to resume",
+            tmp_path,
+        )
+    else:  # before training: nothing to save, the requeued run starts from the beginning
         assert "received SIGUSR2 outside training: requeuing" in read(err_log), read(err_log)[-3000:]
         k = 0
         wait_for_job(slurm_env, job, steps_logged(run, 1), "the requeued run to train", tmp_path)
     slurm(slurm_env, "scancel", job)
     assert wait_for_end(slurm_env, job, tmp_path) == "CANCELLED"
-    assert restarts(slurm_env, job) == 1                  # requeued once; the cancelled run did not requeue
+    assert restarts(slurm_env, job) == 1  # requeued once; the cancelled run did not requeue
     steps = [m["step"] for m in metrics(run)]
-    assert steps == list(range(1, steps[-1] + 1)) and steps[-1] > k   # one curve: no restart, no repeats
+    assert steps == list(range(1, steps[-1] + 1)) and steps[-1] > k  # one curve: no restart, no repeats
     if k:
         assert 0 < k < max_steps
-        first = checkpoints(run)[0]   # the cancelled run may have saved one more on its way out
+        first = checkpoints(run)[0]  # the cancelled run may have saved one more on its way out
         assert first == f"step_{k:08d}" and (run / "checkpoints" / first / ".metadata").is_file()
         assert read(err_log).count("resumed from") == 1
     else:
@@ -241,9 +276,19 @@ def test_time_limit_requeues_and_resumes(tmp_path, slurm_env):
 
 def test_sweep_on_slurm_makes_two_run_directories(tmp_path, slurm_env):
     sweep = tmp_path / "sweep"
-    cli(tmp_path, slurm_env, "-m", "+exp=clip", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=5",
-        "hydra.launcher.cpus_per_task=1", "optim.lr=1e-3,2e-3", "trainer.max_steps=3", *FAST,
-        f"hydra.sweep.dir={sweep}")
+    cli(
+        tmp_path,
+        slurm_env,
+        "-m",
+        "+exp=clip",
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.timeout_min=5",
+        "hydra.launcher.cpus_per_task=1",
+        "optim.lr=1e-3,2e-3",
+        "trainer.max_steps=3",
+        *FAST,
+        f"hydra.sweep.dir={sweep}",
+    )
     for point, lr in (("0", "0.001"), ("1", "0.002")):
         assert summary(sweep / point)["status"] == "finished" and summary(sweep / point)["step"] == 3
         assert f"lr: {lr}" in (sweep / point / "config.yaml").read_text()
@@ -252,11 +297,25 @@ def test_sweep_on_slurm_makes_two_run_directories(tmp_path, slurm_env):
 def test_sbatch_template_trains_and_requeues_itself(tmp_path, slurm_env):
     run, max_steps = tmp_path / "clip", 40
     env = dict(slurm_env, RUN_DIR=str(run), PYTHON=sys.executable)
-    job = re.search(r"job (\d+)", slurm(env, "sbatch", "--job-name=clip", "--ntasks-per-node=2", "--gpus-per-node=0",
-                                        "--cpus-per-task=1", "--time=10", f"--output={tmp_path}/slurm-%j.out",
-                                        f"--chdir={tmp_path}", ROOT / "launch" / "train.sbatch", "+exp=clip",
-                                        f"trainer.max_steps={max_steps}", "trainer.checkpoint_every=1000",
-                                        *FAST)).group(1)
+    job = re.search(
+        r"job (\d+)",
+        slurm(
+            env,
+            "sbatch",
+            "--job-name=clip",
+            "--ntasks-per-node=2",
+            "--gpus-per-node=0",
+            "--cpus-per-task=1",
+            "--time=10",
+            f"--output={tmp_path}/slurm-%j.out",
+            f"--chdir={tmp_path}",
+            ROOT / "launch" / "train.sbatch",
+            "+exp=clip",
+            f"trainer.max_steps={max_steps}",
+            "trainer.checkpoint_every=1000",
+            *FAST,
+        ),
+    ).group(1)
     wait_for_job(env, job, steps_logged(run, 1), "the first step", tmp_path)
     slurm(env, "scancel", "--signal=USR2", job)
     assert wait_for_end(env, job, tmp_path) == "COMPLETED"
@@ -280,8 +339,10 @@ def test_errors_before_anything_is_submitted(tmp_path, slurm_env):
     assert "error: launcher.partition='nope' does not exist on this cluster; its partitions: debug" in out.stderr
     assert out.returncode == 1 and "Traceback" not in out.stderr
     out = submit(tmp_path, slurm_env, run, "launcher.nodes=4", check=False)
-    assert "error: Slurm cannot run this job: allocation failure: Requested node configuration is not available" \
+    assert (
+        "error: Slurm cannot run this job: allocation failure: Requested node configuration is not available"
         in out.stderr
+    )
     assert out.returncode == 1 and "Traceback" not in out.stderr
     # A slurm.conf whose controller does not answer.
     conf = tmp_path / "slurm.conf"
@@ -290,4 +351,4 @@ def test_errors_before_anything_is_submitted(tmp_path, slurm_env):
     assert "error: no Slurm controller answers" in out.stderr
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert not (run / "slurm").exists() or not list((run / "slurm").glob("*_submitted.pkl"))
-    assert slurm(slurm_env, "squeue", "-h") == ""   # nothing was left queued (the queue was empty before)
+    assert slurm(slurm_env, "squeue", "-h") == ""  # nothing was left queued (the queue was empty before)

@@ -12,8 +12,14 @@ import time
 import pytest
 
 # Small and fast: 32 px images (16 patches of the tiny ViT), a batch of 16, no loader workers.
-FAST = ["trainer.batch_size=16", "trainer.log_every=1", "data.image_size=32", "data.num_workers=0",
-        "data.shuffle_buffer=64", "optim.warmup_steps=2"]
+FAST = [
+    "trainer.batch_size=16",
+    "trainer.log_every=1",
+    "data.image_size=32",
+    "data.num_workers=0",
+    "data.shuffle_buffer=64",
+    "optim.warmup_steps=2",
+]
 
 
 def run_cli(run_dir, *overrides, launcher=(sys.executable, "-m", "pretrain_mm"), timeout=600, check=True):
@@ -55,10 +61,19 @@ def test_clip_trains_checkpoints_and_resumes(tmp_path):
 
 def test_sigterm_checkpoints_and_the_run_continues(tmp_path):
     run = tmp_path / "clip"
-    cmd = [sys.executable, "-m", "pretrain_mm", "+exp=clip", "trainer.max_steps=200", "trainer.checkpoint_every=1000",
-           *FAST, f"hydra.run.dir={run}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "pretrain_mm",
+        "+exp=clip",
+        "trainer.max_steps=200",
+        "trainer.checkpoint_every=1000",
+        *FAST,
+        f"hydra.run.dir={run}",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     # The signal goes once 3 steps are logged, however long a step takes on this CPU; the limit
     # only guards against a hung run.
     deadline = time.time() + 1800
@@ -84,8 +99,16 @@ def test_sigterm_checkpoints_and_the_run_continues(tmp_path):
 def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
     run = tmp_path / "mae"
     # An absurd learning rate: the first update blows the weights up, the next loss is not finite.
-    out = run_cli(run, "+exp=mae", "trainer.max_steps=20", "trainer.checkpoint_every=1", "optim.lr=1e30",
-                  "optim.warmup_steps=0", "optim.grad_clip=0", check=False)
+    out = run_cli(
+        run,
+        "+exp=mae",
+        "trainer.max_steps=20",
+        "trainer.checkpoint_every=1",
+        "optim.lr=1e30",
+        "optim.warmup_steps=0",
+        "optim.grad_clip=0",
+        check=False,
+    )
     assert out.returncode != 0
     assert "the loss became" in out.stderr and "stopping before the update" in out.stderr
     saved = checkpoints(run)
@@ -117,12 +140,26 @@ def free_port():
 @pytest.mark.parametrize("exp", ["clip", "mae"])
 def test_fsdp2_two_processes(tmp_path, exp):
     run = tmp_path / exp
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-                "-m", "pretrain_mm")
+    launcher = (
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "-m",
+        "pretrain_mm",
+    )
     # CLIP accumulates two micro-batches per rank: GradCache through the distributed loss and FSDP2.
     accumulate = ["trainer.grad_accum=2"] if exp == "clip" else []
-    out = run_cli(run, f"+exp={exp}", "trainer.max_steps=3", "trainer.checkpoint_every=3", *accumulate,
-                  launcher=launcher, check=False)
+    out = run_cli(
+        run,
+        f"+exp={exp}",
+        "trainer.max_steps=3",
+        "trainer.checkpoint_every=3",
+        *accumulate,
+        launcher=launcher,
+        check=False,
+    )
     # The work is judged by what rank 0 wrote; gloo sometimes aborts in destroy_process_group
     # after everything is done, which must not fail the test.
     if not (run / "train_summary.json").exists():
@@ -135,7 +172,13 @@ def test_fsdp2_two_processes(tmp_path, exp):
 
 def test_activation_checkpointing_and_compile(tmp_path):
     run = tmp_path / "clip"
-    run_cli(run, "+exp=clip", "trainer.max_steps=2", "trainer.activation_checkpointing=true", "trainer.compile=true",
-            "eval.enabled=false")
+    run_cli(
+        run,
+        "+exp=clip",
+        "trainer.max_steps=2",
+        "trainer.activation_checkpointing=true",
+        "trainer.compile=true",
+        "eval.enabled=false",
+    )
     assert summary(run)["status"] == "finished" and checkpoints(run) == ["step_00000002"]
     assert all(math.isfinite(m["loss"]) for m in metrics(run))

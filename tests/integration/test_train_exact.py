@@ -10,17 +10,24 @@ import time
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-
-from pretrain_mm.__main__ import CONFIG_DIR
-from pretrain_mm.train import loop
-from pretrain_mm.distributed import DistInfo
 from test_train import FAST, checkpoints, metrics, run_cli, summary
+
+from helpers.configs import compose_config
+from pretrain_mm.distributed import DistInfo
+from pretrain_mm.train import loop
 
 STEPS = 40
 # Two loader workers, a shuffle buffer, random crops and flips: everything a resume must replay.
-EXACT = ["+exp=clip", *FAST, f"trainer.max_steps={STEPS}", "trainer.checkpoint_every=1000", "trainer.batch_size=64",
-         "data.num_workers=2", "trainer.precision=fp32", "eval.enabled=false"]
+EXACT = [
+    "+exp=clip",
+    *FAST,
+    f"trainer.max_steps={STEPS}",
+    "trainer.checkpoint_every=1000",
+    "trainer.batch_size=64",
+    "data.num_workers=2",
+    "trainer.precision=fp32",
+    "eval.enabled=false",
+]
 
 
 def command(run_dir):
@@ -28,8 +35,9 @@ def command(run_dir):
 
 
 def run(run_dir):
-    out = subprocess.run(command(run_dir), capture_output=True, text=True, timeout=1800,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = subprocess.run(
+        command(run_dir), capture_output=True, text=True, timeout=1800, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     assert out.returncode == 0, out.stderr[-3000:]
 
 
@@ -39,13 +47,19 @@ def test_an_interrupted_run_continues_on_the_same_samples_and_losses(tmp_path):
     expected = {m["step"]: m["loss"] for m in metrics(straight)}
 
     interrupted = tmp_path / "interrupted"
-    proc = subprocess.Popen(command(interrupted), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(
+        command(interrupted),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     deadline = time.time() + 1800  # guards against a hung run only
     while not ((interrupted / "metrics.jsonl").exists() and len(metrics(interrupted)) >= STEPS // 2):
         if proc.poll() is not None:
-            raise AssertionError(f"the run ended (exit {proc.returncode}) before step {STEPS // 2}:\n"
-                                 f"{proc.stderr.read()[-3000:]}")
+            raise AssertionError(
+                f"the run ended (exit {proc.returncode}) before step {STEPS // 2}:\n{proc.stderr.read()[-3000:]}"
+            )
         assert time.time() < deadline, f"no {STEPS // 2} steps in 30 minutes: the run hangs"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
@@ -69,8 +83,16 @@ def test_a_scheduled_checkpoint_ends_a_data_epoch_and_resuming_from_it_is_exact(
     the next, and a run resumed from a scheduled checkpoint (a new epoch, nothing to replay) sees
     the samples and losses the uninterrupted run saw."""
     straight = tmp_path / "straight"
-    short = ["+exp=clip", *FAST, "trainer.max_steps=12", "trainer.checkpoint_every=4", "trainer.batch_size=32",
-             "data.num_workers=2", "trainer.precision=fp32", "eval.enabled=false"]
+    short = [
+        "+exp=clip",
+        *FAST,
+        "trainer.max_steps=12",
+        "trainer.checkpoint_every=4",
+        "trainer.batch_size=32",
+        "data.num_workers=2",
+        "trainer.precision=fp32",
+        "eval.enabled=false",
+    ]
     run_cli(straight, *short)
     assert checkpoints(straight) == ["step_00000008", "step_00000012"]
     data = torch.load(straight / "checkpoints" / "step_00000008" / "rank0.pt", weights_only=True)["data"]
@@ -90,25 +112,40 @@ def test_grad_accum_trains_the_whole_batch_loss(tmp_path):
     losses = {}
     for split in ("trainer.grad_accum=1", "trainer.micro_batch_size=4"):
         run_dir = tmp_path / split.split(".")[1].replace("=", "")
-        out = run_cli(run_dir, "+exp=clip", "model.args.vision_stem=patch", "trainer.max_steps=2", split,
-                      "trainer.precision=fp32", "eval.enabled=false")
+        out = run_cli(
+            run_dir,
+            "+exp=clip",
+            "model.args.vision_stem=patch",
+            "trainer.max_steps=2",
+            split,
+            "trainer.precision=fp32",
+            "eval.enabled=false",
+        )
         losses[split] = [m["loss"] for m in metrics(run_dir)]
-    assert ("global batch 16 = 1 rank(s) x 4 micro-batch(es) of 4; the contrastive loss is the whole batch's"
-            in out.stdout + out.stderr)
+    assert (
+        "global batch 16 = 1 rank(s) x 4 micro-batch(es) of 4; the contrastive loss is the whole batch's"
+        in out.stdout + out.stderr
+    )
     assert "BatchNorm" not in out.stdout + out.stderr
     # Step 1: the loss of the same 16 pairs (16 negatives each, not 4); step 2: after the same update.
     assert losses["trainer.micro_batch_size=4"] == pytest.approx(losses["trainer.grad_accum=1"], abs=1e-5)
 
-    out = run_cli(tmp_path / "stem", "+exp=clip", "trainer.max_steps=1", "trainer.micro_batch_size=4",
-                  "trainer.precision=fp32", "eval.enabled=false")
-    assert "the model has BatchNorm (model.args.vision_stem=conv): its statistics are each micro-batch's of 4" \
+    out = run_cli(
+        tmp_path / "stem",
+        "+exp=clip",
+        "trainer.max_steps=1",
+        "trainer.micro_batch_size=4",
+        "trainer.precision=fp32",
+        "eval.enabled=false",
+    )
+    assert (
+        "the model has BatchNorm (model.args.vision_stem=conv): its statistics are each micro-batch's of 4"
         in out.stdout + out.stderr
+    )
 
 
 def config(*overrides):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=["+exp=clip", *FAST, "trainer.checkpoint_every=1", "eval.enabled=false",
-                                            *overrides])
+    return compose_config("+exp=clip", *FAST, "trainer.checkpoint_every=1", "eval.enabled=false", *overrides)
 
 
 def test_a_non_finite_gradient_with_a_finite_loss_stops_before_the_update(tmp_path, monkeypatch):

@@ -83,7 +83,7 @@ def test_rectangular_rows_with_offset(n, big_n, offset):
     """One rank's rows against every rank's columns: the op's statistics and their gradients."""
     g = torch.Generator().manual_seed(n + offset)
     k = F.normalize(torch.randn(big_n, 24, generator=g, dtype=torch.float64), dim=1)
-    q = k[offset:offset + n] + 0.3 * torch.randn(n, 24, generator=g, dtype=torch.float64)
+    q = k[offset : offset + n] + 0.3 * torch.randn(n, 24, generator=g, dtype=torch.float64)
     scale, bias = torch.tensor(9.0, dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64)
     weights = [torch.randn(m, generator=g, dtype=torch.float64) for m in (n, big_n, n)]
 
@@ -94,8 +94,9 @@ def test_rectangular_rows_with_offset(n, big_n, offset):
         leaves = [t.clone().requires_grad_() for t in (q, k, scale, bias)]
         if impl == "fused":
             soft = ops.softmax_forward(leaves[0].float(), leaves[1].float(), leaves[2].float(), offset, 2048)
-            sig = ops.sigmoid_forward(leaves[0].float(), leaves[1].float(), leaves[2].float(), leaves[3].float(),
-                                      offset, 2048)
+            sig = ops.sigmoid_forward(
+                leaves[0].float(), leaves[1].float(), leaves[2].float(), leaves[3].float(), offset, 2048
+            )
         else:
             soft = reference.softmax_stats(*leaves[:3], offset)
             sig = reference.sigmoid_row_losses(*leaves, offset)
@@ -112,9 +113,12 @@ def test_rectangular_rows_with_offset(n, big_n, offset):
 def test_gradcheck_float64(kind):
     for n, d in [(1, 2), (3, 4), (6, 5)]:
         img, txt, scale, bias = make_batch(n, d, dtype=torch.float64, seed=n, scale=4.0, bias=-1.0)
-        leaves = [t.to(torch.float64).requires_grad_() for t in (img, txt, scale, bias)][: 3 if kind == "softmax" else 4]
+        leaves = [t.to(torch.float64).requires_grad_() for t in (img, txt, scale, bias)][
+            : 3 if kind == "softmax" else 4
+        ]
         assert torch.autograd.gradcheck(
-            lambda *a: contrastive_loss(*a, kind=kind, impl="fused", workspace_bytes=64), leaves)
+            lambda *a: contrastive_loss(*a, kind=kind, impl="fused", workspace_bytes=64), leaves
+        )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -243,7 +247,8 @@ def test_auto_on_cuda_follows_the_cuda_build(monkeypatch, fresh_log):
     assert [r.getMessage() for r in fresh_log.records] == [
         "contrastive loss: fused op on cuda (auto)",
         "contrastive loss: reference (O(N^2)) on cuda because the extension was built without CUDA (auto)",
-        "contrastive loss: fused op on cpu (auto)"]
+        "contrastive loss: fused op on cpu (auto)",
+    ]
 
 
 def test_auto_logs_its_path_once_per_device_and_impl(monkeypatch, fresh_log):

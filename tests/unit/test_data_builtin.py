@@ -36,8 +36,15 @@ def test_shapes_generate_cache_and_load(tmp_path, monkeypatch):
 
     tokenizer = load_tokenizer(os.path.dirname(os.path.dirname(train[0])), context_length=32)
     for caption_key, attr in (("txt", "shape"), ("json:full_caption", "colour"), ("json:full_caption", "position")):
-        loader = build_loader(val, batch_size=40, tokenizer=tokenizer, image_size=32, train=False,
-                              caption_key=caption_key, label_key=info["label_keys"][attr])
+        loader = build_loader(
+            val,
+            batch_size=40,
+            tokenizer=tokenizer,
+            image_size=32,
+            train=False,
+            caption_key=caption_key,
+            label_key=info["label_keys"][attr],
+        )
         (batch,) = list(loader)
         assert batch["image"].shape == (40, 3, 32, 32) and batch["label"].max() < len(info["classes"][attr])
         for caption, label in zip(batch["caption"], batch["label"]):

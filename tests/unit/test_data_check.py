@@ -36,8 +36,9 @@ def test_counts_are_exact(damaged):
     assert sizes == {"00000.tar": 10, "00001.tar": 10, "00002.tar": third.samples, "00003.tar": 0}
     assert report.bad and "BAD" in report.format()
     parallel = check_shards(str(damaged), progress=False, workers=2, write_sizes_json=False)
-    assert [(s.url, s.samples, s.ok, s.problems, s.status) for s in parallel.shards] == \
-           [(s.url, s.samples, s.ok, s.problems, s.status) for s in report.shards]
+    assert [(s.url, s.samples, s.ok, s.problems, s.status) for s in parallel.shards] == [
+        (s.url, s.samples, s.ok, s.problems, s.status) for s in report.shards
+    ]
 
 
 def test_labels_checked_when_asked(tmp_path):

@@ -2,7 +2,6 @@
 processes, splitting and shuffling among them: tests/integration/test_data_pipeline_workers.py)."""
 
 import io
-import os
 import pickle
 import random
 
@@ -40,8 +39,9 @@ def all_keys(n=N):
 @pytest.mark.parametrize("workers", [0])  # 1 and 2: tests/integration/test_data_pipeline_workers.py
 @pytest.mark.parametrize("train", [False, True])
 def test_every_sample_once_per_epoch(shards, tokenizer, workers, train):
-    loader = build_loader(shards, batch_size=6, tokenizer=tokenizer, image_size=16, train=train,
-                          num_workers=workers, label_key="cls")
+    loader = build_loader(
+        shards, batch_size=6, tokenizer=tokenizer, image_size=16, train=train, num_workers=workers, label_key="cls"
+    )
     for _ in range(2):  # two epochs
         seen = keys_of(loader)
         assert sorted(seen) == all_keys()
@@ -60,8 +60,7 @@ def test_rank_defaults_to_torch_distributed(shards, monkeypatch):
 
 
 def test_batch_contents(shards, tokenizer):
-    loader = build_loader(shards, batch_size=5, tokenizer=tokenizer, image_size=24, train=False,
-                          label_key="json:label")
+    loader = build_loader(shards, batch_size=5, tokenizer=tokenizer, image_size=24, train=False, label_key="json:label")
     batch = next(iter(loader))
     assert batch["image"].shape == (5, 3, 24, 24) and batch["image"].dtype == torch.float32
     assert batch["text"].shape == (5, 8) and batch["text"].dtype == torch.long
@@ -70,8 +69,20 @@ def test_batch_contents(shards, tokenizer):
     assert batch["label"].tolist() == [0, 1, 2, 3, 4]
     expected = image_transform(24)(Image.open(io.BytesIO(toy_image(0))))
     assert torch.allclose(batch["image"][0], expected, atol=1e-5)
-    on_device = next(iter(build_loader(shards, batch_size=5, tokenizer=tokenizer, image_size=24, train=False,
-                                       label_key="json:label", device="cpu", num_workers=1)))
+    on_device = next(
+        iter(
+            build_loader(
+                shards,
+                batch_size=5,
+                tokenizer=tokenizer,
+                image_size=24,
+                train=False,
+                label_key="json:label",
+                device="cpu",
+                num_workers=1,
+            )
+        )
+    )
     assert torch.allclose(on_device["image"], batch["image"], atol=1e-5)
     image_only = next(iter(build_loader(shards, batch_size=5, image_size=24)))
     assert "text" not in image_only and "label" not in image_only
@@ -88,14 +99,19 @@ class Marker:
 def test_pickles_in_shards_are_never_loaded(tmp_path, tokenizer):
     marker = tmp_path / "pwned"
     payload = pickle.dumps(Marker(str(marker)))
-    urls = write_toy_shards(str(tmp_path / "s"), 6, 6, extra={0: {"pyd": payload, "pickle": payload},
-                                                               3: {"pth": payload}, 4: {"jpg": payload}})
+    urls = write_toy_shards(
+        str(tmp_path / "s"),
+        6,
+        6,
+        extra={0: {"pyd": payload, "pickle": payload}, 3: {"pth": payload}, 4: {"jpg": payload}},
+    )
     for key in ("image_key", "caption_key", "label_key"):
         with pytest.raises(ValueError, match="pickles"):
             build_loader(urls, batch_size=2, tokenizer=tokenizer, **{key: "pyd"})
     for workers in (0, 2):
-        loader = build_loader(urls, batch_size=2, tokenizer=tokenizer, image_size=16, num_workers=workers,
-                              label_key="cls")
+        loader = build_loader(
+            urls, batch_size=2, tokenizer=tokenizer, image_size=16, num_workers=workers, label_key="cls"
+        )
         assert sorted(keys_of(loader)) == [k for k in all_keys(6) if k != "000004"]
         assert loader.skipped == {"bad_image": 1}  # a pickle named .jpg is just a bad image
     assert not marker.exists()
@@ -146,6 +162,8 @@ def test_transforms_match_torchvision():
     outs = {flipped(img, random.Random(s)).equal(aug(img, random.Random(s))) for s in range(20)}
     assert outs == {True, False}  # flipped about half of the time
     boxes = [aug.crop_box(40, 30, random.Random(s)) for s in range(200)]
-    assert all(0.9 * 1200 * 0.97 <= h * w <= 1200 and 0 <= t <= 30 - h and 0 <= l <= 40 - w for t, l, h, w in boxes)
+    assert all(
+        0.9 * 1200 * 0.97 <= h * w <= 1200 and 0 <= top <= 30 - h and 0 <= left <= 40 - w for top, left, h, w in boxes
+    )
     pil = Image.fromarray(img.permute(1, 2, 0).numpy())
     assert torch.allclose(image_transform(16)(pil), image_transform(16)(img))

@@ -54,8 +54,9 @@ def test_noisy_images_show_the_augmentation(shards, tokenizer):
     """The comparisons above see the crop and flip: one sample in two epochs (two augment draws)
     gives other pixels."""
     loader = make(shards, tokenizer, 0, False)
-    epochs = [{k: img for batch in loader for k, img in zip(batch["key"], batch["image"], strict=True)}
-              for _ in range(2)]
+    epochs = [
+        {k: img for batch in loader for k, img in zip(batch["key"], batch["image"], strict=True)} for _ in range(2)
+    ]
     assert sum(not torch.equal(img, epochs[1][k]) for k, img in epochs[0].items()) > len(epochs[0]) // 2
 
 

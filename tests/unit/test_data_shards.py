@@ -16,8 +16,10 @@ from pretrain_mm.data.reader import ShardError, TruncatedShard
 
 
 def digest(directory):
-    return {name: hashlib.sha256(open(os.path.join(directory, name), "rb").read()).hexdigest()
-            for name in sorted(os.listdir(directory))}
+    return {
+        name: hashlib.sha256(open(os.path.join(directory, name), "rb").read()).hexdigest()
+        for name in sorted(os.listdir(directory))
+    }
 
 
 def test_expand_urls_forms(tmp_path):
@@ -116,8 +118,9 @@ def make_folder(root, n=7):
 
 def test_write_folder_is_byte_identical_and_skips_bad(tmp_path):
     make_folder(tmp_path / "src")
-    results = [write_dataset(str(tmp_path / "src"), str(tmp_path / out), shard_size=3, vocab_size=300)
-               for out in ("a", "b")]
+    results = [
+        write_dataset(str(tmp_path / "src"), str(tmp_path / out), shard_size=3, vocab_size=300) for out in ("a", "b")
+    ]
     assert results[0]["written"] == 6 and results[0]["skipped"] == {"bad_image": 1, "no_caption": 1}
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     assert "tokenizer.json" in os.listdir(tmp_path / "a")
@@ -135,8 +138,9 @@ def test_write_table_with_named_labels(tmp_path):
         for i in range(5):
             (images / f"{i}.jpg").write_bytes(toy_image(i))
             writer.writerow([f"images/{i}.jpg", f"photo {i}", ["cat", "dog"][i % 2]])
-    summary = write_dataset(str(tmp_path / "list.tsv"), str(tmp_path / "out"), path_col="file",
-                            caption_col="text", label_col="kind")
+    summary = write_dataset(
+        str(tmp_path / "list.tsv"), str(tmp_path / "out"), path_col="file", caption_col="text", label_col="kind"
+    )
     assert summary["written"] == 5
     samples = list(iter_shard(str(tmp_path / "out" / "00000.tar")))
     assert [s["cls"] for s in samples] == [b"0", b"1", b"0", b"1", b"0"]

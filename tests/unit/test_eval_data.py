@@ -32,13 +32,20 @@ def test_clip_benchmark_retrieval_dir_splits_captions(tmp_path):
     ds = clip_benchmark_set(retrieval_dir(tmp_path / "flickr_mini"))  # no dataset_type.txt: .txt only
     assert ds.caption_key == "txt" and ds.split_captions and not ds.classification and not ds.zeroshot
 
-    tokenizer = train_tokenizer([f"picture {i} caption {j}" for i in range(9) for j in range(3)], vocab_size=300,
-                                context_length=12)
-    loader = build_loader(ds.test_urls, batch_size=3, tokenizer=tokenizer, image_size=16, train=False,
-                          caption_key=ds.caption_key)
-    feats = extract_features(loader, {"t": lambda x: x.mean(dim=(2, 3))}, torch.device("cpu"),
-                             text_encoders={"t": lambda tokens: tokens[:, :4].float()}, tokenizer=tokenizer,
-                             split_captions=True)
+    tokenizer = train_tokenizer(
+        [f"picture {i} caption {j}" for i in range(9) for j in range(3)], vocab_size=300, context_length=12
+    )
+    loader = build_loader(
+        ds.test_urls, batch_size=3, tokenizer=tokenizer, image_size=16, train=False, caption_key=ds.caption_key
+    )
+    feats = extract_features(
+        loader,
+        {"t": lambda x: x.mean(dim=(2, 3))},
+        torch.device("cpu"),
+        text_encoders={"t": lambda tokens: tokens[:, :4].float()},
+        tokenizer=tokenizer,
+        split_captions=True,
+    )
     assert len(feats) == 7 and len(feats.captions) == sum(1 + i % 3 for i in range(7))
     for caption, owner in zip(feats.captions, feats.text_image.tolist()):
         assert caption.startswith(f"picture {owner} ")
@@ -62,8 +69,12 @@ def test_clip_benchmark_errors(tmp_path):
 
 
 def test_clip_benchmark_dirs_join_the_eval_sets(tmp_path):
-    e = EvalConfig(zeroshot=[], retrieval=[], classification=[],
-                   clip_benchmark_dirs=[str(classification_dir(tmp_path / "a")), str(retrieval_dir(tmp_path / "b"))])
+    e = EvalConfig(
+        zeroshot=[],
+        retrieval=[],
+        classification=[],
+        clip_benchmark_dirs=[str(classification_dir(tmp_path / "a")), str(retrieval_dir(tmp_path / "b"))],
+    )
     assert [s.name for s in eval_sets(e)] == ["a", "b"]
 
 

@@ -193,8 +193,7 @@ def test_perfect_features_score_everything():
     images = torch.randn(50, 16, generator=torch.Generator().manual_seed(4))
     owner = torch.arange(50).repeat(2)  # two identical captions per image: its own never count against it
     r = retrieval_recall(images, images[owner].clone(), owner, ks=(1, 5), chunk_size=13)
-    assert r == {"image_to_text_R@1": 1.0, "image_to_text_R@5": 1.0, "text_to_image_R@1": 1.0,
-                 "text_to_image_R@5": 1.0}
+    assert r == {"image_to_text_R@1": 1.0, "image_to_text_R@5": 1.0, "text_to_image_R@1": 1.0, "text_to_image_R@5": 1.0}
 
 
 def test_nan_scores_are_misses():

@@ -22,20 +22,32 @@ EVIL = "<script>alert('x')</script> & a red <b>circle</b>"
 
 def fake_results(tmp_path):
     metrics = {"zeroshot": {f"shapes/{EVIL}": {"top1": 0.5}}, "knn": {"digits": {"top1@k10": 0.9, "top1@k20": 0.8}}}
-    return {"checkpoint": str(tmp_path / "<ckpt>"), "run_dir": str(tmp_path / "run&dir"),
-            "model": {"kind": "clip", "size": "tiny", "image_size": 32}, "created": "now", "world_size": 1,
-            "eval_seconds": 1.0, "metrics": {"trained": metrics, "random": metrics}, "chance": {}, "samples": {},
-            "config": {"data": {"name": EVIL}}}
+    return {
+        "checkpoint": str(tmp_path / "<ckpt>"),
+        "run_dir": str(tmp_path / "run&dir"),
+        "model": {"kind": "clip", "size": "tiny", "image_size": 32},
+        "created": "now",
+        "world_size": 1,
+        "eval_seconds": 1.0,
+        "metrics": {"trained": metrics, "random": metrics},
+        "chance": {},
+        "samples": {},
+        "config": {"data": {"name": EVIL}},
+    }
 
 
 def test_report_escapes_captions_and_names(tmp_path):
     image = torch.zeros(3, 8, 8, dtype=torch.uint8)
-    extras = {"confusion": [(EVIL, torch.eye(3, dtype=torch.long), ["a", "<b>", "c"])],
-              "retrieval_examples": {EVIL: {"text_to_image": [{"caption": EVIL, "images": [image] * 5,
-                                                               "hits": [True] + [False] * 4}],
-                                            "image_to_text": [{"image": image, "captions": [EVIL, "plain"],
-                                                               "hits": [False, True]}]}},
-              "reconstructions": None}
+    extras = {
+        "confusion": [(EVIL, torch.eye(3, dtype=torch.long), ["a", "<b>", "c"])],
+        "retrieval_examples": {
+            EVIL: {
+                "text_to_image": [{"caption": EVIL, "images": [image] * 5, "hits": [True] + [False] * 4}],
+                "image_to_text": [{"image": image, "captions": [EVIL, "plain"], "hits": [False, True]}],
+            }
+        },
+        "reconstructions": None,
+    }
     out = write_report(tmp_path / "report", fake_results(tmp_path), extras, tmp_path / "missing.jsonl")
     page = (out / "report.html").read_text()
     assert "<script>" not in page and "<b>" not in page

@@ -100,8 +100,12 @@ def test_the_build_check_rejects_training_templates():
     check = builtin.check_unseen_prompts
     check(builtin.PROMPT_TEMPLATES, builtin.FULL_TEMPLATES + builtin.PARTIAL_TEMPLATES)
     check(builtin.DIGIT_PROMPT_TEMPLATES, builtin.DIGIT_TEMPLATES)
-    for bad in ("a {colour} {shape}", "a {size} {pos}",  # a training template, with its fields renamed or not
-                "one {shape} at the {pos}", "the {bg} background with a {shape}"):  # a training template's words
+    for bad in (
+        "a {colour} {shape}",
+        "a {size} {pos}",  # a training template, with its fields renamed or not
+        "one {shape} at the {pos}",
+        "the {bg} background with a {shape}",
+    ):  # a training template's words
         with pytest.raises(AssertionError, match="training caption template"):
             check([bad], builtin.FULL_TEMPLATES + builtin.PARTIAL_TEMPLATES)
     with pytest.raises(AssertionError, match="'a handwritten digit'"):
@@ -112,10 +116,19 @@ def test_the_report_says_what_the_sets_test(tmp_path):
     e = EvalConfig(zeroshot=["shapes", "digits"], retrieval=[], classification=[])
     notes = {name: builtin_set(name, e).note for name in ("shapes", "digits")}
     assert notes == {name: builtin_info(name)["eval_note"] for name in notes}
-    results = {"checkpoint": None, "run_dir": str(tmp_path), "created": "now", "world_size": 1, "eval_seconds": 1.0,
-               "model": {"kind": "clip", "size": "tiny", "image_size": 32}, "chance": {}, "samples": {},
-               "metrics": {"trained": {"zeroshot": {"shapes/shape": {"top1": 0.5}, "digits/label": {"top1": 0.6}}}},
-               "notes": notes, "config": {}}
+    results = {
+        "checkpoint": None,
+        "run_dir": str(tmp_path),
+        "created": "now",
+        "world_size": 1,
+        "eval_seconds": 1.0,
+        "model": {"kind": "clip", "size": "tiny", "image_size": 32},
+        "chance": {},
+        "samples": {},
+        "metrics": {"trained": {"zeroshot": {"shapes/shape": {"top1": 0.5}, "digits/label": {"top1": 0.6}}}},
+        "notes": notes,
+        "config": {},
+    }
     out = write_report(tmp_path / "report", results, {}, tmp_path / "missing.jsonl")
     markdown = (out / "report.md").read_text()
     table, configuration = markdown.index("| zero-shot | digits/label |"), markdown.index("## Configuration")

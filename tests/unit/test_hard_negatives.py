@@ -1,4 +1,5 @@
-"""Hard-negative captions (NegCLIP): the word swap, its term against a float64 reference, and the batches that carry them."""
+"""Hard-negative captions (NegCLIP): the word swap, its term against a float64 reference, and the batches that
+carry them."""
 
 import random
 
@@ -39,8 +40,10 @@ def test_a_multi_word_entry_is_swapped_whole():
     assert swap("a star at the top left", random.Random(0)) == "a star at the bottom right"
 
 
-@pytest.mark.parametrize("groups,what", [([["circle"]], "at least two"), ([["a", "b"], ["b", "c"]], "two groups"),
-                                         ([["a", ""]], "at least two")])
+@pytest.mark.parametrize(
+    "groups,what",
+    [([["circle"]], "at least two"), ([["a", "b"], ["b", "c"]], "two groups"), ([["a", ""]], "at least two")],
+)
 def test_bad_groups_are_refused_by_name(groups, what):
     with pytest.raises(ValueError, match=f"data.hard_negatives.*{what}"):
         WordSwapNegatives(groups)
@@ -77,8 +80,19 @@ def test_training_batches_carry_negatives_where_a_caption_has_a_group_word(tmp_p
     urls = str(tmp_path)
 
     def first_batch(**kwargs):
-        return next(iter(build_loader(urls, batch_size=24, tokenizer=tokenizer, image_size=32, shuffle_buffer=0,
-                                      hard_negatives=[SHAPES], **kwargs)))
+        return next(
+            iter(
+                build_loader(
+                    urls,
+                    batch_size=24,
+                    tokenizer=tokenizer,
+                    image_size=32,
+                    shuffle_buffer=0,
+                    hard_negatives=[SHAPES],
+                    **kwargs,
+                )
+            )
+        )
 
     batch = first_batch()
     for caption, mask, text, neg in zip(batch["caption"], batch["neg_mask"], batch["text"], batch["neg_text"]):

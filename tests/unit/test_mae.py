@@ -36,8 +36,9 @@ def test_patchify_layout_and_round_trip():
     patches = patchify(x, 8)
     assert patches.shape == (2, 16, 8 * 8 * 3)
     r, c = 2, 1  # patch 9: pixels (row, column, channel)
-    torch.testing.assert_close(patches[:, r * 4 + c], x[:, :, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8].permute(0, 2, 3, 1)
-                               .reshape(2, -1))
+    torch.testing.assert_close(
+        patches[:, r * 4 + c], x[:, :, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8].permute(0, 2, 3, 1).reshape(2, -1)
+    )
     assert torch.equal(unpatchify(patches, 8, 3), x)
 
 

@@ -19,8 +19,9 @@ def steps_in(path):
     return [json.loads(line)["step"] for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("tail", [b'{"step": 6, "lo', b'{"step": 6, "note": "\xc3'],
-                         ids=["cut-mid-key", "cut-mid-utf8-character"])
+@pytest.mark.parametrize(
+    "tail", [b'{"step": 6, "lo', b'{"step": 6, "note": "\xc3'], ids=["cut-mid-key", "cut-mid-utf8-character"]
+)
 def test_a_cut_last_line_is_dropped_with_a_warning(tmp_path, caplog, tail):
     path = tmp_path / "metrics.jsonl"
     write_records(path, range(1, 6), tail)

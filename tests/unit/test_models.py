@@ -13,6 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 # ---------------------------------------------------------------- sin-cos positions
 
+
 def test_sincos_2d_is_mae_layout():
     dim, grid = 16, 3
     emb = sincos_pos_embed_2d(dim, grid, cls_token=True)
@@ -42,8 +43,11 @@ def test_sincos_2d_properties():
 
 # ---------------------------------------------------------------- ViT
 
-@pytest.mark.parametrize("pool,output_dim,class_token,pos_embed", [
-    ("cls", 0, True, "learned"), ("mean", 10, True, "sincos"), ("mean", 7, False, "learned")])
+
+@pytest.mark.parametrize(
+    "pool,output_dim,class_token,pos_embed",
+    [("cls", 0, True, "learned"), ("mean", 10, True, "sincos"), ("mean", 7, False, "learned")],
+)
 def test_vit_shapes(pool, output_dim, class_token, pos_embed):
     vit = tiny_vit(pool=pool, output_dim=output_dim, class_token=class_token, pos_embed=pos_embed)
     x = images(3)
@@ -73,8 +77,9 @@ def test_permuted_patches_permute_the_tokens():
     perm = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(s)) for s in range(2)])
     full, permuted = vit.forward_features(x), vit.forward_features(x, perm)
     torch.testing.assert_close(permuted[:, 0], full[:, 0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(permuted[:, 1:], full[:, 1:].gather(1, perm[..., None].expand(-1, -1, 64)),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        permuted[:, 1:], full[:, 1:].gather(1, perm[..., None].expand(-1, -1, 64)), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_vit_knows_where_each_patch_is():
@@ -91,7 +96,7 @@ def test_subset_forward_sees_only_the_kept_patches():
     keep = torch.tensor([[0, 5, 10, 15]])  # the diagonal patches of the 4x4 grid
     changed_dropped, changed_kept = x.clone(), x.clone()
     changed_dropped[..., 0:8, 8:16] += 3.0  # patch 1, dropped
-    changed_kept[..., 8:16, 8:16] += 3.0    # patch 5, kept
+    changed_kept[..., 8:16, 8:16] += 3.0  # patch 5, kept
     out = vit.forward_features(x, keep)
     assert out.shape == (1, 5, 64)
     assert torch.equal(vit.forward_features(changed_dropped, keep), out)
@@ -148,11 +153,16 @@ def test_meta_build_then_init_weights_materialises_everything():
 
 # ---------------------------------------------------------------- text transformer
 
+
 def test_eot_is_the_last_non_pad_position_not_the_argmax():
-    text = torch.tensor([[1, 63, 5, 7, 0, 0],   # max id in the middle: argmax would say 1
-                         [1, 2, 3, 4, 5, 6],    # no padding
-                         [1, 9, 0, 4, 0, 0],    # a pad id inside the text
-                         [0, 0, 0, 0, 0, 0]])   # nothing: position 0
+    text = torch.tensor(
+        [
+            [1, 63, 5, 7, 0, 0],  # max id in the middle: argmax would say 1
+            [1, 2, 3, 4, 5, 6],  # no padding
+            [1, 9, 0, 4, 0, 0],  # a pad id inside the text
+            [0, 0, 0, 0, 0, 0],
+        ]
+    )  # nothing: position 0
     model = tiny_text()
     assert model.eot_positions(text).tolist() == [3, 5, 3, 0]
     assert tiny_text(pad_id=4).eot_positions(text).tolist() == [5, 5, 5, 5]
@@ -172,7 +182,7 @@ def test_text_features_ignore_padding():
 
 def test_text_cuts_the_padding_after_the_longest_text_without_changing_features():
     model, text = tiny_text(), captions(4, min_len=2)
-    text[:, CONTEXT // 2:] = 0  # every row ends before the middle: half the columns are padding
+    text[:, CONTEXT // 2 :] = 0  # every row ends before the middle: half the columns are padding
     full = model.proj(model.pool(model.forward_tokens(text), text))  # the blocks on every column
     torch.testing.assert_close(model(text), full, atol=1e-6, rtol=1e-6)
 
@@ -189,6 +199,7 @@ def test_text_is_causal():
 
 
 # ---------------------------------------------------------------- CLIP
+
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
 def test_clip_outputs_and_init(kind):
@@ -249,12 +260,19 @@ def test_clip_backward_reaches_every_parameter(kind):
 
 def test_clip_weight_decay_groups():
     no_decay = tiny_clip(loss_kind="sigmoid").no_weight_decay()
-    assert {"logit_scale", "logit_bias", "visual.cls_token", "visual.pos_embed",
-            "text.positional_embedding", "text.norm.weight"} <= no_decay
+    assert {
+        "logit_scale",
+        "logit_bias",
+        "visual.cls_token",
+        "visual.pos_embed",
+        "text.positional_embedding",
+        "text.norm.weight",
+    } <= no_decay
     assert not {"text.token_embedding.weight", "text.proj.weight", "visual.head.weight"} & no_decay
 
 
 # ---------------------------------------------------------------- named sizes
+
 
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("kind", ["clip", "mae"])
@@ -274,13 +292,16 @@ def test_every_named_size_builds_and_runs_on_meta(kind, size):
     assert len(model.no_weight_decay()) > 0
 
 
-@pytest.mark.parametrize("kind,size,overrides,millions", [
-    ("clip", "base", {}, 149.62),   # open_clip ViT-B-16
-    ("clip", "large", {}, 427.62),  # open_clip ViT-L-14
-    ("clip", "huge", {}, 986.11),   # open_clip ViT-H-14
-    ("mae", "base", {"patch_size": 16}, 111.66),
-    ("mae", "large", {"patch_size": 16}, 329.24),  # MAE ViT-L/16 (329.5M counting its fixed positions)
-])
+@pytest.mark.parametrize(
+    "kind,size,overrides,millions",
+    [
+        ("clip", "base", {}, 149.62),  # open_clip ViT-B-16
+        ("clip", "large", {}, 427.62),  # open_clip ViT-L-14
+        ("clip", "huge", {}, 986.11),  # open_clip ViT-H-14
+        ("mae", "base", {"patch_size": 16}, 111.66),
+        ("mae", "large", {"patch_size": 16}, 329.24),  # MAE ViT-L/16 (329.5M counting its fixed positions)
+    ],
+)
 def test_named_sizes_have_the_papers_parameter_counts(kind, size, overrides, millions):
     with torch.device("meta"):
         model = build_model(kind, size, vocab_size=49408, **overrides)
@@ -294,8 +315,12 @@ def test_build_model_arguments():
     assert isinstance(model, CLIP) and model.loss_kind == "sigmoid" and model.visual.num_patches == 4
     assert model(images(1), captions(1))["image_features"].shape == (1, 64)
     assert isinstance(tiny_mae(), MAE)
-    for bad in (dict(kind="vae", size="tiny"), dict(kind="clip", size="gigantic", vocab_size=10),
-                dict(kind="mae", size="tiny", text_width=3), dict(kind="clip", size="tiny")):
+    for bad in (
+        dict(kind="vae", size="tiny"),
+        dict(kind="clip", size="gigantic", vocab_size=10),
+        dict(kind="mae", size="tiny", text_width=3),
+        dict(kind="clip", size="tiny"),
+    ):
         with pytest.raises(ValueError):
             build_model(**bad)
 
@@ -325,7 +350,7 @@ def test_the_clip_style_vision_init_is_open_clips():
     assert block.mlp.fc1.weight.std().item() == pytest.approx((3 * width) ** -0.5, rel=0.1)  # PyTorch's default
     assert block.attn.qkv.bias.abs().max() == 0 and block.attn.proj.bias.abs().max() == 0
     assert block.mlp.fc1.bias.abs().max() > 0  # default biases are not zero
-    assert visual.pos_embed.std().item() == pytest.approx(width ** -0.5, rel=0.1)
+    assert visual.pos_embed.std().item() == pytest.approx(width**-0.5, rel=0.1)
     assert tiny_clip(vision_init="timm").visual.pos_embed.std().item() == pytest.approx(0.02, rel=0.15)  # timm's
     with pytest.raises(ValueError, match="init"):
         tiny_clip(vision_init="lecun")

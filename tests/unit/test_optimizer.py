@@ -1,4 +1,5 @@
-"""The optimiser's real parameter groups follow the model's no_weight_decay(); the gradient norm, clipping, logit_scale's cap."""
+"""The optimiser's real parameter groups follow the model's no_weight_decay(); the gradient norm, clipping,
+logit_scale's cap."""
 
 import math
 from types import SimpleNamespace
@@ -35,11 +36,22 @@ def test_decay_groups_are_the_models_rule(make):
 def test_what_decays_in_clip():
     model = tiny_clip(loss_kind="sigmoid")
     decay = decay_of(build_optimizer(model, OPTIM), model)
-    for name in ("text.token_embedding.weight", "visual.blocks.0.attn.qkv.weight", "visual.head.weight",
-                 "text.proj.weight"):
+    for name in (
+        "text.token_embedding.weight",
+        "visual.blocks.0.attn.qkv.weight",
+        "visual.head.weight",
+        "text.proj.weight",
+    ):
         assert decay[name] == 0.1, name
-    for name in ("text.positional_embedding", "visual.pos_embed", "visual.cls_token", "logit_scale",
-                 "logit_bias", "visual.blocks.0.norm1.weight", "visual.blocks.0.attn.qkv.bias"):
+    for name in (
+        "text.positional_embedding",
+        "visual.pos_embed",
+        "visual.cls_token",
+        "logit_scale",
+        "logit_bias",
+        "visual.blocks.0.norm1.weight",
+        "visual.blocks.0.attn.qkv.bias",
+    ):
         assert decay[name] == 0.0, name
 
 
@@ -85,8 +97,9 @@ def test_logit_scale_is_clamped_after_the_step_and_its_gradient_lives_at_the_cap
     cap = math.log(model.max_logit_scale)
     with torch.no_grad():
         model.logit_scale.fill_(cap)
-    loss = ContrastiveObjective(LossConfig(kind="softmax", impl="fused"))(model, {"image": images(8),
-                                                                                    "text": captions(8)})
+    loss = ContrastiveObjective(LossConfig(kind="softmax", impl="fused"))(
+        model, {"image": images(8), "text": captions(8)}
+    )
     loss.backward()
     assert model.logit_scale.grad.abs().item() > 0  # a forward clamp would give exactly 0 here
     with torch.no_grad():
@@ -100,8 +113,13 @@ def test_plain_parameters_take_the_fused_adamw_with_the_same_update():
     models[1].load_state_dict(models[0].state_dict())
     fused = build_optimizer(models[0], OPTIM)
     assert fused.defaults["fused"] is True
-    loop = torch.optim.AdamW(weight_decay_groups(models[1], OPTIM.weight_decay), lr=OPTIM.lr,
-                             betas=tuple(OPTIM.betas), eps=OPTIM.eps, foreach=False)
+    loop = torch.optim.AdamW(
+        weight_decay_groups(models[1], OPTIM.weight_decay),
+        lr=OPTIM.lr,
+        betas=tuple(OPTIM.betas),
+        eps=OPTIM.eps,
+        foreach=False,
+    )
     for model, optimizer in zip(models, (fused, loop)):
         for _ in range(3):
             out = model(images(4), captions(4))

@@ -91,7 +91,7 @@ SHAPES = [
     (1, 7, 3, 6, 64),
     (5, 5, 1, 0, 16),
     (300, 700, 300, 100, 1 << 16),
-    (200, 5000, 600, 0, 1 << 22),   # K blocks of 256 and a partial one; many 4096-column blocks
+    (200, 5000, 600, 0, 1 << 22),  # K blocks of 256 and a partial one; many 4096-column blocks
 ]
 
 
@@ -113,7 +113,7 @@ def ops_outputs(q, k, scale, bias, offset, workspace_bytes, weights, impl):
 def shaped_inputs(n, big_n, d, offset, seed):
     g = torch.Generator().manual_seed(seed)
     k = F.normalize(torch.randn(big_n, d, generator=g, dtype=torch.float64), dim=1)
-    q = F.normalize(k[offset:offset + n] + 0.5 * torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+    q = F.normalize(k[offset : offset + n] + 0.5 * torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
     weights = [torch.randn(m, generator=g, dtype=torch.float64) for m in (n, big_n, n, n)]
     return q, k, weights
 
@@ -129,8 +129,12 @@ def test_fp32_ways_match_float64_and_aten(monkeypatch, way, n, big_n, d, offset,
     monkeypatch.setenv("PRETRAIN_MM_FP32_GEMM", "aten")
     aten = ops_outputs(q.float(), k.float(), scale, bias, *args, impl="fused")
     exact = ops_outputs(q, k, scale.double(), bias.double(), *args, impl="reference")
-    for name, got, ref, other in zip(["row_lse", "col_lse", "diag", "row_loss", "dq", "dk", "dscale", "dbias"],
-                                     [*fast[0], *fast[1]], [*exact[0], *exact[1]], [*aten[0], *aten[1]]):
+    for name, got, ref, other in zip(
+        ["row_lse", "col_lse", "diag", "row_loss", "dq", "dk", "dscale", "dbias"],
+        [*fast[0], *fast[1]],
+        [*exact[0], *exact[1]],
+        [*aten[0], *aten[1]],
+    ):
         tol = 1e-5 * max(ref.abs().max().item(), 1.0)
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=tol, msg=lambda m: f"{name}: {m}")
         torch.testing.assert_close(got, other, rtol=1e-5, atol=tol, msg=lambda m: f"{name} vs aten: {m}")
@@ -179,9 +183,9 @@ def saturated_batch(n, d, seed):
     """Matching image and text rows that are far apart from every other row: each row's softmax
     puts all its mass on the positive pair, so the loss and its gradient are zero to float64."""
     g = torch.Generator().manual_seed(seed)
-    if n <= d:   # orthonormal rows
+    if n <= d:  # orthonormal rows
         x = torch.linalg.qr(torch.randn(d, n, generator=g, dtype=torch.float64))[0].T
-    else:        # random unit rows: cosines of a few 1/sqrt(d)
+    else:  # random unit rows: cosines of a few 1/sqrt(d)
         x = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
     return x.contiguous()
 
@@ -200,7 +204,7 @@ def test_a_saturated_loss_has_no_gradient(monkeypatch, way, n, d, scale):
     unused_bias = torch.zeros(())
     got = loss_and_grads(x, x, s, unused_bias, "softmax", impl="fused")
     exact = loss_and_grads(x.double(), x.double(), s.double(), unused_bias, "softmax", impl="reference")
-    assert abs(got[0].item()) <= 1e-6 and abs(exact[0].item()) <= 1e-6   # saturated indeed
+    assert abs(got[0].item()) <= 1e-6 and abs(exact[0].item()) <= 1e-6  # saturated indeed
     for name, g, e in zip(["d_image", "d_text", "d_scale"], got[1:], exact[1:]):
         bound = 2 * e.abs().max().item() + 1e-12
         assert g.abs().max().item() <= bound, f"{name}: largest {g.abs().max().item():.3g}, float64's {bound:.3g}"

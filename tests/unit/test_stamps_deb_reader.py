@@ -31,6 +31,7 @@ def test_bad_deb_paths_are_value_errors(tmp_path, monkeypatch):
 
 def _deb(path, files: dict, links=()):
     """A minimal .deb: ar of debian-binary, control.tar.gz, data.tar.gz (with symlinks `links`)."""
+
     def tar_gz(entries, links=()):
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -44,9 +45,11 @@ def _deb(path, files: dict, links=()):
                 tar.addfile(info)
         return buf.getvalue()
 
-    members = [("debian-binary", b"2.0\n"),
-               ("control.tar.gz", tar_gz({"./control": f"Package: {PACKAGE}\nVersion: 0-test\n".encode()})),
-               ("data.tar.gz", tar_gz(files, links))]
+    members = [
+        ("debian-binary", b"2.0\n"),
+        ("control.tar.gz", tar_gz({"./control": f"Package: {PACKAGE}\nVersion: 0-test\n".encode()})),
+        ("data.tar.gz", tar_gz(files, links)),
+    ]
     out = b"!<arch>\n"
     for name, data in members:
         header = f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
@@ -58,9 +61,13 @@ def _deb(path, files: dict, links=()):
 def test_deb_reader_keeps_only_safe_stamp_files(tmp_path):
     png = io.BytesIO()
     Image.new("RGBA", (10, 20), (255, 0, 0, 255)).save(png, format="PNG")
-    files = {f"./{STAMPS_DIR}animals/fox.png": png.getvalue(), f"./{STAMPS_DIR}animals/fox.txt": b"A fox.\nfr.utf8=x\n",
-             f"../{STAMPS_DIR}evil.png": b"climbs out", f"/{STAMPS_DIR}abs.png": b"?",
-             "./usr/share/doc/readme.txt": b"not a stamp"}
+    files = {
+        f"./{STAMPS_DIR}animals/fox.png": png.getvalue(),
+        f"./{STAMPS_DIR}animals/fox.txt": b"A fox.\nfr.utf8=x\n",
+        f"../{STAMPS_DIR}evil.png": b"climbs out",
+        f"/{STAMPS_DIR}abs.png": b"?",
+        "./usr/share/doc/readme.txt": b"not a stamp",
+    }
     deb = _deb(tmp_path / "t.deb", files, links=[(f"./{STAMPS_DIR}animals/link.png", "/etc/passwd")])
     control, got = read_deb(deb)
     assert control["Version"] == "0-test"
@@ -75,12 +82,21 @@ def test_deb_reader_keeps_only_safe_stamp_files(tmp_path):
 
 
 def test_split_is_seeded_stratified_and_grouped():
-    records = [{"caption": f"A {c} {i % 30}.", "category": c, "path": f"{c}/{i}.png"}
-               for c in ("animals", "food") for i in range(60)] + \
-              [{"caption": "A shared one.", "category": c, "path": f"{c}/s.png"} for c in ("animals", "food")] + \
-              [{"caption": f"A ball {i}.", "category": "sports", "path": f"sports/{i}.png"} for i in range(9)]
-    records += [{"caption": f"X {c} {i}.", "category": c, "path": f"{c}/x{i}.png"} for c in CLASSES
-                if c not in ("animals", "food") for i in range(20)]
+    records = (
+        [
+            {"caption": f"A {c} {i % 30}.", "category": c, "path": f"{c}/{i}.png"}
+            for c in ("animals", "food")
+            for i in range(60)
+        ]
+        + [{"caption": "A shared one.", "category": c, "path": f"{c}/s.png"} for c in ("animals", "food")]
+        + [{"caption": f"A ball {i}.", "category": "sports", "path": f"sports/{i}.png"} for i in range(9)]
+    )
+    records += [
+        {"caption": f"X {c} {i}.", "category": c, "path": f"{c}/x{i}.png"}
+        for c in CLASSES
+        if c not in ("animals", "food")
+        for i in range(20)
+    ]
     a, b = split_records(records, 0.15, 0), split_records(records, 0.15, 0)
     assert a == b and a != split_records(records, 0.15, 1)
     val = [records[i] for i in a["val"]]

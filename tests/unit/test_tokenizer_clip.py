@@ -16,8 +16,10 @@ from pretrain_mm.config import DataConfig, SplitConfig
 from pretrain_mm.data import ShardWriter, build_loader, load_tokenizer
 from pretrain_mm.data.__main__ import main as cli
 
-needs_clip_file = pytest.mark.skipif(importlib.util.find_spec("open_clip") is None,
-                                     reason="open_clip_torch (which ships CLIP's BPE file) is not installed")
+needs_clip_file = pytest.mark.skipif(
+    importlib.util.find_spec("open_clip") is None,
+    reason="open_clip_torch (which ships CLIP's BPE file) is not installed",
+)
 
 
 @needs_clip_file
@@ -60,8 +62,10 @@ def test_tokenizer_cli_trains_on_shards(tmp_path, capsys):
     write_captioned_shards(tmp_path / "shards", captions)
     out = tmp_path / "shards"
     assert cli(["tokenizer", str(out), str(out), "--vocab-size", "300"]) == 0
-    assert f"wrote {out / 'tokenizer.json'}: 300 ids, trained on {len(captions)} captions in 11 shards" \
+    assert (
+        f"wrote {out / 'tokenizer.json'}: 300 ids, trained on {len(captions)} captions in 11 shards"
         in capsys.readouterr().out
+    )
     tok = load_tokenizer(str(out), context_length=64)  # where build_tokenizer finds it
     assert tok.vocab_size == 300 and tok.eot_id == 299 and tok.pad_id == 0
     assert tok.decode(tok([captions[0]])[0]) == captions[0]
@@ -78,8 +82,20 @@ def test_tokenizer_cli_trains_on_shards(tmp_path, capsys):
     assert load_tokenizer(str(out)).vocab_size <= 280
 
     # a new file path (parents made), another caption key
-    assert cli(["tokenizer", str(out), str(tmp_path / "new" / "tok.json"), "--vocab-size", "270",
-                "--caption-key", "json:missing;txt"]) == 0
+    assert (
+        cli(
+            [
+                "tokenizer",
+                str(out),
+                str(tmp_path / "new" / "tok.json"),
+                "--vocab-size",
+                "270",
+                "--caption-key",
+                "json:missing;txt",
+            ]
+        )
+        == 0
+    )
     assert load_tokenizer(str(tmp_path / "new" / "tok.json")).vocab_size == 270
 
 
@@ -94,8 +110,9 @@ def test_shards_without_tokenizer_default_to_clip(tmp_path, monkeypatch, caplog)
     assert len(lines) == 1 and "data.tokenizer=clip" in lines[0].getMessage()
     assert str(tmp_path / "shards") in lines[0].getMessage()
     assert all(t.source == "clip" and t.vocab_size == 49408 for t in tokenizers)
-    batch = next(iter(build_loader(str(tmp_path / "shards"), batch_size=6, tokenizer=tokenizers[0], image_size=8,
-                                   train=False)))
+    batch = next(
+        iter(build_loader(str(tmp_path / "shards"), batch_size=6, tokenizer=tokenizers[0], image_size=8, train=False))
+    )
     assert torch.equal(batch["text"], tokenizers[0](batch["caption"]))
 
     # with a tokenizer.json beside the shards (or in their parent) that one is used, silently
@@ -106,5 +123,9 @@ def test_shards_without_tokenizer_default_to_clip(tmp_path, monkeypatch, caplog)
         tok = builders.build_tokenizer(cfg)
     assert tok.vocab_size == 262 and tok.source == str(tmp_path / "tokenizer.json")
     assert not [r for r in caplog.records if r.name == "pretrain_mm.builders"]
-    assert builders.build_tokenizer(DataConfig(name="wds", train=SplitConfig(urls=str(tmp_path / "shards")),
-                                               tokenizer="clip")).source == "clip"
+    assert (
+        builders.build_tokenizer(
+            DataConfig(name="wds", train=SplitConfig(urls=str(tmp_path / "shards")), tokenizer="clip")
+        ).source
+        == "clip"
+    )
