@@ -22,7 +22,7 @@ import submitit
 from test_train import FAST, checkpoints, metrics, summary
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCAL_SLURM = ROOT / "launch" / "local_slurm.sh"
+LOCAL_SLURM = ROOT / "slurm" / "local_slurm.sh"
 ENDED = (
     "COMPLETED",
     "FAILED",
@@ -309,7 +309,7 @@ def test_sbatch_template_trains_and_requeues_itself(tmp_path, slurm_env):
             "--time=10",
             f"--output={tmp_path}/slurm-%j.out",
             f"--chdir={tmp_path}",
-            ROOT / "launch" / "train.sbatch",
+            ROOT / "slurm" / "train.sbatch",
             "+exp=clip",
             f"trainer.max_steps={max_steps}",
             "trainer.checkpoint_every=1000",
@@ -325,11 +325,12 @@ def test_sbatch_template_trains_and_requeues_itself(tmp_path, slurm_env):
 
 
 def test_failed_job_shows_its_error(tmp_path, slurm_env):
-    # An error only the job can find (the trainer checks trainer.precision): reported with the job's trace.
-    out = submit(tmp_path, slurm_env, tmp_path / "clip", "launcher.wait=true", "trainer.precision=fp16", check=False)
+    # An error only the job can find (the trainer splits the batch over the job's ranks): reported with its trace.
+    split = ("trainer.batch_size=100", "trainer.grad_accum=3")
+    out = submit(tmp_path, slurm_env, tmp_path / "clip", "launcher.wait=true", *split, check=False)
     assert out.returncode == 1
     assert re.search(r"^error: Slurm job \d+ failed; task 0 ended with:", out.stderr, re.M)
-    assert "trainer.precision must be auto, bf16 or fp32; got 'fp16'" in out.stderr
+    assert "trainer.batch_size=100 must be a positive multiple of world size (1) x trainer.grad_accum (3)" in out.stderr
     assert "its full log:" in out.stderr
 
 
