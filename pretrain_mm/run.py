@@ -7,11 +7,16 @@ Inside a job submitit submitted, a training that a signal stopped requeues the j
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pretrain_mm.config import Config
 from pretrain_mm.launch.requeue import in_submitit_slurm_job, leave_requeued_job, prepare_slurm_process, requeue
 
+if TYPE_CHECKING:  # torch is imported only when a run starts (submitting needs none)
+    from pretrain_mm.distributed import DistInfo
 
-def stages_of(cfg) -> tuple[str, ...]:
+
+def stages_of(cfg: Config) -> tuple[str, ...]:
     """What a run does, from cfg.mode: +exp=eval evaluates only; training evaluates after it, unless
     launcher.eval_job leaves the evaluation to a dependent Slurm job (which runs ("eval",) itself)."""
     if cfg.mode == "eval":
@@ -21,7 +26,7 @@ def stages_of(cfg) -> tuple[str, ...]:
     return ("train", "eval")
 
 
-def run(cfg, run_dir, stages=("train", "eval")) -> dict:
+def run(cfg: Config, run_dir: str | Path, stages: tuple[str, ...] = ("train", "eval")) -> dict:
     """Runs the stages in this process (every process of the run calls it) and returns rank 0's summary
     of how training ended. In a submitit Slurm job an interrupted training requeues the job and the
     process exits instead of returning."""
@@ -63,7 +68,7 @@ def run(cfg, run_dir, stages=("train", "eval")) -> dict:
     return summary
 
 
-def check_eval_checkpoint(cfg) -> None:
+def check_eval_checkpoint(cfg: Config) -> None:
     """+exp=eval: a ValueError naming eval.checkpoint when it does not exist, before anything starts (the
     loader's own message speaks of "checkpoint", not of the key the user set)."""
     path = cfg.eval.checkpoint
@@ -74,7 +79,7 @@ def check_eval_checkpoint(cfg) -> None:
         )
 
 
-def evaluate(cfg, run_dir, info):
+def evaluate(cfg: Config, run_dir: str | Path, info: "DistInfo") -> dict | None:
     """Evaluation (every rank calls it): after training, of the run's newest checkpoint, into
     <run_dir>/report/, when eval.enabled; with mode=eval, of eval.checkpoint. Returns the results."""
     if cfg.mode != "eval" and not cfg.eval.enabled:
@@ -86,7 +91,7 @@ def evaluate(cfg, run_dir, info):
     return evaluate_checkpoint(cfg, info, checkpoint=run_dir, output_dir=run_dir)
 
 
-def finished_training(run_dir) -> dict:
+def finished_training(run_dir: str | Path) -> dict:
     """Rank 0's train_summary.json of a run whose training finished (a dependent evaluation job needs one)."""
     path = Path(run_dir) / "train_summary.json"
     if not path.is_file():
