@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from pretrain_mm.models.layers import no_weight_decay_names
 from pretrain_mm.models.text import TextTransformer
 from pretrain_mm.models.vit import VisionTransformer
-
-LOSS_KINDS = ("softmax", "sigmoid")
+from pretrain_mm.ops.contrastive import KINDS as LOSS_KINDS  # the op decides which losses exist
 
 
 class CLIP(nn.Module):

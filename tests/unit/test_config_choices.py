@@ -1,0 +1,15 @@
+"""The config's choice Enums name exactly what the library accepts: the library owns each list (the op its loss
+kinds and ways, models their kinds, precision.py its choices); config.py only mirrors them for Hydra, without
+importing torch, and this keeps the two from drifting."""
+
+from pretrain_mm.config import LossImpl, LossKind, ModelKind, PrecisionChoice
+from pretrain_mm.models.sizes import MODEL_KINDS
+from pretrain_mm.ops.contrastive import IMPLS, KINDS
+from pretrain_mm.precision import CHOICES
+
+
+def test_each_choice_enum_is_the_librarys_list():
+    assert [str(kind) for kind in LossKind] == list(KINDS)
+    assert [str(impl) for impl in LossImpl] == list(IMPLS)
+    assert [str(kind) for kind in ModelKind] == list(MODEL_KINDS)
+    assert [str(choice) for choice in PrecisionChoice] == list(CHOICES)
