@@ -8,7 +8,7 @@ from typing import cast
 import torch.nn as nn
 from omegaconf import DictConfig
 
-from pretrain_mm.config import ClipModelConfig, Config, DataConfig, MaeModelConfig
+from pretrain_mm.config import TEXT_KINDS, ClipModelConfig, Config, DataConfig, MaeModelConfig
 from pretrain_mm.data import (
     BUILTINS,
     CLIP,
@@ -100,7 +100,7 @@ def pin_model_args(resolved: dict, legacy: bool = False) -> dict:
     from pretrain_mm.models import CLIP
 
     model = resolved.get("model") or {}
-    if model.get("kind") == "clip":
+    if model.get("kind") in TEXT_KINDS:  # CoCa takes CLIP's arguments
         params = inspect.signature(CLIP).parameters
         args = dict(model.get("args") or {})
         for name, old in LEGACY_CLIP_ARGS.items():
@@ -114,13 +114,13 @@ def model_from_config(cfg: Config, vocab_size: int | None = None, **overrides) -
     configured tokenizer's unless `vocab_size` is given (a caller that holds the tokenizer, or the weights)."""
     from pretrain_mm.models import build_model
 
-    if cfg.model.kind == "clip" and vocab_size is None:
+    if cfg.model.kind in TEXT_KINDS and vocab_size is None:
         vocab_size = build_tokenizer(cfg.data).vocab_size
     model_cfg = cfg.model  # at run time a DictConfig of the kind's schema
     clip_cfg, mae_cfg = cast(ClipModelConfig, model_cfg), cast(MaeModelConfig, model_cfg)
     extra: dict = (
         {"patch_dropout": clip_cfg.patch_dropout, "loss_kind": str(cfg.loss.kind)}
-        if model_cfg.kind == "clip"
+        if model_cfg.kind in TEXT_KINDS
         else {"mask_ratio": mae_cfg.mask_ratio, "norm_pix_loss": mae_cfg.norm_pix_loss}
     )
     args = cast(DictConfig, model_cfg).get("args")  # `get`: a config without model.args is accepted
@@ -149,12 +149,12 @@ def build_train_loader(cfg: Config, info: DistInfo, per_rank_batch: int, tokeniz
     a run resumes mid-epoch (exactly, by replaying the epoch's raw samples undecoded).
     """
     data, trainer = cfg.data, cfg.trainer
-    if cfg.model.kind == "clip" and tokenizer is None:
+    if cfg.model.kind in TEXT_KINDS and tokenizer is None:
         tokenizer = build_tokenizer(data)
     return build_loader(
         split_urls(data, "train"),
         batch_size=per_rank_batch,
-        tokenizer=tokenizer if cfg.model.kind == "clip" else None,
+        tokenizer=tokenizer if cfg.model.kind in TEXT_KINDS else None,
         image_size=data.image_size,
         train=True,
         num_workers=data.num_workers,

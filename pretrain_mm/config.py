@@ -24,7 +24,17 @@ class Mode(StrEnum):
 
 class ModelKind(StrEnum):
     clip = "clip"
+    coca = "coca"  # CLIP + a captioning decoder
     mae = "mae"
+
+
+TEXT_KINDS = (ModelKind.clip, ModelKind.coca)  # the kinds with a text tower (a tokenizer, zero-shot, retrieval)
+
+
+class DecodingMethod(StrEnum):
+    greedy = "greedy"
+    beam = "beam"
+    top_p = "top_p"  # nucleus sampling
 
 
 class LossKind(StrEnum):
@@ -109,6 +119,15 @@ class ClipModelConfig(ModelConfig):
 
 
 @dataclass
+class CocaModelConfig(ModelConfig):
+    """CoCa: CLIP's towers + a multimodal text decoder (models/coca.py); its size row names the decoder's
+    caption_depth / caption_heads, model.args.caption_pool_queries=n attends through n pooled tokens."""
+
+    kind: ModelKind = ModelKind.coca
+    patch_dropout: float = 0.0  # FLIP-style share of patches dropped in training (both losses see the rest)
+
+
+@dataclass
 class MaeModelConfig(ModelConfig):
     """ViT-MAE: encoder on the visible patches, light decoder, loss on the masked ones."""
 
@@ -122,6 +141,10 @@ class LossConfig:
     kind: LossKind = LossKind.softmax
     impl: LossImpl = LossImpl.auto
     hard_negative_weight: float = 1.0  # with data.hard_negatives: weight of the image-prefers-its-caption term
+    # CoCa: loss = contrastive + caption_weight * next-token cross-entropy (the mean over the global batch's
+    # caption tokens, end-of-text included, padding not); 2.0 as open_clip's CoCa.
+    caption_weight: float = 2.0
+    caption_label_smoothing: float = 0.0
 
 
 @dataclass
@@ -192,6 +215,19 @@ class WdsEvalConfig:
 
 
 @dataclass
+class CaptionConfig:
+    """How captions are generated (models/generate.Decoding), by the report and `python -m pretrain_mm.caption`."""
+
+    method: DecodingMethod = DecodingMethod.beam
+    beam_width: int = 3
+    length_penalty: float = 1.0  # a finished beam's score is log p / length ** length_penalty
+    top_p: float = 0.9
+    temperature: float = 1.0
+    max_length: int = 32  # tokens, start and end of text included
+    seed: int = 0  # top_p's samples
+
+
+@dataclass
 class EvalConfig:
     enabled: bool = True  # evaluate at the end of a finished training run
     checkpoint: str | None = None  # +exp=eval: a run directory or checkpoints/step_<N>
@@ -217,6 +253,11 @@ class EvalConfig:
     knn_temperature: float = 0.07
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # Captioning (CoCa): built-in sets whose val images are captioned and scored (BLEU-4, CIDEr-D; shapes: the
+    # share of captions naming each of eval.shapes_attributes right). CLIP_benchmark retrieval dirs are too.
+    captioning: list[str] = field(default_factory=lambda: ["shapes"])
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    caption_examples: int = 8  # captioned images shown in the report
     examples: int = 3  # retrieval examples per direction in the report
     reconstructions: int = 6  # MAE: images in the original / masked / reconstructed grid
 
@@ -251,7 +292,7 @@ class LauncherConfig:
 class Config:
     run_name: str = "${model.kind}-${data.name}"  # the default run directory is outputs/<run_name>
     mode: Mode = Mode.train
-    model: ModelConfig = MISSING  # model=clip (default) | model=mae
+    model: ModelConfig = MISSING  # model=clip (default) | model=coca | model=mae
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -260,7 +301,7 @@ class Config:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
 
-MODEL_SCHEMAS = {ModelKind.clip: ClipModelConfig, ModelKind.mae: MaeModelConfig}
+MODEL_SCHEMAS = {ModelKind.clip: ClipModelConfig, ModelKind.coca: CocaModelConfig, ModelKind.mae: MaeModelConfig}
 
 
 def register_configs() -> None:

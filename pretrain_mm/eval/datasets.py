@@ -32,8 +32,9 @@ class ZeroShotTask:
 @dataclass
 class EvalSet:
     """One evaluation dataset and what can be done with it: zero-shot tasks (CLIP), retrieval
-    (CLIP, when caption_key is set), classification by probe / k-NN / fine-tune (when
-    train_urls and label_key are set: train split -> test split)."""
+    (CLIP, when `retrieval`: of the caption_key's captions), captioning (CoCa, when `captioning`:
+    scored against the caption_key's captions and attribute_names' JSON fields), classification by
+    probe / k-NN / fine-tune (when train_urls and label_key are set: train split -> test split)."""
 
     name: str
     test_urls: list[str]
@@ -42,6 +43,9 @@ class EvalSet:
     classnames: list[str] | None = None  # of that label
     caption_key: str | None = None
     split_captions: bool = False  # one caption per line (CLIP_benchmark retrieval sets)
+    retrieval: bool = False
+    captioning: bool = False
+    attribute_names: dict[str, list[str]] = field(default_factory=dict)  # JSON index field -> value names
     zeroshot: dict[str, ZeroShotTask] = field(default_factory=dict)
     json_labels: list[str] = field(default_factory=list)  # JSON fields read by sample key as extra labels
     note: str | None = None  # what its split and prompts test (eval_note), for the report
@@ -64,8 +68,9 @@ def builtin_set(name: str, eval_cfg: EvalConfig, root: str | None = None) -> Eva
     )
     if name in eval_cfg.classification:
         out.train_urls = get_builtin(name, "train", root)
-    if name in eval_cfg.retrieval:
+    if name in eval_cfg.retrieval or name in eval_cfg.captioning:
         out.caption_key = BUILTIN_CAPTION_KEYS.get(name, "txt")
+        out.retrieval = name in eval_cfg.retrieval
     if name in eval_cfg.zeroshot:
         attributes = list(eval_cfg.shapes_attributes) if name == "shapes" else [primary]
         for attr in attributes:
@@ -80,6 +85,10 @@ def builtin_set(name: str, eval_cfg: EvalConfig, root: str | None = None) -> Eva
                 label = spec.split(":", 1)[1]
                 out.json_labels.append(label)
             out.zeroshot[attr] = ZeroShotTask(label, info["classes"][attr], info["prompts"][attr])
+    if name in eval_cfg.captioning:
+        out.captioning = True
+        if name == "shapes":  # its JSON names every attribute by index: score the captions' attributes
+            out.attribute_names = {a: info["classes"][a] for a in eval_cfg.shapes_attributes if a in info["classes"]}
     return out
 
 
@@ -170,7 +179,9 @@ def clip_benchmark_set(directory) -> EvalSet:
         )
     name = root.name or str(root)
     if dataset_type(root, test[0]) == "retrieval":
-        return EvalSet(name=name, test_urls=test, caption_key="txt", split_captions=True)
+        return EvalSet(
+            name=name, test_urls=test, caption_key="txt", split_captions=True, retrieval=True, captioning=True
+        )
     out = EvalSet(name=name, test_urls=test, train_urls=split_shards(root, "train"), label_key="cls")
     if (root / "classnames.txt").is_file():
         out.classnames = read_lines(root / "classnames.txt")
@@ -185,7 +196,8 @@ def clip_benchmark_set(directory) -> EvalSet:
 def eval_sets(eval_cfg: EvalConfig, root: str | None = None) -> list[EvalSet]:
     """Every set the eval config names, each once with all the tasks asked of it."""
     sets = []
-    for name in dict.fromkeys([*eval_cfg.zeroshot, *eval_cfg.retrieval, *eval_cfg.classification]):
+    names = [*eval_cfg.zeroshot, *eval_cfg.retrieval, *eval_cfg.classification, *eval_cfg.captioning]
+    for name in dict.fromkeys(names):
         if name == "wds":
             sets.append(wds_set(eval_cfg.wds))
         else:

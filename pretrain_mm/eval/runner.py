@@ -12,11 +12,12 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain_mm.builders import build_tokenizer, split_urls
-from pretrain_mm.config import Config, plain_config
+from pretrain_mm.config import TEXT_KINDS, Config, ModelKind, plain_config
 from pretrain_mm.data import build_loader, expand_urls
 from pretrain_mm.distributed import DistInfo, rank_world
+from pretrain_mm.eval.captioning import caption_split, captioning_metrics, read_references
 from pretrain_mm.eval.datasets import EvalSet, attach_json_labels, eval_sets
-from pretrain_mm.eval.examples import mae_reconstructions, retrieval_examples
+from pretrain_mm.eval.examples import mae_reconstructions, read_images, retrieval_examples, spread
 from pretrain_mm.eval.features import Encoder, Features, extract_features
 from pretrain_mm.eval.finetune import finetune
 from pretrain_mm.eval.knn import knn_evaluate
@@ -27,7 +28,7 @@ from pretrain_mm.eval.report import result_rows, write_report
 from pretrain_mm.eval.retrieval import chance_recall, retrieval_recall
 from pretrain_mm.eval.zeroshot import zeroshot_classifier, zeroshot_evaluate
 from pretrain_mm.interop.init_from import is_open_clip_source
-from pretrain_mm.models import CLIP, MAE
+from pretrain_mm.models import CLIP, MAE, CoCa
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,9 @@ class Evaluation:
         self.towers = {"trained": model}
         if self.eval_cfg.random_baseline:
             self.towers["random"] = random_model(cfg, self.eval_cfg.seed, device)
-        self.tokenizer = build_tokenizer(cfg.data) if self.kind == "clip" else None
+        self.tokenizer = build_tokenizer(cfg.data) if self.kind in TEXT_KINDS else None
         self.results: dict = {"metrics": {name: {} for name in self.towers}, "chance": {}, "samples": {}, "notes": {}}
-        self.extras: dict = {"confusion": [], "retrieval_examples": {}, "reconstructions": None}
+        self.extras: dict = {"confusion": [], "retrieval_examples": {}, "caption_examples": {}, "reconstructions": None}
 
     def record(self, tower: str, task: str, dataset: str, values: dict) -> None:
         self.results["metrics"][tower].setdefault(task, {})[dataset] = values
@@ -66,12 +67,12 @@ class Evaluation:
         encoders: dict[str, Encoder] = {}
         for name, m in self.towers.items():
             encoders[name] = unnormalised_image_features(cast("CLIP | MAE", m))  # the model kinds
-            if self.kind == "clip":
+            if self.kind in TEXT_KINDS:
                 encoders[PROBED + name] = cast(CLIP, m).representation
         return encoders
 
     def probed(self, tower: str) -> str:
-        return PROBED + tower if self.kind == "clip" else tower
+        return PROBED + tower if self.kind in TEXT_KINDS else tower
 
     def extract(self, ds: EvalSet, urls: list[str], *, labels: bool, captions: bool) -> Features:
         tokenizer = self.tokenizer if captions else None
@@ -100,16 +101,25 @@ class Evaluation:
         )
 
     def run_set(self, ds: EvalSet) -> None:
-        clip = self.kind == "clip"
+        clip = self.kind in TEXT_KINDS
         zeroshot = ds.zeroshot if clip else {}
-        retrieval = clip and ds.caption_key is not None
+        retrieval = clip and ds.retrieval
+        captioning = self.kind == ModelKind.coca and ds.captioning
+        if not (zeroshot or retrieval or ds.classification or captioning):
+            log.info(
+                "eval set %s has no task for a %s model (zero-shot and retrieval need CLIP or CoCa, captioning CoCa)",
+                ds.name,
+                self.kind,
+            )
+            return
+        if captioning:
+            self.run_captioning(ds)
         if not (zeroshot or retrieval or ds.classification):
-            log.info("eval set %s has no task for a %s model (zero-shot and retrieval need CLIP)", ds.name, self.kind)
             return
         needs_label = ds.classification or any(t.label == "label" for t in zeroshot.values())
         test = self.extract(ds, ds.test_urls, labels=needs_label, captions=retrieval)
         attach_json_labels(test, ds.test_urls, ds.json_labels if zeroshot else [])
-        self.results["samples"][ds.name] = {"test": len(test)}
+        self.results["samples"].setdefault(ds.name, {})["test"] = len(test)
         if ds.note:  # what the set's numbers measure (a built-in's eval_note), said beside them in the report
             self.results["notes"][ds.name] = ds.note
         for attr, task in zeroshot.items():
@@ -118,6 +128,36 @@ class Evaluation:
             self.run_retrieval(ds, test)
         if ds.classification:
             self.run_classification(ds, test)
+
+    def run_captioning(self, ds: EvalSet) -> None:
+        """Captions of the test split by every tower, scored against its references; examples of the trained tower's."""
+        assert ds.caption_key is not None and self.tokenizer is not None  # a captioning set; CoCa has a tokenizer
+        references = read_references(ds.test_urls, ds.caption_key, ds.split_captions, ds.attribute_names)
+        shown: dict[str, str] = {}
+        for tower, model in self.towers.items():
+            generated = caption_split(
+                cast(CoCa, model),
+                ds.test_urls,
+                self.tokenizer,
+                self.image_size,
+                self.eval_cfg.caption,
+                self.device,
+                self.eval_cfg.batch_size,
+                self.eval_cfg.max_samples,
+            )
+            self.record(tower, "captioning", ds.name, captioning_metrics(generated, references))
+            if tower == "trained":
+                shown = generated
+        self.results["samples"].setdefault(ds.name, {})["captioned"] = len(shown)
+        if rank_world()[0] == 0 and self.eval_cfg.caption_examples > 0:
+            keys = sorted(shown)
+            keys = [keys[i] for i in spread(len(keys), self.eval_cfg.caption_examples)]
+            pictures = read_images(ds.test_urls, keys, self.image_size)
+            self.extras["caption_examples"][ds.name] = [
+                {"image": pictures[k], "caption": shown[k], "references": references.captions.get(k, [])}
+                for k in keys
+                if k in pictures
+            ]
 
     def run_zeroshot(self, name: str, test: Features, task) -> None:
         labels, classes = test.labels[task.label], len(task.classnames)

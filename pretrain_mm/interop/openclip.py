@@ -19,7 +19,7 @@ from typing import cast
 import torch
 
 from pretrain_mm.data.transforms import CLIP_MEAN, CLIP_STD
-from pretrain_mm.models import CLIP
+from pretrain_mm.models import CLIP, CoCa
 from pretrain_mm.models.layers import Block
 from pretrain_mm.models.vit import ConvStem
 
@@ -48,8 +48,11 @@ BLOCKS = (("visual.blocks.", "visual.transformer.resblocks."), ("text.blocks.", 
 
 
 def _check_exportable(model) -> None:
-    if not isinstance(model, CLIP):
-        raise ValueError(f"only a CLIP / SigLIP model has an open_clip form, not {type(model).__name__}")
+    if not isinstance(model, CLIP) or isinstance(model, CoCa):
+        raise ValueError(
+            f"only a CLIP / SigLIP model has an open_clip form here, not {type(model).__name__} (open_clip's CoCa "
+            "names and shapes its decoder otherwise); export it with --format safetensors"
+        )
     if isinstance(model.visual.patch_embed, ConvStem):
         raise ValueError(
             "this CLIP's image tower has a conv stem (model.args.vision_stem=conv), which no open_clip "

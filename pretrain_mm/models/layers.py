@@ -25,6 +25,17 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep / (1.0 - p)
 
 
+# A generation's memory: per attention layer (the module is the key), the keys and values
+# (B, heads, positions, head_dim) it has computed so far. Beam search reorders its rows (reorder_cache).
+KVCache = dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]
+
+
+def reorder_cache(cache: KVCache, rows: torch.Tensor) -> None:
+    """Keep row rows[i] of every cached tensor as row i (a beam search's surviving hypotheses)."""
+    for module, (k, v) in cache.items():
+        cache[module] = (k.index_select(0, rows), v.index_select(0, rows))
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through F.scaled_dot_product_attention (flash / memory-efficient kernels)."""
 
@@ -36,10 +47,51 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """x (B, t, width). With a cache (generation), x holds the t positions after those the cache has
+        seen: they attend to the cached keys and values and their own, which the cache then keeps."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        past = 0
+        if cache is not None:
+            if self in cache:
+                k, v = (torch.cat([old, new], dim=2) for old, new in zip(cache[self], (k, v)))
+            cache[self] = (k, v)
+            past = k.shape[2] - t
+        if not (self.causal and past and t > 1):
+            # One new position sees everything before it: no mask. Without a past, the plain causal mask.
+            x = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal and t > 1)
+        else:  # several new positions after a past: position past + i sees keys 0 .. past + i
+            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(x.transpose(1, 2).reshape(b, t, d))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of tokens (B, t, width) to a context (B, s, context_width), e.g. a text
+    decoder's to image tokens. With a cache, the context's keys and values are computed once."""
+
+    def __init__(self, dim: int, num_heads: int, context_dim: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        b, t, d = x.shape
+        heads, head_dim = self.num_heads, d // self.num_heads
+        q = self.q(x).view(b, t, heads, head_dim).transpose(1, 2)
+        if cache is not None and self in cache:
+            k, v = cache[self]
+        else:
+            s = context.shape[1]
+            k, v = self.kv(context).view(b, s, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+            if cache is not None:
+                cache[self] = (k, v)
+        x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(b, t, d))
 
 
@@ -57,8 +109,9 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
 
-    Self-contained (forward takes only the tokens) so that the trainer can wrap each block
-    with FSDP2 `fully_shard` and activation checkpointing. `causal` makes it a text block.
+    Self-contained (forward takes only the tokens, and when generating a KVCache) so that the trainer
+    can wrap each block with FSDP2 `fully_shard` and activation checkpointing. `causal` makes it a
+    text block.
     """
 
     def __init__(
@@ -78,8 +131,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + drop_path(self.attn(self.norm1(x), cache), self.drop_path, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 

@@ -3,12 +3,15 @@
 import inspect
 
 from pretrain_mm.models.clip import CLIP
+from pretrain_mm.models.coca import CoCa
 from pretrain_mm.models.mae import MAE
 
-# One row per size, keyed by the constructor argument names of CLIP and MAE; build_model gives
+# One row per size, keyed by the constructor argument names of CLIP, CoCa and MAE; build_model gives
 # each constructor the keys it takes. The shapes are the papers': ViT-S/B/L/H (Dosovitskiy et al.,
 # DeiT for S), CLIP's text towers and embed dims as open_clip's ViT-*-* configs, MAE's decoder
-# (512 wide, 8 deep, 16 heads). MAE's own ViT-L and ViT-H use patch 16 and 14: pass patch_size.
+# (512 wide, 8 deep, 16 heads), CoCa's multimodal decoder as open_clip's coca_ViT-B/L configs (12
+# blocks at the text width; half the text tower's depth below base). MAE's own ViT-L and ViT-H use
+# patch 16 and 14: pass patch_size.
 SIZES = {
     # CPU size for 32-64 px images: 16-64 patches, a few seconds per hundred steps.
     "tiny": dict(
@@ -23,6 +26,8 @@ SIZES = {
         decoder_width=128,
         decoder_depth=2,
         decoder_heads=4,
+        caption_depth=2,
+        caption_heads=4,
     ),
     "small": dict(
         patch_size=16,
@@ -36,6 +41,8 @@ SIZES = {
         decoder_width=256,
         decoder_depth=4,
         decoder_heads=8,
+        caption_depth=6,
+        caption_heads=6,
     ),
     "base": dict(
         patch_size=16,
@@ -49,6 +56,8 @@ SIZES = {
         decoder_width=512,
         decoder_depth=8,
         decoder_heads=16,
+        caption_depth=12,
+        caption_heads=8,
     ),
     "large": dict(
         patch_size=14,
@@ -62,6 +71,8 @@ SIZES = {
         decoder_width=512,
         decoder_depth=8,
         decoder_heads=16,
+        caption_depth=12,
+        caption_heads=12,
     ),
     "huge": dict(
         patch_size=14,
@@ -75,10 +86,24 @@ SIZES = {
         decoder_width=512,
         decoder_depth=8,
         decoder_heads=16,
+        caption_depth=12,
+        caption_heads=16,
     ),
 }
 
-MODEL_KINDS = {"clip": CLIP, "mae": MAE}
+MODEL_KINDS = {"clip": CLIP, "coca": CoCa, "mae": MAE}
+
+
+def constructor_arguments(cls: type) -> list[str]:
+    """The named arguments of cls's constructor, and its base class's where it passes **kwargs on (CoCa's
+    to CLIP)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        params = inspect.signature(klass.__init__).parameters.values()  # type: ignore[misc]
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return list(dict.fromkeys(names))
 
 
 def model_arguments(kind: str, size: str, **overrides) -> dict:
@@ -88,7 +113,7 @@ def model_arguments(kind: str, size: str, **overrides) -> dict:
         raise ValueError(f"model kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
     if size not in SIZES:
         raise ValueError(f"model size must be one of {list(SIZES)}, got {size!r}")
-    accepted = inspect.signature(MODEL_KINDS[kind]).parameters
+    accepted = constructor_arguments(MODEL_KINDS[kind])
     unknown = sorted(set(overrides) - set(accepted))
     if unknown:
         raise ValueError(f"{MODEL_KINDS[kind].__name__} takes no argument(s) {unknown}; it takes {list(accepted)}")
@@ -100,20 +125,20 @@ def model_arguments(kind: str, size: str, **overrides) -> dict:
 def build_model(
     kind: str, size: str, image_size: int = 224, vocab_size: int | None = None, context_length: int = 77, **overrides
 ):
-    """A CLIP or MAE of a named size.
+    """A CLIP, CoCa or MAE of a named size.
 
-    kind: "clip" or "mae". size: a key of SIZES ("tiny", "small", "base", "large", "huge").
-    image_size: image side in pixels. vocab_size, context_length: the tokenizer's (CLIP only;
+    kind: "clip", "coca" or "mae". size: a key of SIZES ("tiny", "small", "base", "large", "huge").
+    image_size: image side in pixels. vocab_size, context_length: the tokenizer's (CLIP and CoCa;
     vocab_size is required there, both are ignored for MAE). overrides: any other constructor
-    argument of CLIP / MAE by name (patch_size=16, loss_kind="sigmoid", mask_ratio=0.9, ...).
+    argument of CLIP / CoCa / MAE by name (patch_size=16, loss_kind="sigmoid", mask_ratio=0.9, ...).
 
     Build under `with torch.device("meta"):` to get shapes without memory, then `to_empty` and
     `init_weights()` on the real device.
     """
     extra = {"image_size": image_size}
-    if kind == "clip":
+    if kind in MODEL_KINDS and "vocab_size" in constructor_arguments(MODEL_KINDS[kind]):  # a text tower
         if vocab_size is None:
-            raise ValueError("build_model('clip', ...) needs vocab_size (the tokenizer's)")
+            raise ValueError(f"build_model({kind!r}, ...) needs vocab_size (the tokenizer's)")
         extra.update(vocab_size=vocab_size, context_length=context_length)
     arguments = model_arguments(kind, size, **extra, **overrides)
     return MODEL_KINDS[kind](**arguments)

@@ -6,7 +6,7 @@ from typing import cast
 import torch
 import torch.nn as nn
 
-from pretrain_mm.models.layers import Block, make_blocks, no_weight_decay_names
+from pretrain_mm.models.layers import Block, KVCache, make_blocks, no_weight_decay_names
 
 
 class TextTransformer(nn.Module):
@@ -73,15 +73,17 @@ class TextTransformer(nn.Module):
         nn.init.zeros_(self.norm.bias)
         nn.init.normal_(self.proj.weight, std=attn_std)
 
-    def forward_tokens(self, text: torch.Tensor) -> torch.Tensor:
-        """Normalised hidden states (B, T, width) of token ids (B, T), T <= context_length."""
-        if text.dim() != 2 or text.shape[1] > self.context_length:
+    def forward_tokens(self, text: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+        """Normalised hidden states (B, T, width) of token ids (B, T) at positions start .. start + T - 1,
+        start + T <= context_length. Generation passes a KVCache holding positions 0 .. start - 1."""
+        if text.dim() != 2 or start + text.shape[1] > self.context_length:
             raise ValueError(
                 f"expected token ids (B, T) with T <= context_length {self.context_length}, got {tuple(text.shape)}"
+                + (f" after {start} positions" if start else "")
             )
-        x = self.token_embedding(text) + self.positional_embedding[: text.shape[1]]
+        x = self.token_embedding(text) + self.positional_embedding[start : start + text.shape[1]]
         for block in self.blocks:
-            x = block(x)
+            x = block(x, cache)
         return self.norm(x)
 
     def eot_positions(self, text: torch.Tensor) -> torch.Tensor:

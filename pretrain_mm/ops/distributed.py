@@ -148,3 +148,21 @@ def distributed_row_mean(rows: torch.Tensor, group=None) -> torch.Tensor:
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size(group) == 1:
         return rows.mean()
     return _SumOverRanks.apply(rows.sum(), group) / (dist.get_world_size(group) * rows.shape[0])
+
+
+def distributed_token_mean(row_sums: torch.Tensor, total_tokens: torch.Tensor, group=None) -> torch.Tensor:
+    """sum over all ranks of row_sums (n,) / total_tokens: a token-level loss (per-row sums of token losses)
+    as the mean over every token of the global batch, on every rank, with the gradient convention of the
+    module doc. total_tokens is the global count (token_total); gradient accumulation passes the whole
+    batch's with one micro-batch's rows, so the micro-batches' terms add up to the batch's loss."""
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return row_sums.sum() / total_tokens.to(row_sums.dtype)
+    return _SumOverRanks.apply(row_sums.sum(), group) / total_tokens.to(row_sums.dtype)
+
+
+def token_total(row_counts: torch.Tensor, group=None) -> torch.Tensor:
+    """The number of tokens over all ranks' rows (n,) of token counts, as a float scalar without gradient."""
+    total = row_counts.detach().sum().to(torch.float64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
+        dist.all_reduce(total, group=group)
+    return total.clamp(min=1.0)

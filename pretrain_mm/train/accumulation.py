@@ -9,7 +9,9 @@ keeps the objective of the whole batch at the activation memory of one micro-bat
 2. compute the loss of the whole batch on the concatenated features (the fused op; across ranks
    the distributed loss) and backpropagate it to the features and the scale / bias only;
 3. re-embed each micro-batch with its graph, from the same RNG state (patch dropout and drop path
-   draw the same), and backpropagate its slice of the feature gradient.
+   draw the same), and backpropagate its slice of the feature gradient, plus the objective's
+   separable term of that micro-batch (CoCa's captioning loss: a sum over micro-batches, each
+   normalised by the whole batch's token count).
 
 The parameter gradients are those of the unaccumulated batch; the cost is one more forward of
 the towers. Under FSDP2 the gradients are reduced once, after the last micro-batch. Not for
@@ -25,7 +27,9 @@ import torch
 from torch.distributed.fsdp import FSDPModule
 
 FEATURES = ("image_features", "text_features", "neg_text_features")  # per-row, with gradient (the last optional)
-ROW_DATA = ("neg_mask",)  # per-row, without gradient
+# Per-row, without gradient: data, and separable loss terms (their value for the whole batch's loss; their
+# gradient comes from each micro-batch's re-run).
+ROW_DATA = ("neg_mask", "caption_nll", "caption_tokens")
 SCALARS = ("logit_scale", "logit_bias")
 
 
@@ -94,6 +98,9 @@ def contrastive_accumulation(model, objective, micro_batches: list[dict], precis
         if m == 0:  # the scale and bias are the same tensors in every micro-batch: their gradient goes once
             scalar_grads = [(k, leaves[k].grad) for k in SCALARS if k in leaves]
             surrogate = surrogate + sum(dot(out[k], grad) for k, grad in scalar_grads if grad is not None)
+        separable = objective.separable_loss(out, leaves)
+        if separable is not None:
+            surrogate = surrogate + separable
         surrogate.backward()
     set_torch_rng_state(rng_after, device)
     return loss.detach().item()

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pretrain_mm import distributed as dist_utils
 from pretrain_mm.builders import build_tokenizer, build_train_loader, model_from_config, pin_model_args
-from pretrain_mm.config import Config, TrainerConfig, plain_config
+from pretrain_mm.config import TEXT_KINDS, Config, TrainerConfig, plain_config
 from pretrain_mm.interop.init_from import load_open_clip_weights, read_open_clip, with_open_clip_architecture
 from pretrain_mm.interop.weights import MODEL_FILE
 from pretrain_mm.precision import Precision, autocast, resolve_precision
@@ -98,11 +98,13 @@ def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainR
             info.world_size,
             accum,
             micro,
-            "; the contrastive loss is the whole batch's (GradCache)" if accum > 1 and cfg.model.kind == "clip" else "",
+            "; the contrastive loss is the whole batch's (GradCache)"
+            if accum > 1 and cfg.model.kind in TEXT_KINDS
+            else "",
         )
 
     # The model: identical initial weights on every rank, then each rank's own random stream.
-    tokenizer = build_tokenizer(cfg.data) if cfg.model.kind == "clip" else None
+    tokenizer = build_tokenizer(cfg.data) if cfg.model.kind in TEXT_KINDS else None
     torch.manual_seed(trainer.seed)
     model = model_from_config(cfg, tokenizer.vocab_size if tokenizer else None).to(info.device)
     if (

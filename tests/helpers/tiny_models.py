@@ -25,6 +25,11 @@ def tiny_clip(**kwargs):
     return build_model("clip", "tiny", image_size=IMAGE, vocab_size=VOCAB, context_length=CONTEXT, **kwargs)
 
 
+def tiny_coca(**kwargs):
+    torch.manual_seed(0)
+    return build_model("coca", "tiny", image_size=IMAGE, vocab_size=VOCAB, context_length=CONTEXT, **kwargs)
+
+
 def tiny_mae(**kwargs):
     torch.manual_seed(0)
     return build_model("mae", "tiny", image_size=IMAGE, **kwargs)

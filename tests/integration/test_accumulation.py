@@ -1,4 +1,5 @@
-"""Contrastive accumulation (GradCache) gives the whole batch's loss and gradients, on 1 and 2 processes."""
+"""Contrastive accumulation (GradCache) gives the whole batch's loss and gradients, on 1 and 2 processes (CLIP,
+and CoCa, whose captioning term is a sum over micro-batches)."""
 
 import math
 
@@ -7,22 +8,23 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from helpers.multiprocess import run_distributed
-from helpers.tiny_models import captions, images, tiny_clip
+from helpers.tiny_models import captions, images, tiny_clip, tiny_coca
 from pretrain_mm.config import LossConfig
 from pretrain_mm.train.accumulation import accumulate_gradients
-from pretrain_mm.train.objectives import ContrastiveObjective
+from pretrain_mm.train.objectives import CocaObjective, ContrastiveObjective
 from pretrain_mm.train.optimizer import grad_norm
 
 BATCH, MICRO = 16, 4
 KINDS = ("softmax", "sigmoid")
 
 
-def objective(kind):
-    return ContrastiveObjective(LossConfig(kind=kind, impl="fused", hard_negative_weight=0.7))
+def objective(kind, arch="clip"):
+    cls = CocaObjective if arch == "coca" else ContrastiveObjective
+    return cls(LossConfig(kind=kind, impl="fused", hard_negative_weight=0.7, caption_label_smoothing=0.1))
 
 
-def model64(kind, **kwargs):
-    return tiny_clip(loss_kind=kind, **kwargs).double()
+def model64(kind, arch="clip", **kwargs):
+    return (tiny_coca if arch == "coca" else tiny_clip)(loss_kind=kind, **kwargs).double()
 
 
 def whole_batch(rows=slice(None), negatives=False):
@@ -53,20 +55,23 @@ def assert_same_grads(actual, expected):
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-9, atol=1e-12, msg=name)
 
 
-@pytest.mark.parametrize("negatives", [False, True], ids=["pairs", "hard_negatives"])
+@pytest.mark.parametrize(
+    "arch,negatives", [("clip", False), ("clip", True), ("coca", True)], ids=["pairs", "hard_negatives", "coca"]
+)
 @pytest.mark.parametrize("kind", KINDS)
-def test_accumulated_gradients_equal_the_whole_batch(kind, negatives):
-    model = model64(kind)
-    loss_one = accumulate_gradients(model, objective(kind), [whole_batch(negatives=negatives)])
+def test_accumulated_gradients_equal_the_whole_batch(kind, arch, negatives):
+    model = model64(kind, arch)
+    loss_one = accumulate_gradients(model, objective(kind, arch), [whole_batch(negatives=negatives)])
     expected = grads(model)
     model.zero_grad(set_to_none=True)
-    loss_four = accumulate_gradients(model, objective(kind), split(whole_batch(negatives=negatives), MICRO))
+    loss_four = accumulate_gradients(model, objective(kind, arch), split(whole_batch(negatives=negatives), MICRO))
     assert loss_four == pytest.approx(loss_one, rel=1e-12)
     assert_same_grads(grads(model), expected)
 
     # What summing micro-batch losses trains instead (B/k negatives): a different loss and gradient.
     model.zero_grad(set_to_none=True)
-    loss_summed = sum(objective(kind)(model, micro) / MICRO for micro in split(whole_batch(negatives=negatives), MICRO))
+    batches = split(whole_batch(negatives=negatives), MICRO)
+    loss_summed = sum(objective(kind, arch)(model, micro) / MICRO for micro in batches)
     loss_summed.backward()
     assert loss_summed.item() != pytest.approx(loss_one, rel=1e-6)
     assert not torch.allclose(grads(model)["visual.head.weight"], expected["visual.head.weight"], rtol=1e-3)
@@ -92,26 +97,29 @@ def test_patch_dropout_and_drop_path_draw_the_same_in_both_passes(kind):
     assert torch.equal(torch.get_rng_state(), after_graphs)  # the stream goes on as after one pass
 
 
-def fsdp_accumulated(rank, world, kind, negatives):
+def fsdp_accumulated(rank, world, kind, arch, negatives):
     from pretrain_mm.train.parallelize import apply_fsdp
 
-    model = model64(kind)
+    model = model64(kind, arch)
     apply_fsdp(model, bf16=False)
     per_rank = BATCH // world
     mine = whole_batch(slice(rank * per_rank, (rank + 1) * per_rank), negatives)
-    loss = accumulate_gradients(model, objective(kind), split(mine, MICRO // world * 2))
+    loss = accumulate_gradients(model, objective(kind, arch), split(mine, MICRO // world * 2))
     return loss, grads(model), grad_norm(model.parameters())
 
 
 # softmax with hard negatives covers plain softmax too (its term adds to the same loss); ~25 s a case.
-@pytest.mark.parametrize("kind,negatives", [("softmax", True), ("sigmoid", False)])
-def test_two_fsdp2_processes_accumulating_equal_one_process_on_the_whole_batch(tmp_path, kind, negatives):
-    model = model64(kind)
-    loss_one = accumulate_gradients(model, objective(kind), [whole_batch(negatives=negatives)])
+@pytest.mark.parametrize(
+    "kind,arch,negatives", [("softmax", "clip", True), ("sigmoid", "clip", False), ("softmax", "coca", False)]
+)
+def test_two_fsdp2_processes_accumulating_equal_one_process_on_the_whole_batch(tmp_path, kind, arch, negatives):
+    model = model64(kind, arch)
+    loss_one = accumulate_gradients(model, objective(kind, arch), [whole_batch(negatives=negatives)])
     expected = grads(model)
     norm = math.sqrt(sum(float(g.pow(2).sum()) for g in expected.values()))
-    for loss, got, got_norm in run_distributed(fsdp_accumulated, 2, tmp_path, kind, negatives):
-        assert loss == pytest.approx(loss_one, rel=1e-12)
+    results = run_distributed(fsdp_accumulated, 2, tmp_path, kind, arch, negatives)
+    for loss, got, got_norm in results:
+        assert loss == pytest.approx(loss_one, rel=1e-12)  # every rank holds the global loss
         assert_same_grads(got, expected)
         assert got_norm == pytest.approx(norm, rel=1e-12)
 

@@ -73,6 +73,7 @@ def test_clip_benchmark_dirs_join_the_eval_sets(tmp_path):
         zeroshot=[],
         retrieval=[],
         classification=[],
+        captioning=[],
         clip_benchmark_dirs=[str(classification_dir(tmp_path / "a")), str(retrieval_dir(tmp_path / "b"))],
     )
     assert [s.name for s in eval_sets(e)] == ["a", "b"]

@@ -1,0 +1,101 @@
+"""CoCa end to end: `+exp=coca` trains and reports captioning; `python -m pretrain_mm.caption` captions files,
+folders and shards, skips a damaged image by name, and refuses a model that cannot caption in one line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers.clip_benchmark_dirs import retrieval_dir
+from helpers.eval_runs import INFO, make_cfg, save_run
+from helpers.toy_shards import toy_image, write_toy_shards
+from pretrain_mm.builders import model_from_config
+from pretrain_mm.config import plain_config
+from pretrain_mm.eval.runner import evaluate_checkpoint
+from pretrain_mm.interop import save_weights
+
+
+def caption_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "pretrain_mm.caption", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A CoCa's model.safetensors (random weights: the CLI's plumbing, not caption quality) and a CLIP's."""
+    out = tmp_path_factory.mktemp("weights")
+    paths = {}
+    for kind in ("coca", "clip"):
+        cfg = make_cfg(kind)
+        torch.manual_seed(0)
+        paths[kind] = save_weights(out / f"{kind}.safetensors", model_from_config(cfg).state_dict(), plain_config(cfg))
+    return paths
+
+
+def test_caption_cli_captions_files_folders_and_shards(weights, tmp_path):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"p{i}.jpg").write_bytes(toy_image(i))
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "notes.txt").write_text("not an image")
+    single = tmp_path / "one.png"
+    single.write_bytes(toy_image(7, fmt="PNG"))
+    shards = write_toy_shards(str(tmp_path / "shards"), 5, 3, bad_image=[1])
+
+    done = caption_cli(weights["coca"], single, folder, shards[0], "--method", "greedy", "--max-length", "6")
+    assert done.returncode == 0, done.stderr
+    lines = [line.split("\t") for line in done.stdout.splitlines()]
+    names = [name for name, _ in lines]
+    assert names == [str(single), *(str(folder / f"p{i}.jpg") for i in range(3)), "000000", "000002"]
+    assert all(len(row) == 2 for row in lines)
+    assert f"skipped {folder / 'broken.png'}" in done.stderr and "skipped 000001 in" in done.stderr
+
+    # The same images, in batches of 2 and by beam search: a caption for each, in the same order.
+    beam = caption_cli(weights["coca"], folder, "--batch-size", "2", "--beam-width", "2", "--max-length", "6")
+    assert beam.returncode == 0, beam.stderr
+    assert [line.split("\t")[0] for line in beam.stdout.splitlines()] == names[1:4]
+
+
+def test_caption_cli_refuses_what_cannot_caption_in_one_line(weights, tmp_path):
+    (tmp_path / "a.jpg").write_bytes(toy_image(0))
+    for args, message in (
+        ((weights["clip"], tmp_path / "a.jpg"), "holds a CLIP, which cannot caption: train one with model=coca"),
+        ((weights["coca"], tmp_path / "missing"), f"{tmp_path / 'missing'} does not exist"),
+    ):
+        done = caption_cli(*args)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_coca_evaluation_reports_captioning_beside_clips_evaluators(tmp_path):
+    cfg = make_cfg(
+        "coca",
+        zeroshot=["shapes"],
+        classification=[],
+        clip_benchmark_dirs=[str(retrieval_dir(tmp_path / "flickr_like"))],
+        caption={"method": "beam", "beam_width": 2, "max_length": 8},
+        caption_examples=2,
+    )
+    save_run(tmp_path / "run", cfg)
+    results = evaluate_checkpoint(cfg, INFO, checkpoint=tmp_path / "run")
+    trained = results["metrics"]["trained"]
+    assert set(trained) == {"zeroshot", "retrieval", "captioning"} == set(results["metrics"]["random"])
+    scores = trained["captioning"]["shapes"]
+    assert set(scores) == {"bleu4", "cider_d", "names_colour", "names_shape"}
+    assert 0 <= scores["bleu4"] <= 1 and scores["cider_d"] >= 0
+    assert results["samples"]["shapes"] == {"captioned": 120, "test": 120, "texts": 120}
+    # A CLIP_benchmark retrieval directory is scored for captioning too, against its .txt lines (no attributes).
+    assert set(trained["captioning"]["flickr_like"]) == {"bleu4", "cider_d"}
+    assert results["samples"]["flickr_like"]["captioned"] == 7
+    page = (tmp_path / "run" / "report" / "report.html").read_text()
+    assert "Captions: shapes" in page and "generated: " in page and "reference: " in page
+    saved = json.loads((tmp_path / "run" / "report" / "results.json").read_text())
+    assert saved["metrics"]["trained"]["captioning"] == json.loads(json.dumps(trained["captioning"]))
