@@ -49,8 +49,11 @@ def image_sources(items: list[str]) -> Iterator[tuple[str, str | None, bytes | N
             raise ValueError(f"{item} does not exist: give image files, folders of them, or WebDataset shards")
 
 
-def caption_images(source: str, items: list[str], decoding, batch_size: int, device: torch.device, seed: int = 0):
-    """Yields (name, caption) for each image of `items` (see image_sources) from the CoCa of `source`."""
+def caption_images(
+    source: str, items: list[str], decoding, batch_size: int, device: torch.device, seed: int = 0, prompt: str = ""
+):
+    """Yields (name, caption) for each image of `items` (see image_sources) from the CoCa of `source`; every
+    caption starts with `prompt` (if any)."""
     from pretrain_mm.builders import build_tokenizer
     from pretrain_mm.data import image_transform
     from pretrain_mm.data.decode import decode_image
@@ -64,12 +67,15 @@ def caption_images(source: str, items: list[str], decoding, batch_size: int, dev
     tokenizer = build_tokenizer(cfg.data)
     transform = image_transform(cfg.data.image_size)
     generator = torch.Generator(device=device).manual_seed(seed)
+    prompt_ids = tokenizer.encode(prompt) if prompt else None
     names: list[str] = []
     pixels: list[torch.Tensor] = []
 
     def flush():
         batch = torch.stack(pixels).to(device)
-        ids = generate(model, batch, tokenizer.sot_id, tokenizer.eot_id, decoding, generator=generator)
+        ids = generate(
+            model, batch, tokenizer.sot_id, tokenizer.eot_id, decoding, generator=generator, prompt=prompt_ids
+        )
         done = list(zip(names, (tokenizer.decode(row) for row in ids)))
         names.clear()
         pixels.clear()
@@ -112,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
     parser.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens, start and end included")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="top_p's samples")
+    parser.add_argument("--prompt", default="", help="words every caption starts with, e.g. 'there is a'")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -127,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
         )
         for name, caption in caption_images(
-            args.source, args.images, decoding_of(settings), args.batch_size, torch.device(args.device), args.seed
+            args.source,
+            args.images,
+            decoding_of(settings),
+            args.batch_size,
+            torch.device(args.device),
+            args.seed,
+            args.prompt,
         ):
             print(f"{name}\t{caption}", flush=True)
     except ValueError as error:

@@ -1,9 +1,10 @@
 """Captions from a CoCa: greedy, beam search and top-p sampling, batched, on a KV cache.
 
-Every method starts from the start-of-text token and stops a row at its end-of-text token (or after
-max_length tokens). The KV cache keeps each attention layer's keys and values, so every step runs the
-towers on one new position; `use_cache=False` recomputes the whole prefix each step instead (the same
-logits, tests/unit/test_coca.py; the plain definition the cache must match).
+Every method starts from the start-of-text token (and a prompt, if given) and stops a row at its
+end-of-text token (or after max_length tokens). The KV cache keeps each attention layer's keys and
+values, so every step runs the towers on one new position; `use_cache=False` recomputes the whole
+prefix each step instead (the same logits, tests/unit/test_coca.py; the plain definition the cache
+must match).
 """
 
 from dataclasses import dataclass
@@ -70,15 +71,18 @@ def generate(
     decoding: Decoding,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    prompt: list[int] | None = None,
 ) -> list[list[int]]:
     """Token ids of one caption per image (B, C, H, W), start-of-text first, end-of-text last when reached.
-    `generator` draws top-p's samples (None: torch's global RNG)."""
+    `generator` draws top-p's samples (None: torch's global RNG). `prompt`: ids every caption starts with
+    after start-of-text (CoCa's prompted captioning: "there is a" asks for another word order)."""
     max_length = min(decoding.max_length, model.text.context_length)
     context = model.caption_context(images)
+    start = torch.tensor([sot_id, *(prompt or [])], dtype=torch.long, device=images.device)
     if decoding.method == "beam":
-        return _beam_search(model, context, sot_id, eot_id, decoding, max_length, use_cache)
+        return _beam_search(model, context, start, eot_id, decoding, max_length, use_cache)
     step = _Stepper(model, context, use_cache)
-    tokens = torch.full((images.shape[0], 1), sot_id, dtype=torch.long, device=images.device)
+    tokens = start.expand(images.shape[0], -1)
     done = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
     while tokens.shape[1] < max_length and not bool(done.all()):
         logits = step(tokens)
@@ -102,12 +106,18 @@ def _sample_top_p(logits: torch.Tensor, top_p: float, temperature: float, genera
 
 
 def _beam_search(
-    model: CoCa, context: torch.Tensor, sot_id: int, eot_id: int, decoding: Decoding, max_length: int, use_cache: bool
+    model: CoCa,
+    context: torch.Tensor,
+    start: torch.Tensor,
+    eot_id: int,
+    decoding: Decoding,
+    max_length: int,
+    use_cache: bool,
 ) -> list[list[int]]:
     """Beam search over B images at once: B * W rows, the W best prefixes of each image kept every step."""
     batch, width, device = context.shape[0], decoding.beam_width, context.device
     step = _Stepper(model, context.repeat_interleave(width, dim=0), use_cache)
-    tokens = torch.full((batch * width, 1), sot_id, dtype=torch.long, device=device)
+    tokens = start.expand(batch * width, -1)
     scores = torch.full((batch, width), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start as the same prefix: expand only the first
     done = torch.zeros(batch * width, dtype=torch.bool, device=device)

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from test_eval_cli import TRAIN, run_cli
 
 from helpers.clip_benchmark_dirs import retrieval_dir
 from helpers.eval_runs import INFO, make_cfg, save_run
@@ -99,3 +100,20 @@ def test_coca_evaluation_reports_captioning_beside_clips_evaluators(tmp_path):
     assert "Captions: shapes" in page and "generated: " in page and "reference: " in page
     saved = json.loads((tmp_path / "run" / "report" / "results.json").read_text())
     assert saved["metrics"]["trained"]["captioning"] == json.loads(json.dumps(trained["captioning"]))
+
+
+def test_exp_coca_trains_resumes_and_its_run_captions(tmp_path):
+    run = tmp_path / "coca"
+    run_cli("+exp=coca", *TRAIN, "trainer.checkpoint_every=2", "eval.enabled=false", f"hydra.run.dir={run}")
+    assert (run / "model.safetensors").is_file()
+    # Raising max_steps continues the run from its checkpoint (the optimiser, data position and RNG with it).
+    run_cli("+exp=coca", *TRAIN, "trainer.max_steps=3", "eval.enabled=false", f"hydra.run.dir={run}")
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["step"] == 3 and summary["steps_this_run"] == 1
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and all(loss > 0 for loss in losses)
+
+    (tmp_path / "a.png").write_bytes(toy_image(3, fmt="PNG"))
+    done = caption_cli(run, tmp_path / "a.png", "--max-length", "8")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{tmp_path / 'a.png'}\t")

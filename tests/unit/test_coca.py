@@ -131,6 +131,15 @@ def test_cached_generation_equals_uncached(method):
     assert all(row[0] == SOT and 1 < len(row) <= 12 for row in runs[0])
 
 
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_a_prompt_starts_every_caption_and_the_cache_takes_it_at_once(method):
+    model = tiny_coca().eval()
+    decoding = Decoding(method, max_length=12, beam_width=3)
+    runs = [generate(model, images(3), SOT, EOT, decoding, use_cache=c, prompt=[5, 9, 2]) for c in (True, False)]
+    assert runs[0] == runs[1]
+    assert all(row[:4] == [SOT, 5, 9, 2] for row in runs[0])
+
+
 def test_beam_search_of_width_one_is_greedy():
     model = tiny_coca().eval()
     greedy = generate(model, images(4), SOT, EOT, Decoding("greedy", max_length=12))
