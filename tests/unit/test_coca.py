@@ -178,3 +178,15 @@ def test_bad_decoding_settings_are_refused_by_name():
         Decoding("sample", max_length=8)
     with pytest.raises(ValueError, match="top_p"):
         Decoding("top_p", max_length=8, top_p=0.0)
+
+
+@pytest.mark.parametrize("choice", [["model=coca"], ["+exp=coca"]], ids=["model", "exp"])
+def test_coca_composes_with_your_shards(choice):
+    from helpers.configs import compose_config
+    from pretrain_mm.builders import model_from_config
+    from pretrain_mm.models import CoCa
+
+    cfg = compose_config(*choice, "data=wds", "data.train.urls=/data/mine/0.tar", "data.tokenizer=clip")
+    assert cfg.model.kind == "coca" and cfg.data.name == "wds" and cfg.data.train.urls == "/data/mine/0.tar"
+    model = model_from_config(cfg, vocab_size=49408)  # CLIP's BPE
+    assert isinstance(model, CoCa) and model.lm_head.out_features == 49408
