@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from pretrain_mm.cli_errors import one_line_error
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 log = logging.getLogger("pretrain_mm.caption")
 
@@ -144,10 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             print(f"{name}\t{caption}", flush=True)
     except ValueError as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return one_line_error(error)
     return 0
 
 

@@ -22,6 +22,7 @@ from typing import cast
 import torch
 from omegaconf import OmegaConf
 
+from pretrain_mm.cli_errors import one_line_error
 from pretrain_mm.config import TEXT_KINDS, plain_config
 
 FORMATS = ("open_clip", "safetensors")
@@ -84,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = export(args.source, args.out, args.format)
     except ValueError as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return one_line_error(error)
     print("wrote " + ", ".join(str(p) for p in written))
     if args.format == "open_clip":
         print(f"load it with: open_clip.create_model_and_transforms('local-dir:{args.out}')")

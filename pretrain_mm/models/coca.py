@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from pretrain_mm.models.clip import CLIP
-from pretrain_mm.models.layers import Attention, CrossAttention, KVCache, Mlp, drop_path
+from pretrain_mm.models.layers import Attention, CrossAttention, KVCache, Mlp, drop_path, text_init_stds
 
 IGNORE = -100  # cross-entropy's default ignore_index: the caption targets after a caption's end
 
@@ -105,8 +105,8 @@ class CoCa(CLIP):
     @torch.no_grad()
     def _init_decoder_weights(self) -> None:
         """open_clip's text init for the decoder (residual-out weights scaled down with depth), zero biases."""
-        width, depth = self.text.width, max(len(self.decoder_blocks), 1)
-        attn_std, proj_std, fc_std = width**-0.5, width**-0.5 * (2 * depth) ** -0.5, (2 * width) ** -0.5
+        width = self.text.width
+        attn_std, proj_std, fc_std = text_init_stds(width, max(len(self.decoder_blocks), 1))
         for module in [*self.decoder_blocks, *([self.pooler] if self.pooler is not None else [])]:
             for m in module.modules():
                 if isinstance(m, nn.LayerNorm):

@@ -17,6 +17,13 @@ def no_weight_decay_names(module: nn.Module) -> set[str]:
     return {name for name, p in module.named_parameters() if p.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES}
 
 
+def text_init_stds(width: int, depth: int) -> tuple[float, float, float]:
+    """open_clip's init of a text transformer's linears: the std of attention inputs, of residual outputs
+    (attention and MLP out, shrinking with depth) and of MLP inputs."""
+    attn_std = width**-0.5
+    return attn_std, attn_std * (2 * depth) ** -0.5, (2 * width) ** -0.5
+
+
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Stochastic depth: zero the whole residual branch of a random fraction p of the samples."""
     if p == 0.0 or not training:

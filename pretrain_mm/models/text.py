@@ -6,7 +6,7 @@ from typing import cast
 import torch
 import torch.nn as nn
 
-from pretrain_mm.models.layers import Block, KVCache, make_blocks, no_weight_decay_names
+from pretrain_mm.models.layers import Block, KVCache, make_blocks, no_weight_decay_names, text_init_stds
 
 
 class TextTransformer(nn.Module):
@@ -52,9 +52,7 @@ class TextTransformer(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """open_clip's text init: residual-out weights scaled down with depth, zero biases."""
-        attn_std = self.width**-0.5
-        proj_std = attn_std * (2 * self.depth) ** -0.5
-        fc_std = (2 * self.width) ** -0.5
+        attn_std, proj_std, fc_std = text_init_stds(self.width, self.depth)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         for block in cast(Iterable[Block], self.blocks):  # make_blocks' Blocks

@@ -2,15 +2,13 @@
 folders and shards, skips a damaged image by name, and refuses a model that cannot caption in one line."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from test_eval_cli import TRAIN, run_cli
 
 from helpers.clip_benchmark_dirs import retrieval_dir
 from helpers.eval_runs import INFO, make_cfg, save_run
+from helpers.tools import run_tool
 from helpers.toy_shards import toy_image, write_toy_shards
 from pretrain_mm.builders import model_from_config
 from pretrain_mm.caption import image_sources
@@ -20,13 +18,7 @@ from pretrain_mm.interop import save_weights
 
 
 def caption_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "pretrain_mm.caption", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
+    return run_tool("caption", *args)
 
 
 def test_caption_cli_refuses_what_cannot_caption_in_one_line(tmp_path):

@@ -1,7 +1,6 @@
 """`python -m pretrain_mm.export`: a trained run to open_clip (same embeddings) and to our safetensors (same model)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from test_eval_cli import TRAIN, run_cli
 
+from helpers.tools import run_tool
 from pretrain_mm.builders import build_tokenizer, model_from_config
 from pretrain_mm.config import plain_config
 from pretrain_mm.eval.loading import load_checkpoint_model
@@ -21,13 +21,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def export_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "pretrain_mm.export", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
+    return run_tool("export", *args)
 
 
 @pytest.fixture(scope="module")
