@@ -120,9 +120,16 @@ def test_prompts_unseen_in_training_captions(root, samples):
 
 def test_eval_sets_read_back(root, samples):
     info = builtin_info("stamps", root)
-    e = SimpleNamespace(zeroshot=["stamps"], retrieval=["stamps"], classification=["stamps"], shapes_attributes=[])
+    e = SimpleNamespace(
+        zeroshot=["stamps"],
+        retrieval=["stamps"],
+        classification=["stamps"],
+        captioning=["stamps"],
+        shapes_attributes=[],
+    )
     ds = builtin_set("stamps", e, root)
     assert ds.caption_key == "txt" and ds.train_urls and ds.label_key == "cls"
+    assert ds.retrieval and ds.captioning and ds.attribute_names == {}  # a CoCa captions it, against its .txt
     assert ds.zeroshot["category"].classnames == info["classes"]["category"]
     # what zero-shot / retrieval read: val images, captions, labels; conf/data/stamps.yaml's
     # context_length (64) holds every caption whole
