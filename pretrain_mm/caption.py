@@ -19,15 +19,17 @@ from pathlib import Path
 import torch
 
 from pretrain_mm.cli_errors import one_line_error
+from pretrain_mm.config import CaptionConfig
+from pretrain_mm.data import DEFAULT_IMAGE_KEY
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+IMAGE_SUFFIXES = tuple(f".{ext}" for ext in DEFAULT_IMAGE_KEY.split(";"))  # what a shard's image may be
 log = logging.getLogger("pretrain_mm.caption")
 
 
 def image_sources(items: list[str]) -> Iterator[tuple[str, str | None, bytes | None]]:
     """(name, shard URL or None, image bytes or None) for every image the arguments name; bytes are None for
     a path still to read. A name that is neither an image, a folder nor shards is a ValueError."""
-    from pretrain_mm.data import DEFAULT_IMAGE_KEY, expand_urls, iter_shard
+    from pretrain_mm.data import expand_urls, iter_shard
 
     exts = DEFAULT_IMAGE_KEY.split(";")
     for item in items:
@@ -52,33 +54,27 @@ def image_sources(items: list[str]) -> Iterator[tuple[str, str | None, bytes | N
 
 
 def caption_images(
-    source: str, items: list[str], decoding, batch_size: int, device: torch.device, seed: int = 0, prompt: str = ""
+    source: str, items: list[str], caption_cfg: CaptionConfig, batch_size: int, device: torch.device, prompt: str = ""
 ):
-    """Yields (name, caption) for each image of `items` (see image_sources) from the CoCa of `source`; every
-    caption starts with `prompt` (if any)."""
+    """Yields (name, caption) for each image of `items` (see image_sources) from the CoCa of `source`, decoded
+    as caption_cfg says; every caption starts with `prompt` (if any)."""
     from pretrain_mm.builders import build_tokenizer
     from pretrain_mm.data import image_transform
     from pretrain_mm.data.decode import decode_image
+    from pretrain_mm.eval.captioning import captioner
     from pretrain_mm.eval.loading import load_checkpoint_model
     from pretrain_mm.models import CoCa
-    from pretrain_mm.models.generate import generate
 
     model, cfg, read = load_checkpoint_model(source, device)
     if not isinstance(model, CoCa):
         raise ValueError(f"{read} holds a {type(model).__name__}, which cannot caption: train one with model=coca")
-    tokenizer = build_tokenizer(cfg.data)
+    caption = captioner(model, build_tokenizer(cfg.data), caption_cfg, device, prompt)
     transform = image_transform(cfg.data.image_size)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    prompt_ids = tokenizer.encode(prompt) if prompt else None
     names: list[str] = []
     pixels: list[torch.Tensor] = []
 
     def flush():
-        batch = torch.stack(pixels).to(device)
-        ids = generate(
-            model, batch, tokenizer.sot_id, tokenizer.eot_id, decoding, generator=generator, prompt=prompt_ids
-        )
-        done = list(zip(names, (tokenizer.decode(row) for row in ids)))
+        done = list(zip(names, caption(torch.stack(pixels))))
         names.clear()
         pixels.clear()
         return done
@@ -101,8 +97,7 @@ def caption_images(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pretrain_mm.config import CaptionConfig, DecodingMethod
-    from pretrain_mm.eval.captioning import decoding_of
+    from pretrain_mm.config import DecodingMethod
 
     parser = argparse.ArgumentParser(
         prog="python -m pretrain_mm.caption",
@@ -136,13 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
         )
         for name, caption in caption_images(
-            args.source,
-            args.images,
-            decoding_of(settings),
-            args.batch_size,
-            torch.device(args.device),
-            args.seed,
-            args.prompt,
+            args.source, args.images, settings, args.batch_size, torch.device(args.device), args.prompt
         ):
             print(f"{name}\t{caption}", flush=True)
     except ValueError as error:

@@ -5,6 +5,7 @@ that name each attribute's true value and no other."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,30 @@ def decoding_of(caption_cfg: CaptionConfig) -> Decoding:
     """The config's decoding settings (eval.caption, or the caption CLI's) as models.generate's."""
     c = caption_cfg
     return Decoding(str(c.method), c.max_length, c.beam_width, c.length_penalty, c.top_p, c.temperature)
+
+
+def captioner(
+    model: CoCa, tokenizer: Tokenizer, caption_cfg: CaptionConfig, device: torch.device, prompt: str = ""
+) -> Callable[[torch.Tensor], list[str]]:
+    """A function from a batch of normalised images to their captions as text, decoded by caption_cfg (top_p's
+    samples from its seed), each starting with `prompt` (if any): the report's and the caption CLI's."""
+    decoding = decoding_of(caption_cfg)
+    generator = torch.Generator(device=device).manual_seed(caption_cfg.seed)
+    prompt_ids = tokenizer.encode(prompt) if prompt else None
+
+    def caption(images: torch.Tensor) -> list[str]:
+        ids = generate(
+            model,
+            images.to(device),
+            tokenizer.sot_id,
+            tokenizer.eot_id,
+            decoding,
+            generator=generator,
+            prompt=prompt_ids,
+        )
+        return [tokenizer.decode(row) for row in ids]
+
+    return caption
 
 
 @dataclass
@@ -73,23 +98,15 @@ def caption_split(
     all), at most max_samples over all ranks (0: all)."""
     _, world = rank_world()
     budget = -(-max_samples // world) if max_samples > 0 else None
-    decoding, generator = decoding_of(caption_cfg), torch.Generator(device=device).manual_seed(caption_cfg.seed)
+    caption = captioner(model, tokenizer, caption_cfg, device)
     loader = build_loader(urls, batch_size=batch_size, image_size=image_size, train=False)
     keys: list[str] = []
     texts: list[str] = []
     for batch in loader:
         take = len(batch["key"]) if budget is None else min(len(batch["key"]), budget - len(keys))
         with inference_autocast(device):
-            ids = generate(
-                model,
-                batch["image"][:take].to(device),
-                tokenizer.sot_id,
-                tokenizer.eot_id,
-                decoding,
-                generator=generator,
-            )
+            texts += caption(batch["image"][:take])
         keys += batch["key"][:take]
-        texts += [tokenizer.decode(row) for row in ids]
         if budget is not None and len(keys) >= budget:
             break
     return dict(zip(gather_lists(keys), gather_lists(texts)))
