@@ -56,7 +56,8 @@ class EvalSet:
 
 
 def builtin_set(name: str, eval_cfg: EvalConfig, root: str | None = None) -> EvalSet:
-    """A built-in set with the tasks the eval config asks of it (eval.zeroshot / retrieval / classification)."""
+    """A built-in set with the tasks the eval config asks of it (eval.zeroshot / retrieval / classification /
+    captioning)."""
     info = builtin_info(name, root)
     primary = info["label"]
     out = EvalSet(
@@ -71,13 +72,15 @@ def builtin_set(name: str, eval_cfg: EvalConfig, root: str | None = None) -> Eva
     if name in eval_cfg.retrieval or name in eval_cfg.captioning:
         out.caption_key = BUILTIN_CAPTION_KEYS.get(name, "txt")
         out.retrieval = name in eval_cfg.retrieval
+    # The attributes zero-shot classifies and captions are checked on: eval.shapes_attributes for shapes.
+    attributes = list(eval_cfg.shapes_attributes) if name == "shapes" else [primary]
+    unknown = [attr for attr in attributes if attr not in info["classes"]]
+    if unknown and (name in eval_cfg.zeroshot or name in eval_cfg.captioning):
+        raise ValueError(
+            f"eval.shapes_attributes: {name!r} has no attribute {unknown[0]!r}; choose from {sorted(info['classes'])}"
+        )
     if name in eval_cfg.zeroshot:
-        attributes = list(eval_cfg.shapes_attributes) if name == "shapes" else [primary]
         for attr in attributes:
-            if attr not in info["classes"]:
-                raise ValueError(
-                    f"eval.shapes_attributes: {name!r} has no attribute {attr!r}; choose from {sorted(info['classes'])}"
-                )
             spec = info["label_keys"][attr]
             if spec == out.label_key:
                 label = "label"
@@ -88,7 +91,7 @@ def builtin_set(name: str, eval_cfg: EvalConfig, root: str | None = None) -> Eva
     if name in eval_cfg.captioning:
         out.captioning = True
         if name == "shapes":  # its JSON names every attribute by index: score the captions' attributes
-            out.attribute_names = {a: info["classes"][a] for a in eval_cfg.shapes_attributes if a in info["classes"]}
+            out.attribute_names = {attr: info["classes"][attr] for attr in attributes}
     return out
 
 

@@ -89,3 +89,5 @@ def test_builtin_shapes_zero_shot_attributes():
     assert digits.classification and digits.label_key == "cls" and len(digits.classnames) == 10
     with pytest.raises(ValueError, match="no attribute 'hue'"):
         builtin_set("shapes", EvalConfig(shapes_attributes=["hue"]))
+    with pytest.raises(ValueError, match="no attribute 'hue'"):  # captioning checks the same attributes
+        builtin_set("shapes", EvalConfig(zeroshot=[], captioning=["shapes"], shapes_attributes=["hue"]))
