@@ -143,8 +143,7 @@ class CoCa(CLIP):
         neg_text_features), caption_logits (B, T' - 1, vocab) and caption_targets (B, T' - 1), T' the
         batch's longest caption. One pass of each tower serves both losses."""
         tokens = self.visual.forward_features(images)
-        if text.device.type != "meta":
-            text = text[:, : int(self.text.eot_positions(text).max()) + 1]
+        text = self.text.trim(text)
         hidden = self.text.forward_tokens(text)
         text_features = self.text.proj(self.text.pool(hidden, text))
         out = {

@@ -93,14 +93,17 @@ class TextTransformer(nn.Module):
         """(B, width): the hidden state at each row's end-of-text (last non-pad) position."""
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), self.eot_positions(text)]
 
-    def forward(self, text: torch.Tensor) -> torch.Tensor:
-        """Projected text features (B, output_dim), not normalised.
+    def trim(self, text: torch.Tensor) -> torch.Tensor:
+        """`text` without the padding columns after the batch's longest text. Causality makes the pooled
+        end-of-text features (and every position's hidden state) blind to the columns after it, so the
+        blocks give the same features at a cost that follows the captions' length, not context_length."""
+        if text.device.type == "meta":  # (shapes-only runs on meta tensors have no ids to look at)
+            return text
+        return text[:, : int(self.eot_positions(text).max()) + 1]
 
-        Causality makes the pooled end-of-text features blind to the columns after it, so the
-        padding after the batch's longest text is cut before the blocks: the same features, at
-        a cost that follows the captions' length instead of context_length."""
-        if text.device.type != "meta":  # (shapes-only runs on meta tensors have no ids to look at)
-            text = text[:, : int(self.eot_positions(text).max()) + 1]
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        """Projected text features (B, output_dim), not normalised, of the trimmed text."""
+        text = self.trim(text)
         return self.proj(self.pool(self.forward_tokens(text), text))
 
     def no_weight_decay(self) -> set[str]:
