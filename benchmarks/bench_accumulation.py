@@ -30,6 +30,7 @@ GLOBAL_BATCHES = [1024, 2048, 4096, 8192, 16384, 32768]
 def measure(mode, size, image_size, global_batch, micro, device_name, precision_name, kind):
     import torch
 
+    from pretrain_mm.config import LossConfig
     from pretrain_mm.data.transforms import Normalize
     from pretrain_mm.precision import autocast, resolve_precision
     from pretrain_mm.train.accumulation import accumulate_gradients
@@ -40,7 +41,7 @@ def measure(mode, size, image_size, global_batch, micro, device_name, precision_
     device = torch.device(device_name)
     model, optimizer, _, text = random_training_setup("clip", size, image_size, global_batch, device)
     images = torch.randint(0, 256, (global_batch, 3, image_size, image_size), dtype=torch.uint8, device=device)
-    objective = ContrastiveObjective(argparse.Namespace(kind=kind, impl="auto"))
+    objective = ContrastiveObjective(LossConfig(kind=kind))
     normalize = Normalize()
     in_precision = autocast(resolve_precision(precision_name, device), device)
 

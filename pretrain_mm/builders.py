@@ -8,7 +8,16 @@ from typing import cast
 import torch.nn as nn
 from omegaconf import DictConfig
 
-from pretrain_mm.config import TEXT_KINDS, ClipModelConfig, Config, DataConfig, MaeModelConfig
+from pretrain_mm.config import (
+    TEXT_KINDS,
+    TOKENIZED_KINDS,
+    ClipModelConfig,
+    Config,
+    DataConfig,
+    MaeModelConfig,
+    ModelKind,
+    masks_text,
+)
 from pretrain_mm.data import (
     BUILTINS,
     CLIP,
@@ -21,6 +30,7 @@ from pretrain_mm.data import (
     load_tokenizer,
 )
 from pretrain_mm.distributed import DistInfo
+from pretrain_mm.models.mlm import MaskingRule
 
 log = logging.getLogger(__name__)
 _said_clip_default = False  # the fall-back to CLIP's BPE is logged once per process
@@ -109,20 +119,41 @@ def pin_model_args(resolved: dict, legacy: bool = False) -> dict:
     return resolved
 
 
+def model_vocab_size(cfg: Config, tokenizer: Tokenizer) -> int:
+    """The token embedding's rows: the tokenizer's ids, and one more, the mask id, where the model learns
+    masked language modelling (models/mlm.py says why the mask id is the tokenizer's vocab_size)."""
+    return tokenizer.vocab_size + (1 if masks_text(cfg) else 0)
+
+
+def masking_rule(cfg: Config, tokenizer: Tokenizer) -> MaskingRule:
+    """BERT's masking of the tokenizer's captions at loss.mlm_mask_rate, the mask id after the tokenizer's."""
+    return MaskingRule(
+        rate=cfg.loss.mlm_mask_rate,
+        mask_id=tokenizer.vocab_size,
+        vocab_size=tokenizer.vocab_size,
+        pad_id=tokenizer.pad_id,
+        sot_id=tokenizer.sot_id,
+        eot_id=tokenizer.eot_id,
+    )
+
+
 def model_from_config(cfg: Config, vocab_size: int | None = None, **overrides) -> nn.Module:
-    """A new, initialised model of the config's kind, size and input shapes. A CLIP's vocabulary is the
-    configured tokenizer's unless `vocab_size` is given (a caller that holds the tokenizer, or the weights)."""
+    """A new, initialised model of the config's kind, size and input shapes. A text model's vocabulary is
+    model_vocab_size of the configured tokenizer unless `vocab_size` is given (a caller that holds the
+    tokenizer, or the weights)."""
     from pretrain_mm.models import build_model
 
-    if cfg.model.kind in TEXT_KINDS and vocab_size is None:
-        vocab_size = build_tokenizer(cfg.data).vocab_size
+    if cfg.model.kind in TOKENIZED_KINDS and vocab_size is None:
+        vocab_size = model_vocab_size(cfg, build_tokenizer(cfg.data))
     model_cfg = cfg.model  # at run time a DictConfig of the kind's schema
     clip_cfg, mae_cfg = cast(ClipModelConfig, model_cfg), cast(MaeModelConfig, model_cfg)
-    extra: dict = (
-        {"patch_dropout": clip_cfg.patch_dropout, "loss_kind": str(cfg.loss.kind)}
-        if model_cfg.kind in TEXT_KINDS
-        else {"mask_ratio": mae_cfg.mask_ratio, "norm_pix_loss": mae_cfg.norm_pix_loss}
-    )
+    extra: dict = {}
+    if model_cfg.kind in TEXT_KINDS:
+        extra = {"patch_dropout": clip_cfg.patch_dropout, "loss_kind": str(cfg.loss.kind)}
+        if masks_text(cfg):
+            extra["mlm"] = True
+    elif model_cfg.kind == ModelKind.mae:
+        extra = {"mask_ratio": mae_cfg.mask_ratio, "norm_pix_loss": mae_cfg.norm_pix_loss}
     args = cast(DictConfig, model_cfg).get("args")  # `get`: a config without model.args is accepted
     extra.update(drop_path_rate=model_cfg.drop_path, **dict(args or {}), **overrides)
     return build_model(
@@ -149,12 +180,12 @@ def build_train_loader(cfg: Config, info: DistInfo, per_rank_batch: int, tokeniz
     a run resumes mid-epoch (exactly, by replaying the epoch's raw samples undecoded).
     """
     data, trainer = cfg.data, cfg.trainer
-    if cfg.model.kind in TEXT_KINDS and tokenizer is None:
+    if cfg.model.kind in TOKENIZED_KINDS and tokenizer is None:
         tokenizer = build_tokenizer(data)
     return build_loader(
         split_urls(data, "train"),
         batch_size=per_rank_batch,
-        tokenizer=tokenizer if cfg.model.kind in TEXT_KINDS else None,
+        tokenizer=tokenizer if cfg.model.kind in TOKENIZED_KINDS else None,
         image_size=data.image_size,
         train=True,
         num_workers=data.num_workers,

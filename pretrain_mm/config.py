@@ -26,9 +26,11 @@ class ModelKind(StrEnum):
     clip = "clip"
     coca = "coca"  # CLIP + a captioning decoder
     mae = "mae"
+    mlm = "mlm"  # the text tower alone, masked language modelling on captions
 
 
-TEXT_KINDS = (ModelKind.clip, ModelKind.coca)  # the kinds with a text tower (a tokenizer, zero-shot, retrieval)
+TEXT_KINDS = (ModelKind.clip, ModelKind.coca)  # image and text towers (zero-shot, retrieval)
+TOKENIZED_KINDS = (*TEXT_KINDS, ModelKind.mlm)  # the kinds that read captions (a tokenizer, a vocabulary)
 
 
 class DecodingMethod(StrEnum):
@@ -128,6 +130,14 @@ class CocaModelConfig(ModelConfig):
 
 
 @dataclass
+class MlmModelConfig(ModelConfig):
+    """The text tower alone (models/mlm.py), trained by masked language modelling on the captions of the
+    data (loss.mlm_mask_rate); the size row's text_* shape."""
+
+    kind: ModelKind = ModelKind.mlm
+
+
+@dataclass
 class MaeModelConfig(ModelConfig):
     """ViT-MAE: encoder on the visible patches, light decoder, loss on the masked ones."""
 
@@ -145,6 +155,10 @@ class LossConfig:
     # caption tokens, end-of-text included, padding not); 2.0 as open_clip's CoCa.
     caption_weight: float = 2.0
     caption_label_smoothing: float = 0.0
+    # CLIP / CoCa: + mlm_weight * masked-language-modelling loss of the text tower (FLAVA); 0: no MLM head.
+    # The mlm kind trains on that loss alone. BERT's 15% of caption tokens, 80/10/10 mask/random/kept.
+    mlm_weight: float = 0.0
+    mlm_mask_rate: float = 0.15
 
 
 @dataclass
@@ -289,19 +303,45 @@ class LauncherConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation (DistilBERT's recipe on CLIP's towers, as TinyCLIP): a trained teacher, this run's model the
+    student. loss = contrastive_weight * the student's contrastive loss + kd_weight * T^2 * the soft
+    cross-entropy from the teacher's image-text similarity distributions to the student's at temperature T
+    (both directions, over the global batch) + cosine_weight * (1 - cosine) between the student's features,
+    projected to the teacher's width where they differ, and the teacher's (images and texts)."""
+
+    teacher: str | None = None  # a run directory, checkpoint or model.safetensors of a CLIP / CoCa; None: off
+    temperature: float = 2.0
+    kd_weight: float = 1.0
+    cosine_weight: float = 1.0
+    contrastive_weight: float = 1.0
+
+
+@dataclass
 class Config:
     run_name: str = "${model.kind}-${data.name}"  # the default run directory is outputs/<run_name>
     mode: Mode = Mode.train
-    model: ModelConfig = MISSING  # model=clip (default) | model=coca | model=mae
+    model: ModelConfig = MISSING  # model=clip (default) | model=coca | model=mae | model=mlm
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
 
-MODEL_SCHEMAS = {ModelKind.clip: ClipModelConfig, ModelKind.coca: CocaModelConfig, ModelKind.mae: MaeModelConfig}
+MODEL_SCHEMAS = {
+    ModelKind.clip: ClipModelConfig,
+    ModelKind.coca: CocaModelConfig,
+    ModelKind.mae: MaeModelConfig,
+    ModelKind.mlm: MlmModelConfig,
+}
+
+
+def masks_text(cfg) -> bool:
+    """Whether the config's model learns masked language modelling (the mlm kind, or loss.mlm_weight > 0)."""
+    return cfg.model.kind == ModelKind.mlm or (cfg.model.kind in TEXT_KINDS and cfg.loss.mlm_weight > 0)
 
 
 def register_configs() -> None:

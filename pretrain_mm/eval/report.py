@@ -26,6 +26,7 @@ TASKS = {
     "finetune": "fine-tune",
     "reconstruction": "MAE reconstruction",
     "captioning": "captioning",
+    "masked_lm": "masked tokens",
 }
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}

@@ -11,8 +11,8 @@ from typing import cast
 import torch
 from omegaconf import OmegaConf
 
-from pretrain_mm.builders import build_tokenizer, split_urls
-from pretrain_mm.config import TEXT_KINDS, Config, ModelKind, plain_config
+from pretrain_mm.builders import build_tokenizer, masking_rule, split_urls
+from pretrain_mm.config import TEXT_KINDS, TOKENIZED_KINDS, Config, ModelKind, masks_text, plain_config
 from pretrain_mm.data import build_loader, expand_urls
 from pretrain_mm.distributed import DistInfo, rank_world
 from pretrain_mm.eval.captioning import caption_split, captioning_metrics, read_references
@@ -23,12 +23,14 @@ from pretrain_mm.eval.finetune import finetune
 from pretrain_mm.eval.knn import knn_evaluate
 from pretrain_mm.eval.linear_probe import linear_probe
 from pretrain_mm.eval.loading import load_checkpoint_model, load_open_clip_model, random_model, run_dir_of
+from pretrain_mm.eval.masked_lm import caption_tokens, masked_split, masked_token_accuracy, unigram_baseline
 from pretrain_mm.eval.metrics import confusion_matrix
 from pretrain_mm.eval.report import result_rows, write_report
 from pretrain_mm.eval.retrieval import chance_recall, retrieval_recall
 from pretrain_mm.eval.zeroshot import zeroshot_classifier, zeroshot_evaluate
 from pretrain_mm.interop.init_from import is_open_clip_source
 from pretrain_mm.models import CLIP, MAE, CoCa
+from pretrain_mm.ops import IGNORE
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class Evaluation:
         self.towers = {"trained": model}
         if self.eval_cfg.random_baseline:
             self.towers["random"] = random_model(cfg, self.eval_cfg.seed, device)
-        self.tokenizer = build_tokenizer(cfg.data) if self.kind in TEXT_KINDS else None
+        self.tokenizer = build_tokenizer(cfg.data) if self.kind in TOKENIZED_KINDS else None
         self.results: dict = {"metrics": {name: {} for name in self.towers}, "chance": {}, "samples": {}, "notes": {}}
         self.extras: dict = {"confusion": [], "retrieval_examples": {}, "caption_examples": {}, "reconstructions": None}
 
@@ -249,6 +251,31 @@ class Evaluation:
         if self.eval_cfg.finetune.enabled:
             chance.setdefault("finetune", {})[ds.name] = chance_accuracy(classes)
 
+    def run_masked_lm(self) -> None:
+        """Masked-token accuracy on the training data's val captions (one seeded draw of BERT's masks for every
+        tower), beside the unigram baseline from its train captions."""
+        d, e = self.cfg.data, self.eval_cfg
+        try:
+            val, train = expand_urls(split_urls(d, "val")), expand_urls(split_urls(d, "train"))
+        except ValueError as error:  # the user's shards without a val split: say why there is no number
+            log.warning("no masked-token accuracy: %s", error)
+            return
+        assert self.tokenizer is not None  # a model that masks text reads captions
+        rule = masking_rule(self.cfg, self.tokenizer)
+        batches = masked_split(val, self.tokenizer, rule, d.caption_key, e.seed, e.batch_size, e.max_samples)
+        for tower, model in self.towers.items():
+            self.record(tower, "masked_lm", d.name, masked_token_accuracy(model, batches, self.device))
+        train_tokens = caption_tokens(train, self.tokenizer, d.caption_key, e.batch_size, e.max_samples)
+        self.results["chance"].setdefault("masked_lm", {})[d.name] = unigram_baseline(train_tokens, rule, batches)
+        self.results["samples"].setdefault(d.name, {})["masked_tokens"] = sum(
+            int((t != IGNORE).sum()) for _, t in batches
+        )
+        self.results["notes"][f"{d.name} (masked tokens)"] = (
+            f"masked-token accuracy on the val captions, {rule.rate:.0%} of their tokens chosen (BERT's 80/10/10 "
+            "mask / random / kept; one seeded draw for every tower); its 'chance' is the unigram baseline, always "
+            "predicting the train captions' most frequent token (top-5: the five most frequent)."
+        )
+
     def run_reconstructions(self) -> None:
         """MAE: masked-patch error on the training data's val split, and the picture grid (rank 0)."""
         d = self.cfg.data
@@ -280,12 +307,15 @@ def run_evaluation(
     started = time.perf_counter()
     model = model.eval()
     run = Evaluation(cfg, model, info.device)
-    for ds in eval_sets(cfg.eval, cfg.data.root):
+    # The text tower alone (the mlm kind) has none of the image evaluators.
+    for ds in eval_sets(cfg.eval, cfg.data.root) if run.kind != ModelKind.mlm else []:
         if info.is_main:
             log.info("evaluating on %s", ds.name)
         run.run_set(ds)
-    if run.kind == "mae" and info.is_main:
+    if run.kind == ModelKind.mae and info.is_main:
         run.run_reconstructions()
+    if masks_text(cfg) and info.is_main:
+        run.run_masked_lm()
     results = {
         "checkpoint": str(checkpoint) if checkpoint else None,
         "run_dir": str(run_dir),

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pretrain_mm.models.layers import no_weight_decay_names
+from pretrain_mm.models.mlm import MlmHead, masked_token_logits
 from pretrain_mm.models.text import TextTransformer
 from pretrain_mm.models.vit import VisionTransformer
 from pretrain_mm.ops.contrastive import KINDS as LOSS_KINDS  # the op decides which losses exist
@@ -38,6 +39,8 @@ class CLIP(nn.Module):
         init_logit_bias: the sigmoid loss's initial bias; None: -10 (SigLIP).
         max_logit_scale: the cap of exp(logit_scale) (100, as open_clip): `clamp_logit_scale_()`,
             called after each optimiser step, clamps the parameter to [0, log(max_logit_scale)].
+        mlm: a masked-language-modelling head on the text tower (models/mlm.py; loss.mlm_weight sets it);
+            vocab_size then counts the mask id.
 
     logit_scale and logit_bias are 1-element 1-D parameters, not 0-d ones: FSDP2 cannot shard
     scalar parameters.
@@ -71,6 +74,7 @@ class CLIP(nn.Module):
         init_logit_scale: float | None = None,
         init_logit_bias: float | None = None,
         max_logit_scale: float = 100.0,
+        mlm: bool = False,
     ):
         super().__init__()
         if loss_kind not in LOSS_KINDS:
@@ -113,6 +117,7 @@ class CLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.empty(1))
         # Only the sigmoid loss has a bias: an unused parameter would get no gradient.
         self.logit_bias = nn.Parameter(torch.empty(1)) if loss_kind == "sigmoid" else None
+        self.mlm_head = MlmHead(text_width, vocab_size) if mlm else None
         self._init_own_weights()
 
     @torch.no_grad()
@@ -131,6 +136,8 @@ class CLIP(nn.Module):
         self.logit_scale.fill_(self.init_logit_scale)
         if self.logit_bias is not None:
             self.logit_bias.fill_(self.init_logit_bias)
+        if self.mlm_head is not None:
+            self.mlm_head.init_weights()
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Image features (B, embed_dim), unit-norm unless normalize=False."""
@@ -147,11 +154,24 @@ class CLIP(nn.Module):
         features = self.text(text)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor, neg_text: torch.Tensor | None = None) -> dict:
+    def masked_token_logits(self, mlm_text: torch.Tensor) -> torch.Tensor:
+        """The MLM head's logits (B, T', vocab) of masked captions (models/mlm.py); needs mlm=True."""
+        if self.mlm_head is None:
+            raise ValueError("this model has no masked-language-modelling head: build it with mlm=True")
+        return masked_token_logits(self.text, self.mlm_head, mlm_text)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        neg_text: torch.Tensor | None = None,
+        mlm_text: torch.Tensor | None = None,
+    ) -> dict:
         """Everything the loss needs, and nothing of the loss itself (the trainer may swap in a
         distributed loss): image_features, text_features (B, embed_dim, unit-norm),
         logit_scale = exp(logit_scale) (1 element), logit_bias (or None); with neg_text (B, T),
-        hard-negative captions (see hard_negative_terms), also neg_text_features (B, embed_dim)."""
+        hard-negative captions (see hard_negative_terms), also neg_text_features (B, embed_dim); with
+        mlm_text (B, T), masked captions, mlm_logits (masked_token_logits)."""
         text_features = self.encode_text(text if neg_text is None else torch.cat([text, neg_text]))
         out = {
             "image_features": self.encode_image(images),
@@ -163,6 +183,8 @@ class CLIP(nn.Module):
         }
         if neg_text is not None:  # one pass of the text tower for both
             out["text_features"], out["neg_text_features"] = text_features.split(text.shape[0])
+        if mlm_text is not None:
+            out["mlm_logits"] = self.masked_token_logits(mlm_text)
         return out
 
     @torch.no_grad()

@@ -18,8 +18,7 @@ import torch.nn as nn
 
 from pretrain_mm.models.clip import CLIP
 from pretrain_mm.models.layers import Attention, CrossAttention, KVCache, Mlp, drop_path, text_init_stds
-
-IGNORE = -100  # cross-entropy's default ignore_index: the caption targets after a caption's end
+from pretrain_mm.ops import IGNORE  # the caption targets after a caption's end
 
 
 class DecoderBlock(nn.Module):
@@ -138,10 +137,16 @@ class CoCa(CLIP):
             hidden = block(hidden, context, cache)
         return self.lm_head(self.decoder_norm(hidden))
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor, neg_text: torch.Tensor | None = None) -> dict:
+    def forward(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        neg_text: torch.Tensor | None = None,
+        mlm_text: torch.Tensor | None = None,
+    ) -> dict:
         """CLIP's outputs (image_features, text_features, logit_scale, logit_bias; with neg_text,
-        neg_text_features), caption_logits (B, T' - 1, vocab) and caption_targets (B, T' - 1), T' the
-        batch's longest caption. One pass of each tower serves both losses."""
+        neg_text_features; with mlm_text, mlm_logits), caption_logits (B, T' - 1, vocab) and caption_targets
+        (B, T' - 1), T' the batch's longest caption. One pass of each tower serves both losses."""
         tokens = self.visual.forward_features(images)
         text = self.text.trim(text)
         hidden = self.text.forward_tokens(text)
@@ -156,6 +161,8 @@ class CoCa(CLIP):
         }
         if neg_text is not None:
             out["neg_text_features"] = self.encode_text(neg_text)
+        if mlm_text is not None:
+            out["mlm_logits"] = self.masked_token_logits(mlm_text)
         return out
 
     def caption_targets(self, text: torch.Tensor) -> torch.Tensor:

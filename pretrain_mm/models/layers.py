@@ -54,11 +54,17 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, keys: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, t, width). With a cache (generation), x holds the t positions after those the cache has
-        seen: they attend to the cached keys and values and their own, which the cache then keeps."""
+        seen: they attend to the cached keys and values and their own, which the cache then keeps.
+        keys (B, t) bool, True where a position may be attended: given, attention is bidirectional over
+        those positions whatever `causal` (a text tower's masked-language-modelling mode)."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        if keys is not None:
+            assert cache is None, "bidirectional attention is for whole sequences, not generation"
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :])
+            return self.proj(x.transpose(1, 2).reshape(b, t, d))
         past = 0
         if cache is not None:
             if self in cache:
@@ -138,8 +144,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + drop_path(self.attn(self.norm1(x), cache), self.drop_path, self.training)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """keys: see Attention (bidirectional attention over those positions)."""
+        x = x + drop_path(self.attn(self.norm1(x), cache, keys), self.drop_path, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 

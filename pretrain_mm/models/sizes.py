@@ -5,6 +5,7 @@ import inspect
 from pretrain_mm.models.clip import CLIP
 from pretrain_mm.models.coca import CoCa
 from pretrain_mm.models.mae import MAE
+from pretrain_mm.models.mlm import MaskedLanguageModel
 
 # One row per size, keyed by the constructor argument names of CLIP, CoCa and MAE; build_model gives
 # each constructor the keys it takes. The shapes are the papers': ViT-S/B/L/H (Dosovitskiy et al.,
@@ -91,7 +92,7 @@ SIZES = {
     ),
 }
 
-MODEL_KINDS = {"clip": CLIP, "coca": CoCa, "mae": MAE}
+MODEL_KINDS = {"clip": CLIP, "coca": CoCa, "mae": MAE, "mlm": MaskedLanguageModel}
 
 
 def constructor_arguments(cls: type) -> list[str]:
@@ -125,18 +126,19 @@ def model_arguments(kind: str, size: str, **overrides) -> dict:
 def build_model(
     kind: str, size: str, image_size: int = 224, vocab_size: int | None = None, context_length: int = 77, **overrides
 ):
-    """A CLIP, CoCa or MAE of a named size.
+    """A CLIP, CoCa, MAE or text-only MaskedLanguageModel of a named size.
 
-    kind: "clip", "coca" or "mae". size: a key of SIZES ("tiny", "small", "base", "large", "huge").
-    image_size: image side in pixels. vocab_size, context_length: the tokenizer's (CLIP and CoCa;
-    vocab_size is required there, both are ignored for MAE). overrides: any other constructor
+    kind: "clip", "coca", "mae" or "mlm". size: a key of SIZES ("tiny", "small", "base", "large", "huge").
+    image_size: image side in pixels (ignored for mlm). vocab_size, context_length: the tokenizer's (CLIP,
+    CoCa, mlm; vocab_size is required there, both are ignored for MAE). overrides: any other constructor
     argument of CLIP / CoCa / MAE by name (patch_size=16, loss_kind="sigmoid", mask_ratio=0.9, ...).
 
     Build under `with torch.device("meta"):` to get shapes without memory, then `to_empty` and
     `init_weights()` on the real device.
     """
-    extra = {"image_size": image_size}
-    if kind in MODEL_KINDS and "vocab_size" in constructor_arguments(MODEL_KINDS[kind]):  # a text tower
+    accepted = constructor_arguments(MODEL_KINDS[kind]) if kind in MODEL_KINDS else []
+    extra = {"image_size": image_size} if "image_size" in accepted else {}
+    if "vocab_size" in accepted:  # a text tower
         if vocab_size is None:
             raise ValueError(f"build_model({kind!r}, ...) needs vocab_size (the tokenizer's)")
         extra.update(vocab_size=vocab_size, context_length=context_length)

@@ -71,17 +71,25 @@ class TextTransformer(nn.Module):
         nn.init.zeros_(self.norm.bias)
         nn.init.normal_(self.proj.weight, std=attn_std)
 
-    def forward_tokens(self, text: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+    def forward_tokens(
+        self, text: torch.Tensor, cache: KVCache | None = None, start: int = 0, bidirectional: bool = False
+    ) -> torch.Tensor:
         """Normalised hidden states (B, T, width) of token ids (B, T) at positions start .. start + T - 1,
-        start + T <= context_length. Generation passes a KVCache holding positions 0 .. start - 1."""
+        start + T <= context_length. Generation passes a KVCache holding positions 0 .. start - 1.
+        bidirectional: every position attends to the whole text up to its end-of-text, none of the padding
+        after it (masked language modelling, models/mlm.py); otherwise causal."""
         if text.dim() != 2 or start + text.shape[1] > self.context_length:
             raise ValueError(
                 f"expected token ids (B, T) with T <= context_length {self.context_length}, got {tuple(text.shape)}"
                 + (f" after {start} positions" if start else "")
             )
         x = self.token_embedding(text) + self.positional_embedding[start : start + text.shape[1]]
+        keys = None
+        if bidirectional:
+            positions = torch.arange(text.shape[1], device=text.device)
+            keys = positions[None, :] <= self.eot_positions(text)[:, None]
         for block in self.blocks:
-            x = block(x, cache)
+            x = block(x, cache, keys)
         return self.norm(x)
 
     def eot_positions(self, text: torch.Tensor) -> torch.Tensor:

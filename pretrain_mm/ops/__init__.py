@@ -1,4 +1,4 @@
-"""The contrastive losses: the fused compiled op, its plain-PyTorch reference, its distributed form."""
+"""The contrastive losses: the fused compiled op, its plain-PyTorch reference, its distributed form; token losses."""
 
 from pretrain_mm.ops.contrastive import contrastive_loss
 from pretrain_mm.ops.distributed import (
@@ -7,11 +7,14 @@ from pretrain_mm.ops.distributed import (
     distributed_token_mean,
     token_total,
 )
+from pretrain_mm.ops.tokens import IGNORE, token_cross_entropy
 
 __all__ = [
+    "IGNORE",
     "contrastive_loss",
     "distributed_contrastive_loss",
     "distributed_row_mean",
     "distributed_token_mean",
+    "token_cross_entropy",
     "token_total",
 ]

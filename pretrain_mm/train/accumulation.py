@@ -29,7 +29,7 @@ from torch.distributed.fsdp import FSDPModule
 FEATURES = ("image_features", "text_features", "neg_text_features")  # per-row, with gradient (the last optional)
 # Per-row, without gradient: data, and separable loss terms (their value for the whole batch's loss; their
 # gradient comes from each micro-batch's re-run).
-ROW_DATA = ("neg_mask", "caption_nll", "caption_tokens")
+ROW_DATA = ("neg_mask", "caption_nll", "caption_tokens", "mlm_nll", "mlm_tokens")
 SCALARS = ("logit_scale", "logit_bias")
 
 
@@ -48,12 +48,13 @@ def accumulate_gradients(
 
 
 def summed_accumulation(model, objective, micro_batches: list[dict], precision, prepare) -> float:
-    """The mean of the micro-batch losses (exact for losses that are means over samples, such as MAE's)."""
+    """The sum of the micro-batches' shares of the step's loss (objective.micro_batch_loss: MAE's mean over
+    samples, MLM's over the step's masked tokens); with one micro-batch, the batch's loss."""
     total = 0.0
     for m, micro in enumerate(micro_batches):
         sync_gradients(model, m == len(micro_batches) - 1)
         with precision:
-            loss = objective(model, prepare(micro)) / len(micro_batches)
+            loss = objective.micro_batch_loss(model, prepare(micro), len(micro_batches))
         loss.backward()
         total += loss.detach().item()
     return total

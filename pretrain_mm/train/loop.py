@@ -24,15 +24,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain_mm import distributed as dist_utils
-from pretrain_mm.builders import build_tokenizer, build_train_loader, model_from_config, pin_model_args
-from pretrain_mm.config import TEXT_KINDS, Config, TrainerConfig, plain_config
+from pretrain_mm.builders import (
+    build_tokenizer,
+    build_train_loader,
+    masking_rule,
+    model_from_config,
+    model_vocab_size,
+    pin_model_args,
+)
+from pretrain_mm.config import TEXT_KINDS, TOKENIZED_KINDS, Config, TrainerConfig, masks_text, plain_config
 from pretrain_mm.interop.init_from import load_open_clip_weights, read_open_clip, with_open_clip_architecture
 from pretrain_mm.interop.weights import MODEL_FILE
 from pretrain_mm.precision import Precision, autocast, resolve_precision
 from pretrain_mm.train.accumulation import accumulate_gradients
 from pretrain_mm.train.checkpoint import Checkpointer, write_model_file
 from pretrain_mm.train.metric_logger import MetricLogger, StepTimer, peak_memory_mb
-from pretrain_mm.train.objectives import build_objective
+from pretrain_mm.train.objectives import TextMasking, build_objective
 from pretrain_mm.train.optimizer import build_optimizer, build_scheduler, clip_gradients, grad_norm
 from pretrain_mm.train.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
 
@@ -104,9 +111,9 @@ def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainR
         )
 
     # The model: identical initial weights on every rank, then each rank's own random stream.
-    tokenizer = build_tokenizer(cfg.data) if cfg.model.kind in TEXT_KINDS else None
+    tokenizer = build_tokenizer(cfg.data) if cfg.model.kind in TOKENIZED_KINDS else None
     torch.manual_seed(trainer.seed)
-    model = model_from_config(cfg, tokenizer.vocab_size if tokenizer else None).to(info.device)
+    model = model_from_config(cfg, model_vocab_size(cfg, tokenizer) if tokenizer else None).to(info.device)
     if (
         accum > 1
         and info.is_main
@@ -127,7 +134,10 @@ def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainR
     torch.manual_seed(trainer.seed + 1000 * info.rank)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, trainer.max_steps)
-    objective = build_objective(cfg.model, cfg.loss)
+    masking = (
+        TextMasking(masking_rule(cfg, tokenizer), trainer.seed, info.rank) if tokenizer and masks_text(cfg) else None
+    )
+    objective = build_objective(cfg.model.kind, cfg.loss, masking)
 
     # Resume: the newest complete checkpoint of this run (auto), a given one, or none.
     checkpointer = Checkpointer(run_dir / "checkpoints", info, keep=trainer.keep_checkpoints)
@@ -181,7 +191,7 @@ def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainR
                 continue
             fresh_epoch = False
             timer.data_ready()
-            micro_batches = split_batch(batch, accum, info.device)
+            micro_batches = split_batch(objective.prepare(batch, step), accum, info.device)
             loss_value = accumulate_gradients(
                 model, objective, micro_batches, in_precision, prepare=lambda m: {**m, "image": normalize(m["image"])}
             )

@@ -2,10 +2,13 @@
 
 import torch
 
-from pretrain_mm.models import TextTransformer, VisionTransformer, build_model
+from pretrain_mm.models import MaskingRule, TextTransformer, VisionTransformer, build_model
 from pretrain_mm.ops import contrastive_loss
 
 VOCAB, CONTEXT, IMAGE = 64, 16, 32
+# Masking for models of VOCAB ids, the last the mask id (as builders.model_vocab_size adds it); 30%, not 15%,
+# so that the tiny batches hold enough masked tokens.
+MLM_RULE = MaskingRule(rate=0.3, mask_id=VOCAB - 1, vocab_size=VOCAB - 1, pad_id=0, sot_id=1, eot_id=VOCAB - 2)
 
 
 def tiny_vit(**kwargs):
@@ -28,6 +31,11 @@ def tiny_clip(**kwargs):
 def tiny_coca(**kwargs):
     torch.manual_seed(0)
     return build_model("coca", "tiny", image_size=IMAGE, vocab_size=VOCAB, context_length=CONTEXT, **kwargs)
+
+
+def tiny_mlm(**kwargs):
+    torch.manual_seed(0)
+    return build_model("mlm", "tiny", vocab_size=VOCAB, context_length=CONTEXT, **kwargs)
 
 
 def tiny_mae(**kwargs):

@@ -1,5 +1,6 @@
 """Contrastive accumulation (GradCache) gives the whole batch's loss and gradients, on 1 and 2 processes (CLIP,
-and CoCa, whose captioning term is a sum over micro-batches)."""
+CoCa, whose captioning term is a sum over micro-batches, CLIP + masked language modelling), and so does
+summed accumulation for masked language modelling alone (a mean over the step's masked tokens)."""
 
 import math
 
@@ -8,32 +9,47 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from helpers.multiprocess import run_distributed
-from helpers.tiny_models import captions, images, tiny_clip, tiny_coca
-from pretrain_mm.config import LossConfig
+from helpers.tiny_models import MLM_RULE, captions, images, tiny_clip, tiny_coca, tiny_mlm
+from pretrain_mm.config import LossConfig, ModelKind
 from pretrain_mm.train.accumulation import accumulate_gradients
-from pretrain_mm.train.objectives import CocaObjective, ContrastiveObjective
+from pretrain_mm.train.objectives import TextMasking, build_objective
 from pretrain_mm.train.optimizer import grad_norm
 
 BATCH, MICRO = 16, 4
 KINDS = ("softmax", "sigmoid")
 
 
+MASKS = ("clip_mlm", "mlm")  # the archs that mask text
+
+
 def objective(kind, arch="clip"):
-    cls = CocaObjective if arch == "coca" else ContrastiveObjective
-    return cls(LossConfig(kind=kind, impl="fused", hard_negative_weight=0.7, caption_label_smoothing=0.1))
+    """arch: clip, coca, clip_mlm (CLIP + 0.5 x MLM) or mlm (the text tower alone)."""
+    loss = LossConfig(kind=kind, impl="fused", hard_negative_weight=0.7, caption_label_smoothing=0.1, mlm_weight=0.5)
+    masking = TextMasking(MLM_RULE, seed=0, rank=0) if arch in MASKS else None
+    return build_objective(ModelKind.clip if arch == "clip_mlm" else ModelKind(arch), loss, masking)
 
 
 def model64(kind, arch="clip", **kwargs):
-    return (tiny_coca if arch == "coca" else tiny_clip)(loss_kind=kind, **kwargs).double()
+    if arch == "mlm":
+        return tiny_mlm(**kwargs).double()
+    return (tiny_coca if arch == "coca" else tiny_clip)(loss_kind=kind, mlm=arch == "clip_mlm", **kwargs).double()
 
 
-def whole_batch(rows=slice(None), negatives=False):
-    """BATCH pairs; with negatives, hard-negative captions for the rows neg_mask marks (not all of them)."""
+def whole_batch(rows=slice(None), negatives=False, arch="clip"):
+    """BATCH pairs; with negatives, hard-negative captions for the rows neg_mask marks (not all of them); for
+    the archs that mask text, the masks of the whole batch (one draw, then sliced)."""
     batch = {"image": images(BATCH).double(), "text": captions(BATCH)}
     if negatives:
         batch["neg_text"] = captions(BATCH, seed=3)
         batch["neg_mask"] = torch.arange(BATCH) % 3 != 0
+    if arch in MASKS:
+        batch = TextMasking(MLM_RULE, seed=0, rank=0)(batch, step=5)
     return {k: v[rows] for k, v in batch.items()}
+
+
+def accumulate(model, obj, batch, parts):
+    """What the trainer does with a step's batch: prepare it, split it, accumulate."""
+    return accumulate_gradients(model, obj, split(obj.prepare(batch, 5), parts))
 
 
 def split(batch, parts):
@@ -56,25 +72,46 @@ def assert_same_grads(actual, expected):
 
 
 @pytest.mark.parametrize(
-    "arch,negatives", [("clip", False), ("clip", True), ("coca", True)], ids=["pairs", "hard_negatives", "coca"]
+    "arch,negatives",
+    [("clip", False), ("clip", True), ("coca", True), ("clip_mlm", False)],
+    ids=["pairs", "hard_negatives", "coca", "clip_mlm"],
 )
 @pytest.mark.parametrize("kind", KINDS)
 def test_accumulated_gradients_equal_the_whole_batch(kind, arch, negatives):
     model = model64(kind, arch)
-    loss_one = accumulate_gradients(model, objective(kind, arch), [whole_batch(negatives=negatives)])
+    loss_one = accumulate(model, objective(kind, arch), whole_batch(negatives=negatives, arch=arch), 1)
     expected = grads(model)
     model.zero_grad(set_to_none=True)
-    loss_four = accumulate_gradients(model, objective(kind, arch), split(whole_batch(negatives=negatives), MICRO))
+    loss_four = accumulate(model, objective(kind, arch), whole_batch(negatives=negatives, arch=arch), MICRO)
     assert loss_four == pytest.approx(loss_one, rel=1e-12)
     assert_same_grads(grads(model), expected)
 
     # What summing micro-batch losses trains instead (B/k negatives): a different loss and gradient.
     model.zero_grad(set_to_none=True)
-    batches = split(whole_batch(negatives=negatives), MICRO)
+    batches = split(whole_batch(negatives=negatives, arch=arch), MICRO)
     loss_summed = sum(objective(kind, arch)(model, micro) / MICRO for micro in batches)
     loss_summed.backward()
     assert loss_summed.item() != pytest.approx(loss_one, rel=1e-6)
     assert not torch.allclose(grads(model)["visual.head.weight"], expected["visual.head.weight"], rtol=1e-3)
+
+
+def test_masked_language_modelling_accumulated_is_the_mean_over_the_steps_masked_tokens():
+    """The mlm kind's micro-batches hold different numbers of masked tokens: their shares of the step's loss
+    are token sums over the step's count, so accumulating gives the whole batch's loss and gradient, where
+    averaging the micro-batch means would not."""
+    model = model64("softmax", "mlm")
+    batch = whole_batch(arch="mlm")
+    counts = [int((m["mlm_labels"] != -100).sum()) for m in split(batch, MICRO)]
+    assert len(set(counts)) > 1  # unequal, or the check below could not fail
+    loss_one = accumulate(model, objective("softmax", "mlm"), batch, 1)
+    expected = grads(model)
+    model.zero_grad(set_to_none=True)
+    loss_four = accumulate(model, objective("softmax", "mlm"), batch, MICRO)
+    assert loss_four == pytest.approx(loss_one, rel=1e-12)
+    assert_same_grads(grads(model), expected)
+    obj = objective("softmax", "mlm")
+    mean_of_means = sum(obj(model, micro) for micro in split(batch, MICRO)) / MICRO
+    assert float(mean_of_means) != pytest.approx(loss_one, rel=1e-6)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -103,18 +140,19 @@ def fsdp_accumulated(rank, world, kind, arch, negatives):
     model = model64(kind, arch)
     apply_fsdp(model, bf16=False)
     per_rank = BATCH // world
-    mine = whole_batch(slice(rank * per_rank, (rank + 1) * per_rank), negatives)
-    loss = accumulate_gradients(model, objective(kind, arch), split(mine, MICRO // world * 2))
+    mine = whole_batch(slice(rank * per_rank, (rank + 1) * per_rank), negatives, arch)
+    loss = accumulate(model, objective(kind, arch), mine, MICRO // world * 2)
     return loss, grads(model), grad_norm(model.parameters())
 
 
 # softmax with hard negatives covers plain softmax too (its term adds to the same loss); ~25 s a case.
 @pytest.mark.parametrize(
-    "kind,arch,negatives", [("softmax", "clip", True), ("sigmoid", "clip", False), ("softmax", "coca", False)]
+    "kind,arch,negatives",
+    [("softmax", "clip", True), ("sigmoid", "clip", False), ("softmax", "coca", False), ("softmax", "mlm", False)],
 )
 def test_two_fsdp2_processes_accumulating_equal_one_process_on_the_whole_batch(tmp_path, kind, arch, negatives):
     model = model64(kind, arch)
-    loss_one = accumulate_gradients(model, objective(kind, arch), [whole_batch(negatives=negatives)])
+    loss_one = accumulate(model, objective(kind, arch), whole_batch(negatives=negatives, arch=arch), 1)
     expected = grads(model)
     norm = math.sqrt(sum(float(g.pow(2).sum()) for g in expected.values()))
     results = run_distributed(fsdp_accumulated, 2, tmp_path, kind, arch, negatives)

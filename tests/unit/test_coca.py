@@ -8,7 +8,7 @@ from helpers.tiny_models import VOCAB, captions, images, tiny_coca
 from pretrain_mm.config import LossConfig
 from pretrain_mm.models.generate import Decoding, generate
 from pretrain_mm.models.layers import KVCache
-from pretrain_mm.train.objectives import CocaObjective, ContrastiveObjective
+from pretrain_mm.train.objectives import CocaObjective
 
 SOT, EOT = 1, VOCAB - 1
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,7 +44,7 @@ def test_caption_loss_is_the_mean_over_real_tokens_and_ignores_padding():
     batch = {"image": images(4).double(), "text": captions(4)}  # rows of 3 .. 16 tokens, padded with 0
     obj = objective(caption_weight=1.0)
     out = obj.forward(model, batch)
-    caption_term = obj.loss(out) - ContrastiveObjective.loss(obj, out)
+    caption_term = obj.loss(out) - obj.coupled_loss(out)
     # Plainly: every position before each row's last non-pad token predicts the next token; nothing after.
     raw = model(batch["image"], batch["text"])
     total, count = 0.0, 0
