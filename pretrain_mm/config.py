@@ -102,6 +102,9 @@ class ModelConfig:
     kind: ModelKind = MISSING
     size: str = "tiny"  # a named size (pretrain_mm.models): tiny ... vit_l14
     drop_path: float = 0.0
+    # CLIP / CoCa: start the text tower from a finished run's (+exp=mlm's masked-language-modelling one, or a
+    # CLIP's): its directory or model.safetensors, with this run's tokenizer and text shape. Resuming ignores it.
+    text_init_from: str | None = None
     # Any other constructor argument of CLIP / MAE by name, over the size's row:
     # +model.args.patch_size=16 +model.args.vision_init=timm (an unknown name is an error).
     args: dict[str, Any] = field(default_factory=dict)

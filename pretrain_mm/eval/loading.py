@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from pretrain_mm.builders import model_from_config, pin_model_args
 from pretrain_mm.config import Config
 from pretrain_mm.interop.init_from import load_open_clip_weights, read_open_clip, with_open_clip_architecture
-from pretrain_mm.interop.weights import MODEL_FILE, load_weights_model
+from pretrain_mm.interop.weights import MODEL_FILE, load_weights_model, weights_file_of
 
 # The one import from train (design.md allows it): checkpoints are found and read one way only.
 from pretrain_mm.train.checkpoint import load_model_weights, resolve_checkpoint
@@ -47,16 +47,6 @@ def load_run_config(checkpoint: Path) -> DictConfig:
     except Exception as error:  # a damaged file: say which
         raise ValueError(f"cannot read {path}: {error}") from error
     return OmegaConf.create(pin_model_args(cast(dict, loaded), legacy=True))  # a run from before they were written in
-
-
-def weights_file_of(path: Path) -> Path | None:
-    """The safetensors file to read for `path`: itself, or a run directory's model.safetensors
-    (written when its training finished); None for a checkpoint directory (trusted DCP files)."""
-    if path.is_file() and path.suffix == ".safetensors":
-        return path
-    if path.is_dir() and (path / MODEL_FILE).is_file():
-        return path / MODEL_FILE
-    return None
 
 
 def load_checkpoint_model(path, device: torch.device) -> tuple[torch.nn.Module, DictConfig, Path]:
@@ -111,3 +101,11 @@ def newest_checkpoint_step(run: Path) -> int | None:
         return int(resolve_checkpoint(run).name.removeprefix("step_")) if run.is_dir() else None
     except ValueError:  # no checkpoint (a directory holding only exported weights)
         return None
+
+
+def teacher_model(source, device: torch.device) -> torch.nn.Module:
+    """A distilled run's teacher (distill.teacher: a model.safetensors or a run directory holding one), in eval mode."""
+    weights = weights_file_of(Path(str(source)).expanduser())
+    if weights is None:
+        raise ValueError(f"distill.teacher={source}: no model.safetensors there any more to evaluate the teacher")
+    return load_weights_model(weights, device)[0]

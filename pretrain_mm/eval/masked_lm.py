@@ -4,6 +4,7 @@ tokens, whatever the context): what masked language modelling learnt beyond word
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -52,7 +53,7 @@ def masked_token_accuracy(model: torch.nn.Module, batches, device: torch.device)
     """top-1 / top-5 accuracy of the model's predictions of the masked tokens (a model with
     `masked_token_logits`: the mlm kind, or CLIP / CoCa built with mlm=True)."""
     correct1 = correct5 = tokens = 0
-    predict = cast(torch.nn.Module, model).masked_token_logits  # type: ignore[operator]
+    predict = cast(Callable[[torch.Tensor], torch.Tensor], model.masked_token_logits)
     for inputs, targets in batches:
         logits = predict(inputs.to(device)).float()
         targets = targets[:, : logits.shape[1]].to(device)

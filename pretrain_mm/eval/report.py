@@ -43,16 +43,24 @@ def fmt(metric: str, value: float | None) -> str:
     return f"{value:.4f}" if metric == "mse" else f"{100 * value:.1f}%"
 
 
+def result_header(results: dict) -> list[str]:
+    """The results table's columns: a distilled run's teacher gets one beside the student (trained)."""
+    teacher = ["teacher"] if "teacher" in results["metrics"] else []
+    return ["task", "dataset", "metric", "trained", "random", "chance", *teacher]
+
+
 def result_rows(results: dict) -> list[list[str]]:
-    """[task, dataset, metric, trained, random, chance] for every number the trained tower got."""
+    """[task, dataset, metric, trained, random, chance(, teacher)] for every number the trained tower got."""
     metrics, chance = results["metrics"], results.get("chance", {})
+    others = ["random"] + (["teacher"] if "teacher" in metrics else [])
     rows = []
     for task, title in TASKS.items():
         for dataset, values in metrics.get("trained", {}).get(task, {}).items():
             for metric, value in values.items():
-                random = metrics.get("random", {}).get(task, {}).get(dataset, {}).get(metric)
+                random, *teacher = (metrics.get(t, {}).get(task, {}).get(dataset, {}).get(metric) for t in others)
                 base = chance.get(task, {}).get(dataset, {}).get(metric)
-                rows.append([title, dataset, metric, fmt(metric, value), fmt(metric, random), fmt(metric, base)])
+                row = [title, dataset, metric, fmt(metric, value), fmt(metric, random), fmt(metric, base)]
+                rows.append(row + [fmt(metric, t) for t in teacher])
     return rows
 
 
@@ -85,9 +93,10 @@ def build_blocks(results: dict, extras: dict, metrics_file: Path) -> list[tuple]
         (
             "p",
             "Accuracy and recall in percent; 'random' is the same evaluator on a freshly initialised tower "
-            "of the same architecture, 'chance' what guessing scores.",
+            "of the same architecture, 'chance' what guessing scores"
+            + ("; 'teacher' the model this one was distilled from." if "teacher" in results["metrics"] else "."),
         ),
-        ("table", ["task", "dataset", "metric", "trained", "random", "chance"], result_rows(results)),
+        ("table", result_header(results), result_rows(results)),
     ]
     # What each set's split and zero-shot prompts test (a built-in's eval_note in classes.json),
     # right under the numbers, so a high zero-shot score is read as what it is.

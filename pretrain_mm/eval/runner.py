@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import cast
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from pretrain_mm.builders import build_tokenizer, masking_rule, split_urls
 from pretrain_mm.config import TEXT_KINDS, TOKENIZED_KINDS, Config, ModelKind, masks_text, plain_config
@@ -22,7 +22,13 @@ from pretrain_mm.eval.features import Encoder, Features, extract_features
 from pretrain_mm.eval.finetune import finetune
 from pretrain_mm.eval.knn import knn_evaluate
 from pretrain_mm.eval.linear_probe import linear_probe
-from pretrain_mm.eval.loading import load_checkpoint_model, load_open_clip_model, random_model, run_dir_of
+from pretrain_mm.eval.loading import (
+    load_checkpoint_model,
+    load_open_clip_model,
+    random_model,
+    run_dir_of,
+    teacher_model,
+)
 from pretrain_mm.eval.masked_lm import caption_tokens, masked_split, masked_token_accuracy, unigram_baseline
 from pretrain_mm.eval.metrics import confusion_matrix
 from pretrain_mm.eval.report import result_rows, write_report
@@ -55,6 +61,11 @@ class Evaluation:
         self.towers = {"trained": model}
         if self.eval_cfg.random_baseline:
             self.towers["random"] = random_model(cfg, self.eval_cfg.seed, device)
+        teacher = OmegaConf.select(
+            cast(DictConfig, cfg), "distill.teacher"
+        )  # a distilled run: its teacher, side by side
+        if teacher and self.kind in TEXT_KINDS:
+            self.towers["teacher"] = teacher_model(teacher, device)
         self.tokenizer = build_tokenizer(cfg.data) if self.kind in TOKENIZED_KINDS else None
         self.results: dict = {"metrics": {name: {} for name in self.towers}, "chance": {}, "samples": {}, "notes": {}}
         self.extras: dict = {"confusion": [], "retrieval_examples": {}, "caption_examples": {}, "reconstructions": None}
@@ -137,8 +148,10 @@ class Evaluation:
         references = read_references(ds.test_urls, ds.caption_key, ds.split_captions, ds.attribute_names)
         shown: dict[str, str] = {}
         for tower, model in self.towers.items():
+            if not isinstance(model, CoCa):  # a CLIP teacher of a CoCa student
+                continue
             generated = caption_split(
-                cast(CoCa, model),
+                model,
                 ds.test_urls,
                 self.tokenizer,
                 self.image_size,
@@ -264,7 +277,8 @@ class Evaluation:
         rule = masking_rule(self.cfg, self.tokenizer)
         batches = masked_split(val, self.tokenizer, rule, d.caption_key, e.seed, e.batch_size, e.max_samples)
         for tower, model in self.towers.items():
-            self.record(tower, "masked_lm", d.name, masked_token_accuracy(model, batches, self.device))
+            if tower != "teacher":  # (whose MLM head, if it has one, learnt another run's masks)
+                self.record(tower, "masked_lm", d.name, masked_token_accuracy(model, batches, self.device))
         train_tokens = caption_tokens(train, self.tokenizer, d.caption_key, e.batch_size, e.max_samples)
         self.results["chance"].setdefault("masked_lm", {})[d.name] = unigram_baseline(train_tokens, rule, batches)
         self.results["samples"].setdefault(d.name, {})["masked_tokens"] = sum(
@@ -331,8 +345,9 @@ def run_evaluation(
             Path(run_dir) / "report", results, run.extras, metrics_file or Path(run_dir) / "metrics.jsonl"
         )
         lines = [
-            f"  {task:<13} {data:<16} {metric:<20} {mine:>7} (random {random or '-':>6}, chance {base or '-':>6})"
-            for task, data, metric, mine, random, base in result_rows(results)
+            f"  {task:<13} {data:<16} {metric:<20} {mine:>7} (random {random or '-':>6}, chance {base or '-':>6}"
+            + (f", teacher {teacher[0] or '-':>6})" if teacher else ")")
+            for task, data, metric, mine, random, base, *teacher in result_rows(results)
         ]
         head = f"evaluation ({results['eval_seconds']:.0f}s): {report_dir / 'report.html'}"
         print("\n".join([head, *lines]), flush=True)

@@ -85,6 +85,16 @@ def config_of(path, header: dict[str, str] | None = None) -> DictConfig:
     return OmegaConf.create(pin_model_args(json.loads(header[CONFIG_KEY])))
 
 
+def weights_file_of(path: Path) -> Path | None:
+    """The safetensors file to read for `path`: itself, or a run directory's model.safetensors
+    (written when its training finished); None for a checkpoint directory (trusted DCP files)."""
+    if path.is_file() and path.suffix == ".safetensors":
+        return path
+    if path.is_dir() and (path / MODEL_FILE).is_file():
+        return path / MODEL_FILE
+    return None
+
+
 def load_weights_model(path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, DictConfig, int | None]:
     """(model in eval mode, its config, its step) from a file save_weights wrote. The model is built
     from the header's config, its vocabulary read off the token embedding (no tokenizer needed)."""

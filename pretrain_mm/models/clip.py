@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from pretrain_mm.models.layers import no_weight_decay_names
 from pretrain_mm.models.mlm import MlmHead, masked_token_logits
-from pretrain_mm.models.text import TextTransformer
+from pretrain_mm.models.text import text_tower
 from pretrain_mm.models.vit import VisionTransformer
 from pretrain_mm.ops.contrastive import KINDS as LOSS_KINDS  # the op decides which losses exist
 
@@ -41,6 +41,8 @@ class CLIP(nn.Module):
             called after each optimiser step, clamps the parameter to [0, log(max_logit_scale)].
         mlm: a masked-language-modelling head on the text tower (models/mlm.py; loss.mlm_weight sets it);
             vocab_size then counts the mask id.
+        distill_dim: the width of a distillation teacher's features where it differs from embed_dim: linear
+            maps of both towers' features to it, for the cosine term (train/distill.py; set from distill.teacher).
 
     logit_scale and logit_bias are 1-element 1-D parameters, not 0-d ones: FSDP2 cannot shard
     scalar parameters.
@@ -75,6 +77,7 @@ class CLIP(nn.Module):
         init_logit_bias: float | None = None,
         max_logit_scale: float = 100.0,
         mlm: bool = False,
+        distill_dim: int = 0,
     ):
         super().__init__()
         if loss_kind not in LOSS_KINDS:
@@ -103,21 +106,15 @@ class CLIP(nn.Module):
             stem=vision_stem,
             norm_eps=vision_norm_eps,
         )
-        self.text = TextTransformer(
-            vocab_size=vocab_size,
-            context_length=context_length,
-            width=text_width,
-            depth=text_depth,
-            num_heads=text_heads,
-            mlp_ratio=mlp_ratio,
-            output_dim=embed_dim,
-            pad_id=pad_id,
-            drop_path_rate=drop_path_rate,
+        self.text = text_tower(
+            vocab_size, context_length, text_width, text_depth, text_heads, mlp_ratio, embed_dim, pad_id, drop_path_rate
         )
         self.logit_scale = nn.Parameter(torch.empty(1))
         # Only the sigmoid loss has a bias: an unused parameter would get no gradient.
         self.logit_bias = nn.Parameter(torch.empty(1)) if loss_kind == "sigmoid" else None
         self.mlm_head = MlmHead(text_width, vocab_size) if mlm else None
+        self.distill_image = nn.Linear(embed_dim, distill_dim, bias=False) if distill_dim else None
+        self.distill_text = nn.Linear(embed_dim, distill_dim, bias=False) if distill_dim else None
         self._init_own_weights()
 
     @torch.no_grad()
@@ -138,6 +135,9 @@ class CLIP(nn.Module):
             self.logit_bias.fill_(self.init_logit_bias)
         if self.mlm_head is not None:
             self.mlm_head.init_weights()
+        for distill_head in (self.distill_image, self.distill_text):
+            if distill_head is not None:
+                distill_head.reset_parameters()
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Image features (B, embed_dim), unit-norm unless normalize=False."""
@@ -170,8 +170,8 @@ class CLIP(nn.Module):
         """Everything the loss needs, and nothing of the loss itself (the trainer may swap in a
         distributed loss): image_features, text_features (B, embed_dim, unit-norm),
         logit_scale = exp(logit_scale) (1 element), logit_bias (or None); with neg_text (B, T),
-        hard-negative captions (see hard_negative_terms), also neg_text_features (B, embed_dim); with
-        mlm_text (B, T), masked captions, mlm_logits (masked_token_logits)."""
+        hard-negative captions (see hard_negative_terms), also neg_text_features (B, embed_dim); and what
+        `head_outputs` adds."""
         text_features = self.encode_text(text if neg_text is None else torch.cat([text, neg_text]))
         out = {
             "image_features": self.encode_image(images),
@@ -183,8 +183,17 @@ class CLIP(nn.Module):
         }
         if neg_text is not None:  # one pass of the text tower for both
             out["text_features"], out["neg_text_features"] = text_features.split(text.shape[0])
+        return self.head_outputs(out, mlm_text)
+
+    def head_outputs(self, out: dict, mlm_text: torch.Tensor | None) -> dict:
+        """`out` with the optional heads' outputs: with mlm_text (B, T), masked captions, mlm_logits
+        (masked_token_logits); with distill_dim, image_distill and text_distill (B, distill_dim), the
+        features mapped to the teacher's width."""
         if mlm_text is not None:
             out["mlm_logits"] = self.masked_token_logits(mlm_text)
+        if self.distill_image is not None and self.distill_text is not None:
+            out["image_distill"] = self.distill_image(out["image_features"])
+            out["text_distill"] = self.distill_text(out["text_features"])
         return out
 
     @torch.no_grad()

@@ -145,7 +145,7 @@ class CoCa(CLIP):
         mlm_text: torch.Tensor | None = None,
     ) -> dict:
         """CLIP's outputs (image_features, text_features, logit_scale, logit_bias; with neg_text,
-        neg_text_features; with mlm_text, mlm_logits), caption_logits (B, T' - 1, vocab) and caption_targets
+        neg_text_features; CLIP.head_outputs), caption_logits (B, T' - 1, vocab) and caption_targets
         (B, T' - 1), T' the batch's longest caption. One pass of each tower serves both losses."""
         tokens = self.visual.forward_features(images)
         text = self.text.trim(text)
@@ -161,9 +161,7 @@ class CoCa(CLIP):
         }
         if neg_text is not None:
             out["neg_text_features"] = self.encode_text(neg_text)
-        if mlm_text is not None:
-            out["mlm_logits"] = self.masked_token_logits(mlm_text)
-        return out
+        return self.head_outputs(out, mlm_text)
 
     def caption_targets(self, text: torch.Tensor) -> torch.Tensor:
         """(B, T - 1): the token each position predicts, IGNORE after the row's end-of-text (its last non-pad

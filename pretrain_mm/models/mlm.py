@@ -16,13 +16,12 @@ position sees the whole caption, none of the padding.
 """
 
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 import torch.nn as nn
 
 from pretrain_mm.models.layers import no_weight_decay_names
-from pretrain_mm.models.text import TextTransformer
+from pretrain_mm.models.text import TextTransformer, text_tower
 from pretrain_mm.ops import IGNORE  # the positions whose token is not predicted
 
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen tokens (BERT); the remaining 10% stay unchanged
@@ -107,8 +106,7 @@ def masked_token_logits(text: TextTransformer, head: MlmHead, inputs: torch.Tens
 
 class MaskedLanguageModel(nn.Module):
     """The text tower alone, trained by masked language modelling (`+exp=mlm`). Its `text` is CLIP's text
-    tower (the same class, names and shapes: CLIP and CoCa can start from it with model.text_init_from);
-    `text.proj`, CLIP's projection, is not trained here.
+    tower (the same class, names and shapes); `text.proj`, CLIP's projection, is frozen here.
 
     Arguments: CLIP's text ones (vocab_size, which counts the mask id, context_length, text_width,
     text_depth, text_heads, mlp_ratio, pad_id, drop_path_rate, embed_dim: the projection's width)."""
@@ -126,18 +124,13 @@ class MaskedLanguageModel(nn.Module):
         embed_dim: int = 512,
     ):
         super().__init__()
-        self.text = TextTransformer(
-            vocab_size=vocab_size,
-            context_length=context_length,
-            width=text_width,
-            depth=text_depth,
-            num_heads=text_heads,
-            mlp_ratio=mlp_ratio,
-            output_dim=embed_dim,
-            pad_id=pad_id,
-            drop_path_rate=drop_path_rate,
+        self.text = text_tower(
+            vocab_size, context_length, text_width, text_depth, text_heads, mlp_ratio, embed_dim, pad_id, drop_path_rate
         )
         self.mlm_head = MlmHead(text_width, vocab_size)
+        # CLIP's projection has nothing to learn here: frozen, it stays out of the optimiser (whose state a
+        # resume must find for every parameter it trains) and keeps CLIP's names for loading the tower.
+        self.text.proj.requires_grad_(False)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -146,7 +139,7 @@ class MaskedLanguageModel(nn.Module):
 
     def masked_token_logits(self, mlm_text: torch.Tensor) -> torch.Tensor:
         """Logits (B, T', vocab) of masked token ids (B, T) (see masked_token_logits)."""
-        return masked_token_logits(self.text, cast(MlmHead, self.mlm_head), mlm_text)
+        return masked_token_logits(self.text, self.mlm_head, mlm_text)
 
     def forward(self, mlm_text: torch.Tensor) -> dict:
         return {"mlm_logits": self.masked_token_logits(mlm_text)}

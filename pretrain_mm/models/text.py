@@ -117,3 +117,28 @@ class TextTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """ndim <= 1 parameters and positional_embedding; token_embedding is decayed (open_clip)."""
         return no_weight_decay_names(self)
+
+
+def text_tower(
+    vocab_size: int,
+    context_length: int,
+    text_width: int,
+    text_depth: int,
+    text_heads: int,
+    mlp_ratio: float,
+    embed_dim: int,
+    pad_id: int,
+    drop_path_rate: float,
+) -> TextTransformer:
+    """CLIP's text tower from CLIP's argument names (CLIP and CoCa, and the mlm kind's MaskedLanguageModel)."""
+    return TextTransformer(
+        vocab_size=vocab_size,
+        context_length=context_length,
+        width=text_width,
+        depth=text_depth,
+        num_heads=text_heads,
+        mlp_ratio=mlp_ratio,
+        output_dim=embed_dim,
+        pad_id=pad_id,
+        drop_path_rate=drop_path_rate,
+    )

@@ -5,6 +5,7 @@ from pretrain_mm.ops.distributed import (
     distributed_contrastive_loss,
     distributed_row_mean,
     distributed_token_mean,
+    gather_rows,
     token_total,
 )
 from pretrain_mm.ops.tokens import IGNORE, token_cross_entropy
@@ -15,6 +16,7 @@ __all__ = [
     "distributed_contrastive_loss",
     "distributed_row_mean",
     "distributed_token_mean",
+    "gather_rows",
     "token_cross_entropy",
     "token_total",
 ]

@@ -141,6 +141,14 @@ def distributed_contrastive_loss(
     return _SumOverRanks.apply(local, group)
 
 
+def gather_rows(rows: torch.Tensor, group=None) -> torch.Tensor:
+    """Every rank's rows (n, ...) concatenated in rank order (world * n, ...), with the gradient convention
+    of the module doc; the rows themselves with one process. Every rank must pass the same n."""
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return rows
+    return _GatherRows.apply(rows, group)
+
+
 def distributed_row_mean(rows: torch.Tensor, group=None) -> torch.Tensor:
     """The mean of a per-row loss (n,) over all ranks' rows, on every rank, with the gradient
     convention of the module doc (every rank backpropagates the global value). Every rank must

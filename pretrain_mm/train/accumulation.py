@@ -26,10 +26,19 @@ from typing import cast
 import torch
 from torch.distributed.fsdp import FSDPModule
 
-FEATURES = ("image_features", "text_features", "neg_text_features")  # per-row, with gradient (the last optional)
+# Per-row, with gradient: the features, and where there are, hard negatives' and the distill heads' (train/distill.py).
+FEATURES = ("image_features", "text_features", "neg_text_features", "image_distill", "text_distill")
 # Per-row, without gradient: data, and separable loss terms (their value for the whole batch's loss; their
 # gradient comes from each micro-batch's re-run).
-ROW_DATA = ("neg_mask", "caption_nll", "caption_tokens", "mlm_nll", "mlm_tokens")
+ROW_DATA = (
+    "neg_mask",
+    "caption_nll",
+    "caption_tokens",
+    "mlm_nll",
+    "mlm_tokens",
+    "teacher_image_features",
+    "teacher_text_features",
+)
 SCALARS = ("logit_scale", "logit_bias")
 
 

@@ -38,10 +38,12 @@ from pretrain_mm.interop.weights import MODEL_FILE
 from pretrain_mm.precision import Precision, autocast, resolve_precision
 from pretrain_mm.train.accumulation import accumulate_gradients
 from pretrain_mm.train.checkpoint import Checkpointer, write_model_file
+from pretrain_mm.train.distill import DistillationObjective, load_teacher, with_distill_heads
 from pretrain_mm.train.metric_logger import MetricLogger, StepTimer, peak_memory_mb
 from pretrain_mm.train.objectives import TextMasking, build_objective
 from pretrain_mm.train.optimizer import build_optimizer, build_scheduler, clip_gradients, grad_norm
 from pretrain_mm.train.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
+from pretrain_mm.train.warm_start import load_text_tower
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -112,8 +114,22 @@ def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainR
 
     # The model: identical initial weights on every rank, then each rank's own random stream.
     tokenizer = build_tokenizer(cfg.data) if cfg.model.kind in TOKENIZED_KINDS else None
+    teacher = None
+    if cfg.distill.teacher:  # the student gets heads to the teacher's width where it differs (train/distill.py)
+        if tokenizer is None or cfg.model.kind not in TEXT_KINDS:
+            raise ValueError(f"distill.teacher needs a CLIP or CoCa student (model=clip or coca), not {cfg.model.kind}")
+        teacher = load_teacher(cfg, tokenizer, info.device)
+        cfg = with_distill_heads(cfg, teacher)
+        if info.is_main:
+            log.info("distilling from %s (%s)", cfg.distill.teacher, type(teacher).__name__)
     torch.manual_seed(trainer.seed)
     model = model_from_config(cfg, model_vocab_size(cfg, tokenizer) if tokenizer else None).to(info.device)
+    if cfg.model.text_init_from:  # before sharding; a resumed run's checkpoint overwrites it
+        if tokenizer is None or cfg.model.kind not in TEXT_KINDS:
+            raise ValueError(f"model.text_init_from needs a CLIP or CoCa (model=clip or coca), not {cfg.model.kind}")
+        load_text_tower(model, cfg.model.text_init_from, tokenizer)
+        if info.is_main:
+            log.info("text tower from %s", cfg.model.text_init_from)
     if (
         accum > 1
         and info.is_main
@@ -137,7 +153,8 @@ def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainR
     masking = (
         TextMasking(masking_rule(cfg, tokenizer), trainer.seed, info.rank) if tokenizer and masks_text(cfg) else None
     )
-    objective = build_objective(cfg.model.kind, cfg.loss, masking)
+    student_objective = build_objective(cfg.model.kind, cfg.loss, masking)
+    objective = student_objective if teacher is None else DistillationObjective(student_objective, teacher, cfg.distill)
 
     # Resume: the newest complete checkpoint of this run (auto), a given one, or none.
     checkpointer = Checkpointer(run_dir / "checkpoints", info, keep=trainer.keep_checkpoints)

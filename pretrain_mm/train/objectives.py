@@ -161,7 +161,8 @@ class MlmObjective:
     couples_batch = False
 
     def __init__(self, masking: TextMasking):
-        self.masking, self.step_tokens = masking, None
+        self.masking = masking
+        self.step_tokens: torch.Tensor | None = None  # the step's masked tokens over all ranks (prepare)
 
     def prepare(self, batch: dict, step: int) -> dict:
         batch = self.masking(batch, step)

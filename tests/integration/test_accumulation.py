@@ -10,8 +10,9 @@ from torch.distributed.tensor import DTensor
 
 from helpers.multiprocess import run_distributed
 from helpers.tiny_models import MLM_RULE, captions, images, tiny_clip, tiny_coca, tiny_mlm
-from pretrain_mm.config import LossConfig, ModelKind
+from pretrain_mm.config import DistillConfig, LossConfig, ModelKind
 from pretrain_mm.train.accumulation import accumulate_gradients
+from pretrain_mm.train.distill import DistillationObjective
 from pretrain_mm.train.objectives import TextMasking, build_objective
 from pretrain_mm.train.optimizer import grad_norm
 
@@ -23,15 +24,26 @@ MASKS = ("clip_mlm", "mlm")  # the archs that mask text
 
 
 def objective(kind, arch="clip"):
-    """arch: clip, coca, clip_mlm (CLIP + 0.5 x MLM) or mlm (the text tower alone)."""
+    """arch: clip, coca, clip_mlm (CLIP + 0.5 x MLM), mlm (the text tower alone) or distill (CLIP, taught by a
+    CLIP of another width: the student's distill heads map to it)."""
     loss = LossConfig(kind=kind, impl="fused", hard_negative_weight=0.7, caption_label_smoothing=0.1, mlm_weight=0.5)
     masking = TextMasking(MLM_RULE, seed=0, rank=0) if arch in MASKS else None
+    if arch == "distill":
+        weights = DistillConfig(temperature=2.0, kd_weight=0.7, cosine_weight=0.3, contrastive_weight=0.5)
+        return DistillationObjective(build_objective(ModelKind.clip, loss), teacher64(), weights)
     return build_objective(ModelKind.clip if arch == "clip_mlm" else ModelKind(arch), loss, masking)
+
+
+def teacher64():
+    """Another architecture than the student's (feature width, text depth), built alike in every process."""
+    return tiny_clip(embed_dim=96, text_depth=2).double().requires_grad_(False).eval()
 
 
 def model64(kind, arch="clip", **kwargs):
     if arch == "mlm":
         return tiny_mlm(**kwargs).double()
+    if arch == "distill":
+        return tiny_clip(loss_kind=kind, distill_dim=96, **kwargs).double()
     return (tiny_coca if arch == "coca" else tiny_clip)(loss_kind=kind, mlm=arch == "clip_mlm", **kwargs).double()
 
 
@@ -73,8 +85,8 @@ def assert_same_grads(actual, expected):
 
 @pytest.mark.parametrize(
     "arch,negatives",
-    [("clip", False), ("clip", True), ("coca", True), ("clip_mlm", False)],
-    ids=["pairs", "hard_negatives", "coca", "clip_mlm"],
+    [("clip", False), ("clip", True), ("coca", True), ("clip_mlm", False), ("distill", False)],
+    ids=["pairs", "hard_negatives", "coca", "clip_mlm", "distill"],
 )
 @pytest.mark.parametrize("kind", KINDS)
 def test_accumulated_gradients_equal_the_whole_batch(kind, arch, negatives):
@@ -148,7 +160,13 @@ def fsdp_accumulated(rank, world, kind, arch, negatives):
 # softmax with hard negatives covers plain softmax too (its term adds to the same loss); ~25 s a case.
 @pytest.mark.parametrize(
     "kind,arch,negatives",
-    [("softmax", "clip", True), ("sigmoid", "clip", False), ("softmax", "coca", False), ("softmax", "mlm", False)],
+    [
+        ("softmax", "clip", True),
+        ("sigmoid", "clip", False),
+        ("softmax", "coca", False),
+        ("softmax", "mlm", False),
+        ("sigmoid", "distill", False),
+    ],
 )
 def test_two_fsdp2_processes_accumulating_equal_one_process_on_the_whole_batch(tmp_path, kind, arch, negatives):
     model = model64(kind, arch)
