@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 from test_eval_cli import FAST_EVAL, TRAIN, run_cli
 from torch.distributed.checkpoint import FileSystemReader
 
+from helpers.toy_shards import write_toy_shards
+
 FAST = [*FAST_EVAL, "eval.zeroshot=[shapes]", "eval.classification=[]"]
 
 
@@ -61,6 +63,25 @@ def test_exp_mlm_trains_resumes_and_reports_masked_token_accuracy(tmp_path):
         check=False,
     )
     assert bad.returncode == 1 and "its text tower does not fit this model's" in bad.stderr
+
+
+def test_exp_mlm_trains_on_the_captions_of_a_users_shards(tmp_path):
+    shards = write_toy_shards(str(tmp_path / "shards"), 40, 10)
+    run = tmp_path / "run"
+    urls = f"{tmp_path}/shards/{{00000..00003}}.tar"
+    run_cli(
+        "+exp=mlm",
+        "data=wds",
+        f"data.train.urls={urls}",
+        f"data.val.urls={shards[0]}",
+        "data.tokenizer=clip",
+        *TRAIN,
+        *FAST,
+        f"hydra.run.dir={run}",
+    )
+    results = json.loads((run / "report" / "results.json").read_text())
+    assert set(results["metrics"]["trained"]["masked_lm"]) == {"wds"}
+    assert results["samples"]["wds"]["masked_tokens"] > 0
 
 
 def test_clip_with_mlm_weight_reports_masked_tokens_beside_zero_shot(tmp_path):
