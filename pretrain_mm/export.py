@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pretrain_mm.cli_errors import one_line_error
-from pretrain_mm.config import TEXT_KINDS, plain_config
+from pretrain_mm.config import TOKENIZED_KINDS, plain_config
 
 FORMATS = ("open_clip", "safetensors")
 
@@ -64,7 +64,7 @@ def export(source, out, fmt: str) -> list[Path]:
         written.append(save_weights(out / MODEL_FILE, model.state_dict(), resolved, int(step) if step else None))
         written.append(out / "config.yaml")
         written[-1].write_text(OmegaConf.to_yaml(resolved))
-    if cfg.model.kind in TEXT_KINDS:
+    if cfg.model.kind in TOKENIZED_KINDS:
         tokenizer = build_tokenizer(cfg.data)
         if not tokenizer.clip_style and tokenizer.source and os.path.isfile(tokenizer.source):
             written.append(Path(shutil.copyfile(tokenizer.source, out / "tokenizer.json")))

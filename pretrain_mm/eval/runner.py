@@ -61,9 +61,8 @@ class Evaluation:
         self.towers = {"trained": model}
         if self.eval_cfg.random_baseline:
             self.towers["random"] = random_model(cfg, self.eval_cfg.seed, device)
-        teacher = OmegaConf.select(
-            cast(DictConfig, cfg), "distill.teacher"
-        )  # a distilled run: its teacher, side by side
+        # A distilled run: its teacher, side by side (a config from before distillation has no such key).
+        teacher = OmegaConf.select(cast(DictConfig, cfg), "distill.teacher")
         if teacher and self.kind in TEXT_KINDS:
             self.towers["teacher"] = teacher_model(teacher, device)
         self.tokenizer = build_tokenizer(cfg.data) if self.kind in TOKENIZED_KINDS else None
@@ -281,9 +280,8 @@ class Evaluation:
                 self.record(tower, "masked_lm", d.name, masked_token_accuracy(model, batches, self.device))
         train_tokens = caption_tokens(train, self.tokenizer, d.caption_key, e.batch_size, e.max_samples)
         self.results["chance"].setdefault("masked_lm", {})[d.name] = unigram_baseline(train_tokens, rule, batches)
-        self.results["samples"].setdefault(d.name, {})["masked_tokens"] = sum(
-            int((t != IGNORE).sum()) for _, t in batches
-        )
+        masked = sum(int((targets != IGNORE).sum()) for _, targets in batches)
+        self.results["samples"].setdefault(d.name, {})["masked_tokens"] = masked
         self.results["notes"][f"{d.name} (masked tokens)"] = (
             f"masked-token accuracy on the val captions, {rule.rate:.0%} of their tokens chosen (BERT's 80/10/10 "
             "mask / random / kept; one seeded draw for every tower); its 'chance' is the unigram baseline, always "

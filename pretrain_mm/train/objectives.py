@@ -13,6 +13,8 @@ whole batch's tokens. An objective that does not couple the batch gives each mic
 step's loss with `micro_batch_loss(model, micro, parts)`. `after_step(model)` runs after every optimiser step.
 """
 
+import hashlib
+
 import torch
 
 from pretrain_mm.config import LossConfig, ModelKind
@@ -60,8 +62,6 @@ class TextMasking:
 
 def hash_seed(*parts: int) -> int:
     """A 63-bit seed from integers, the same in every process (unlike hash() of a string)."""
-    import hashlib
-
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 

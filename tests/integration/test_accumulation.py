@@ -165,6 +165,7 @@ def fsdp_accumulated(rank, world, kind, arch, negatives):
         ("sigmoid", "clip", False),
         ("softmax", "coca", False),
         ("softmax", "mlm", False),
+        ("softmax", "clip_mlm", False),  # the text blocks run twice a forward (causal, then bidirectional)
         ("sigmoid", "distill", False),
     ],
 )
