@@ -31,6 +31,7 @@ from pretrain_mm.data import Tokenizer
 from pretrain_mm.interop.weights import load_weights_model
 from pretrain_mm.models import CLIP
 from pretrain_mm.ops import distributed_row_mean, gather_rows
+from pretrain_mm.train.objectives import CoupledObjective
 from pretrain_mm.train.warm_start import check_same_tokenizer, finished_weights
 
 
@@ -92,12 +93,10 @@ def distillation_terms(out: dict, teacher_scale: torch.Tensor, temperature: floa
     return {"kd": kd, "cosine": distributed_row_mean(1 - cosine)}
 
 
-class DistillationObjective:
+class DistillationObjective(CoupledObjective):
     """The student's objective (ContrastiveObjective or CocaObjective) plus the teacher's terms (module doc).
     Couples the batch: gradient accumulation runs it through GradCache like the contrastive loss, the
     teacher's features cached as row data."""
-
-    couples_batch = True
 
     def __init__(self, student_objective, teacher: CLIP, distill_cfg: DistillConfig):
         self.student, self.teacher, self.cfg = student_objective, teacher, distill_cfg
@@ -125,13 +124,6 @@ class DistillationObjective:
 
     def separable_loss(self, out: dict, whole: dict) -> torch.Tensor | None:
         return self.student.separable_loss(out, whole)
-
-    def __call__(self, model, batch):
-        return self.loss(self.forward(model, batch))
-
-    def micro_batch_loss(self, model, micro: dict, parts: int) -> torch.Tensor:
-        assert parts == 1, "a loss that couples the batch accumulates through GradCache (train/accumulation.py)"
-        return self(model, micro)
 
     def after_step(self, model) -> None:
         self.student.after_step(model)

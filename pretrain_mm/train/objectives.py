@@ -65,11 +65,29 @@ def hash_seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
-class ContrastiveObjective:
-    """The contrastive loss of the batch; where the batch has hard-negative captions (data.hard_negatives),
-    plus loss.hard_negative_weight times NegCLIP's term (models.clip.hard_negative_terms)."""
+class CoupledObjective:
+    """An objective whose loss couples the batch: `forward` and `loss` apart, for GradCache (module doc)."""
 
     couples_batch = True
+
+    def forward(self, model, batch) -> dict:
+        raise NotImplementedError
+
+    def loss(self, out: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, model, batch):
+        """The loss of a batch (prepared, where the objective masks text)."""
+        return self.loss(self.forward(model, batch))
+
+    def micro_batch_loss(self, model, micro: dict, parts: int) -> torch.Tensor:
+        assert parts == 1, "a loss that couples the batch accumulates through GradCache (train/accumulation.py)"
+        return self(model, micro)
+
+
+class ContrastiveObjective(CoupledObjective):
+    """The contrastive loss of the batch; where the batch has hard-negative captions (data.hard_negatives),
+    plus loss.hard_negative_weight times NegCLIP's term (models.clip.hard_negative_terms)."""
 
     def __init__(self, loss_cfg: LossConfig, masking: TextMasking | None = None):
         self.kind, self.impl = str(loss_cfg.kind), str(loss_cfg.impl)  # plain strings for the ops (and torch.compile)
@@ -95,7 +113,7 @@ class ContrastiveObjective:
             add_token_terms(out, "mlm", logits, batch["mlm_labels"][:, : logits.shape[1]])
         return out
 
-    def loss(self, out: dict):
+    def loss(self, out: dict) -> torch.Tensor:
         separable = self.separable_loss(out, out)
         return self.coupled_loss(out) + (separable if separable is not None else 0.0)
 
@@ -119,14 +137,6 @@ class ContrastiveObjective:
 
     def separable_loss(self, out: dict, whole: dict) -> torch.Tensor | None:
         return self.mlm_weight * token_term(out, whole, "mlm") if self.mlm_weight else None
-
-    def __call__(self, model, batch):
-        """The loss of a batch (prepared, where the objective masks text)."""
-        return self.loss(self.forward(model, batch))
-
-    def micro_batch_loss(self, model, micro: dict, parts: int) -> torch.Tensor:
-        assert parts == 1, "a loss that couples the batch accumulates through GradCache (train/accumulation.py)"
-        return self(model, micro)
 
     def after_step(self, model) -> None:
         model.clamp_logit_scale_()
