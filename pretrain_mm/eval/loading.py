@@ -103,9 +103,11 @@ def newest_checkpoint_step(run: Path) -> int | None:
         return None
 
 
-def teacher_model(source, device: torch.device) -> torch.nn.Module:
-    """A distilled run's teacher (distill.teacher: a model.safetensors or a run directory holding one), in eval mode."""
+def teacher_model(source, device: torch.device) -> torch.nn.Module | None:
+    """A distilled run's teacher (distill.teacher: a model.safetensors or a run directory holding one), in eval
+    mode; None, said in the log, when it is no longer there (the student is evaluated without it)."""
     weights = weights_file_of(Path(str(source)).expanduser())
     if weights is None:
-        raise ValueError(f"distill.teacher={source}: no model.safetensors there any more to evaluate the teacher")
+        log.warning("distill.teacher=%s: no model.safetensors there any more; evaluating without the teacher", source)
+        return None
     return load_weights_model(weights, device)[0]

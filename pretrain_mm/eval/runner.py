@@ -63,8 +63,9 @@ class Evaluation:
             self.towers["random"] = random_model(cfg, self.eval_cfg.seed, device)
         # A distilled run: its teacher, side by side (a config from before distillation has no such key).
         teacher = OmegaConf.select(cast(DictConfig, cfg), "distill.teacher")
-        if teacher and self.kind in TEXT_KINDS:
-            self.towers["teacher"] = teacher_model(teacher, device)
+        teacher_tower = teacher_model(teacher, device) if teacher and self.kind in TEXT_KINDS else None
+        if teacher_tower is not None:
+            self.towers["teacher"] = teacher_tower
         self.tokenizer = build_tokenizer(cfg.data) if self.kind in TOKENIZED_KINDS else None
         self.results: dict = {"metrics": {name: {} for name in self.towers}, "chance": {}, "samples": {}, "notes": {}}
         self.extras: dict = {"confusion": [], "retrieval_examples": {}, "caption_examples": {}, "reconstructions": None}

@@ -114,6 +114,11 @@ def test_a_tiny_student_distils_from_a_teacher_of_another_width(tmp_path):
     assert set(results["metrics"]) == {"trained", "random", "teacher"}
     assert results["metrics"]["teacher"]["zeroshot"].keys() == results["metrics"]["trained"]["zeroshot"].keys()
     assert "| teacher |" in (student / "report" / "report.md").read_text()
+    # A teacher gone since is said in the log; the student is still evaluated.
+    (teacher / "model.safetensors").rename(teacher / "moved.safetensors")
+    again = run_cli("+exp=eval", f"eval.checkpoint={student}", *FAST)
+    assert "no model.safetensors there any more" in again.stderr + again.stdout
+    assert set(json.loads((student / "report" / "results.json").read_text())["metrics"]) == {"trained", "random"}
 
 
 def test_a_teacher_that_cannot_teach_is_refused_in_one_line(tmp_path):
