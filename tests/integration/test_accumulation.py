@@ -20,17 +20,17 @@ BATCH, MICRO = 16, 4
 KINDS = ("softmax", "sigmoid")
 
 
-MASKS = ("clip_mlm", "mlm")  # the archs that mask text
+MASKS = ("clip_mlm", "mlm", "distill")  # the archs that mask text
 
 
 def objective(kind, arch="clip"):
-    """arch: clip, coca, clip_mlm (CLIP + 0.5 x MLM), mlm (the text tower alone) or distill (CLIP, taught by a
-    CLIP of another width: the student's distill heads map to it)."""
+    """arch: clip, coca, clip_mlm (CLIP + 0.5 x MLM), mlm (the text tower alone) or distill (CLIP + 0.5 x MLM,
+    taught by a CLIP of another width: the student's distill heads map to it)."""
     loss = LossConfig(kind=kind, impl="fused", hard_negative_weight=0.7, caption_label_smoothing=0.1, mlm_weight=0.5)
     masking = TextMasking(MLM_RULE, seed=0, rank=0) if arch in MASKS else None
     if arch == "distill":
         weights = DistillConfig(temperature=2.0, kd_weight=0.7, cosine_weight=0.3, contrastive_weight=0.5)
-        return DistillationObjective(build_objective(ModelKind.clip, loss), teacher64(), weights)
+        return DistillationObjective(build_objective(ModelKind.clip, loss, masking), teacher64(), weights)
     return build_objective(ModelKind.clip if arch == "clip_mlm" else ModelKind(arch), loss, masking)
 
 
@@ -43,7 +43,7 @@ def model64(kind, arch="clip", **kwargs):
     if arch == "mlm":
         return tiny_mlm(**kwargs).double()
     if arch == "distill":
-        return tiny_clip(loss_kind=kind, distill_dim=96, **kwargs).double()
+        return tiny_clip(loss_kind=kind, distill_dim=96, mlm=True, **kwargs).double()
     return (tiny_coca if arch == "coca" else tiny_clip)(loss_kind=kind, mlm=arch == "clip_mlm", **kwargs).double()
 
 
@@ -165,7 +165,7 @@ def fsdp_accumulated(rank, world, kind, arch, negatives):
         ("sigmoid", "clip", False),
         ("softmax", "coca", False),
         ("softmax", "mlm", False),
-        ("softmax", "clip_mlm", False),  # the text blocks run twice a forward (causal, then bidirectional)
+        # distill: with MLM too, so the text blocks run twice a forward (causal, then bidirectional)
         ("sigmoid", "distill", False),
     ],
 )
