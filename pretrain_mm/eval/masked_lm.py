@@ -9,15 +9,23 @@ from typing import cast
 
 import torch
 
+from pretrain_mm.config import DataConfig
 from pretrain_mm.data import Tokenizer, build_loader
 from pretrain_mm.models.mlm import MaskingRule, mask_tokens, maskable
 from pretrain_mm.ops import IGNORE
 
 
-def caption_tokens(urls: list[str], tokenizer: Tokenizer, caption_key: str, batch_size: int, max_samples: int):
-    """The tokenised captions (B, T) of a split, batch by batch, at most max_samples (0: all) in all."""
+def caption_tokens(urls: list[str], tokenizer: Tokenizer, data_cfg: DataConfig, batch_size: int, max_samples: int):
+    """The tokenised captions (B, T) of a split, batch by batch, at most max_samples (0: all) in all; the
+    samples are read as training reads them (data.image_key, data.caption_key)."""
     loader = build_loader(
-        urls, batch_size=batch_size, tokenizer=tokenizer, image_size=32, train=False, caption_key=caption_key
+        urls,
+        batch_size=batch_size,
+        tokenizer=tokenizer,
+        image_size=32,  # (decoded, not looked at)
+        train=False,
+        image_key=data_cfg.image_key,
+        caption_key=data_cfg.caption_key,
     )
     seen = 0
     for batch in loader:
@@ -34,7 +42,7 @@ def masked_split(
     urls: list[str],
     tokenizer: Tokenizer,
     rule: MaskingRule,
-    caption_key: str,
+    data_cfg: DataConfig,
     seed: int,
     batch_size: int,
     max_samples: int,
@@ -44,7 +52,7 @@ def masked_split(
     generator = torch.Generator().manual_seed(seed)
     return [
         mask_tokens(text, rule, generator)
-        for text in caption_tokens(urls, tokenizer, caption_key, batch_size, max_samples)
+        for text in caption_tokens(urls, tokenizer, data_cfg, batch_size, max_samples)
     ]
 
 

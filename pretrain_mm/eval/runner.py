@@ -275,11 +275,11 @@ class Evaluation:
             return
         assert self.tokenizer is not None  # a model that masks text reads captions
         rule = masking_rule(self.cfg, self.tokenizer)
-        batches = masked_split(val, self.tokenizer, rule, d.caption_key, e.seed, e.batch_size, e.max_samples)
+        batches = masked_split(val, self.tokenizer, rule, d, e.seed, e.batch_size, e.max_samples)
         for tower, model in self.towers.items():
             if tower != "teacher":  # (whose MLM head, if it has one, learnt another run's masks)
                 self.record(tower, "masked_lm", d.name, masked_token_accuracy(model, batches, self.device))
-        train_tokens = caption_tokens(train, self.tokenizer, d.caption_key, e.batch_size, e.max_samples)
+        train_tokens = caption_tokens(train, self.tokenizer, d, e.batch_size, e.max_samples)
         self.results["chance"].setdefault("masked_lm", {})[d.name] = unigram_baseline(train_tokens, rule, batches)
         masked = sum(int((targets != IGNORE).sum()) for _, targets in batches)
         self.results["samples"].setdefault(d.name, {})["masked_tokens"] = masked

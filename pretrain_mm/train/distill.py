@@ -99,6 +99,8 @@ class DistillationObjective(CoupledObjective):
     teacher's features cached as row data."""
 
     def __init__(self, student_objective, teacher: CLIP, distill_cfg: DistillConfig):
+        if distill_cfg.temperature <= 0:
+            raise ValueError(f"distill.temperature must be > 0, got {distill_cfg.temperature}")
         self.student, self.teacher, self.cfg = student_objective, teacher, distill_cfg
         self.teacher_scale = teacher.logit_scale.detach().exp()
 
