@@ -9,6 +9,13 @@ import torch.nn as nn
 from pretrain_mm.models.layers import Block, KVCache, make_blocks, no_weight_decay_names, text_init_stds
 
 
+def last_non_pad(text: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """(B,) index of the last non-pad token of each row of ids (B, T), where the end-of-text token stands
+    (0 for a row of pads only): the text tower's and the MLM masking's one rule for where a caption ends."""
+    positions = torch.arange(text.shape[1], device=text.device).expand_as(text)
+    return torch.where(text != pad_id, positions, 0).amax(dim=1)
+
+
 class TextTransformer(nn.Module):
     """Token + learned position embeddings, causal Blocks, final LayerNorm, pooling, projection.
 
@@ -94,8 +101,7 @@ class TextTransformer(nn.Module):
 
     def eot_positions(self, text: torch.Tensor) -> torch.Tensor:
         """(B,) index of the last non-pad token of each row (0 for a row of pads only)."""
-        positions = torch.arange(text.shape[1], device=text.device).expand_as(text)
-        return torch.where(text != self.pad_id, positions, 0).amax(dim=1)
+        return last_non_pad(text, self.pad_id)
 
     def pool(self, hidden: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(B, width): the hidden state at each row's end-of-text (last non-pad) position."""
