@@ -59,6 +59,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/bench_distill")
     parser.add_argument("--steps", type=int, default=400, help="training steps of each of the three runs")
+    parser.add_argument(
+        "--alone-steps",
+        type=int,
+        help="steps of the student trained alone (default --steps); for the same time as the distilled run, which "
+        "also runs the teacher's forward each step: its seconds / the alone run's seconds per step",
+    )
     parser.add_argument("--teacher-size", default="small")
     parser.add_argument("--student-size", default="tiny")
     parser.add_argument("--student-arg", action="append", default=[], help="model.args of the student: name=value")
@@ -73,7 +79,8 @@ def main() -> None:
     seconds = {"teacher": train(teacher_run, args.steps, args.teacher_size, args.teacher_arg, [], evaluate=False)}
     distil = [f"distill.teacher={teacher_run}", *args.distill]
     seconds["distilled"] = train(distilled_run, args.steps, args.student_size, args.student_arg, distil, evaluate=True)
-    seconds["alone"] = train(alone_run, args.steps, args.student_size, args.student_arg, [], evaluate=True)
+    alone_steps = args.alone_steps or args.steps
+    seconds["alone"] = train(alone_run, alone_steps, args.student_size, args.student_arg, [], evaluate=True)
 
     distilled = json.loads((distilled_run / "report" / "results.json").read_text())
     alone = json.loads((alone_run / "report" / "results.json").read_text())
@@ -83,7 +90,8 @@ def main() -> None:
         "alone": scores(alone, "trained"),
     }
     student = f"{args.student_size} {' '.join(args.student_arg)}".strip()
-    print(f"\nteacher: {args.teacher_size} {' '.join(args.teacher_arg)}; student: {student}; {args.steps} steps each")
+    steps = f"{args.steps} steps each" if alone_steps == args.steps else f"{args.steps} steps, alone {alone_steps}"
+    print(f"\nteacher: {args.teacher_size} {' '.join(args.teacher_arg)}; student: {student}; {steps}")
     print(f"{'':34} {'teacher':>8} {'distilled':>10} {'alone':>8} {'distilled/teacher':>18} {'alone/teacher':>14}")
     for key in columns["teacher"]:
         t, d, a = (columns[c].get(key) for c in ("teacher", "distilled", "alone"))

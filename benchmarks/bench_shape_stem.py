@@ -2,13 +2,17 @@
 
     python benchmarks/bench_shape_stem.py                         # 200 steps, batch 256, tiny ViT at 64 px
     python benchmarks/bench_shape_stem.py --stems patch conv --steps 300
+    python benchmarks/bench_shape_stem.py --stems conv --targets shape words   # labels vs caption words
 
 The built-in CLIP run names colours but not shapes (README, Evaluation). This separates the
 tower from the objective: the same tiny ViT (4 x 192, 64 px, ln_pre, open_clip's init) trained
 with cross-entropy on the shape label of shapes/train, scored on training scenes and on val's
 held-out shape-colour pairs, one row per stem, side by side in one run. A tower that reaches a
 high held-out accuracy here can represent shape; if CLIP's does not, its captions and loss are
-what fail to ask for it.
+what fail to ask for it. `--targets words` trains on every word of each scene's caption instead
+(SuperClass's target, models/words.py: a softmax over the vocabulary) and names the shape by the
+largest of the six shape words' logits: does a label that also names colour, size and position still
+teach a shape that transfers to unseen shape-colour pairs?
 """
 
 import argparse
@@ -17,31 +21,51 @@ import time
 
 
 def load(split: str, limit: int):
-    """(images (N, 3, 64, 64) normalised, shape labels (N,)) of a built-in shapes split."""
+    """(images (N, 3, 64, 64) normalised, shape labels (N,), caption ids (N, T)) of a built-in shapes split."""
     import torch
 
-    from pretrain_mm.data import get_builtin
+    from pretrain_mm.data import get_builtin, load_tokenizer
     from pretrain_mm.data.decode import decode_image
     from pretrain_mm.data.reader import iter_shard
     from pretrain_mm.data.transforms import image_transform
 
-    transform, images, labels = image_transform(64, train=False), [], []
+    transform, images, labels, captions = image_transform(64, train=False), [], [], []
     for url in get_builtin("shapes", split):
-        for sample in iter_shard(url, frozenset({"jpg", "json"})):
+        for sample in iter_shard(url, frozenset({"jpg", "json", "txt"})):
             images.append(transform(decode_image(sample["jpg"])))
             labels.append(json.loads(sample["json"])["shape"])
+            captions.append(sample["txt"].decode())
             if len(images) == limit:
-                return torch.stack(images), torch.tensor(labels)
-    return torch.stack(images), torch.tensor(labels)
+                break
+        if len(images) == limit:
+            break
+    return torch.stack(images), torch.tensor(labels), load_tokenizer("shapes")(captions)
 
 
-def train_one(stem: str, data, steps: int, batch: int, lr: float, patch: int, seed: int) -> dict:
+def shape_word_ids() -> list[int]:
+    """The built-in tokenizer's id of each shape word, in SHAPES order (each is one token)."""
+    from pretrain_mm.data import load_tokenizer
+    from pretrain_mm.data.builtin import SHAPES
+
+    tokenizer = load_tokenizer("shapes")
+    ids = [tokenizer.encode(" " + shape) for shape in SHAPES]
+    assert all(len(i) == 1 for i in ids), ids
+    return [i[0] for i in ids]
+
+
+def train_one(stem: str, targets: str, data, steps: int, batch: int, lr: float, patch: int, seed: int) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from pretrain_mm.data import load_tokenizer
     from pretrain_mm.models.vit import VisionTransformer
+    from pretrain_mm.models.words import caption_word_targets, word_cross_entropy
 
-    (x, y), (xv, yv) = data
+    (x, y, text), (xv, yv, _) = data
+    tokenizer = load_tokenizer("shapes")
+    words = targets == "words"
+    word_targets = caption_word_targets(text, tokenizer.pad_id, tokenizer.vocab_size) if words else None
+    read = torch.tensor(shape_word_ids()) if words else torch.arange(6)  # the shape logits among the outputs
     torch.manual_seed(seed)
     model = VisionTransformer(
         image_size=64,
@@ -49,7 +73,7 @@ def train_one(stem: str, data, steps: int, batch: int, lr: float, patch: int, se
         width=192,
         depth=4,
         num_heads=3,
-        output_dim=6,
+        output_dim=tokenizer.vocab_size if words else 6,
         norm_pre=True,
         init="clip",
         stem=stem,
@@ -59,21 +83,24 @@ def train_one(stem: str, data, steps: int, batch: int, lr: float, patch: int, se
     start = time.perf_counter()
     for _ in range(steps):
         idx = torch.randint(0, len(x), (batch,), generator=generator)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        logits = model(x[idx])
+        loss = word_cross_entropy(logits, word_targets[idx]).mean() if words else F.cross_entropy(logits, y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     seconds = time.perf_counter() - start
     model.eval()
     with torch.no_grad():
-        seen = (model(x[:1000]).argmax(1) == y[:1000]).float().mean().item()
-        held_out = (model(xv).argmax(1) == yv).float().mean().item()
-    return {"stem": stem, "seen": 100 * seen, "held_out": 100 * held_out, "s_per_step": seconds / steps}
+        seen = (model(x[:1000])[:, read].argmax(1) == y[:1000]).float().mean().item()
+        held_out = (model(xv)[:, read].argmax(1) == yv).float().mean().item()
+    row = {"stem": stem, "targets": targets, "seen": 100 * seen, "held_out": 100 * held_out}
+    return {**row, "s_per_step": seconds / steps}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stems", nargs="+", default=["patch", "conv"], choices=["patch", "conv"])
+    parser.add_argument("--targets", nargs="+", default=["shape"], choices=["shape", "words"])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -81,14 +108,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     data = load("train", 10_000), load("val", 1_000)
-    rows = [train_one(s, data, args.steps, args.batch, args.lr, args.patch, args.seed) for s in args.stems]
+    rows = [
+        train_one(s, t, data, args.steps, args.batch, args.lr, args.patch, args.seed)
+        for s in args.stems
+        for t in args.targets
+    ]
     print(
-        f"\nshape from labels: tiny ViT, 64 px in {args.patch} px patches, {args.steps} steps of {args.batch}, "
-        f"seed {args.seed}; chance 16.7%"
+        f"\nshape from its labels or caption words: tiny ViT, 64 px in {args.patch} px patches, "
+        f"{args.steps} steps of {args.batch}, seed {args.seed}; chance 16.7%"
     )
-    print(f"{'stem':<6} {'training scenes':>16} {'held-out pairs':>15} {'s/step':>7}")
+    print(f"{'stem':<6} {'targets':<8} {'training scenes':>16} {'held-out pairs':>15} {'s/step':>7}")
     for r in rows:
-        print(f"{r['stem']:<6} {r['seen']:>15.1f}% {r['held_out']:>14.1f}% {r['s_per_step']:>7.2f}")
+        print(f"{r['stem']:<6} {r['targets']:<8} {r['seen']:>15.1f}% {r['held_out']:>14.1f}% {r['s_per_step']:>7.2f}")
 
 
 if __name__ == "__main__":

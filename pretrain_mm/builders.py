@@ -152,6 +152,8 @@ def model_from_config(cfg: Config, vocab_size: int | None = None, **overrides) -
         extra = {"patch_dropout": clip_cfg.patch_dropout, "loss_kind": str(cfg.loss.kind)}
         if masks_text(cfg):
             extra["mlm"] = True
+        if cfg.loss.word_weight > 0:
+            extra["word_head"] = True
     elif model_cfg.kind == ModelKind.mae:
         extra = {"mask_ratio": mae_cfg.mask_ratio, "norm_pix_loss": mae_cfg.norm_pix_loss}
     args = cast(DictConfig, model_cfg).get("args")  # `get`: a config without model.args is accepted

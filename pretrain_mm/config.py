@@ -162,6 +162,9 @@ class LossConfig:
     # The mlm kind trains on that loss alone. BERT's 15% of caption tokens, 80/10/10 mask/random/kept.
     mlm_weight: float = 0.0
     mlm_mask_rate: float = 0.15
+    # CLIP / CoCa: + word_weight * the cross-entropy of a linear head on the image features with the caption's
+    # words (SuperClass; models/words.py); 0: no word head.
+    word_weight: float = 0.0
 
 
 @dataclass

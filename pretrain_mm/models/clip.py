@@ -10,6 +10,7 @@ from pretrain_mm.models.layers import no_weight_decay_names
 from pretrain_mm.models.mlm import MlmHead, masked_token_logits
 from pretrain_mm.models.text import text_tower
 from pretrain_mm.models.vit import VisionTransformer
+from pretrain_mm.models.words import WordHead, caption_word_targets
 from pretrain_mm.ops.contrastive import KINDS as LOSS_KINDS  # the op decides which losses exist
 
 
@@ -43,6 +44,8 @@ class CLIP(nn.Module):
             vocab_size then counts the mask id.
         distill_dim: the width of a distillation teacher's features where it differs from embed_dim: linear
             maps of both towers' features to it, for the cosine term (train/distill.py; set from distill.teacher).
+        word_head: a linear head that reads the caption's words from the image features (models/words.py;
+            loss.word_weight sets it).
 
     logit_scale and logit_bias are 1-element 1-D parameters, not 0-d ones: FSDP2 cannot shard
     scalar parameters.
@@ -78,6 +81,7 @@ class CLIP(nn.Module):
         max_logit_scale: float = 100.0,
         mlm: bool = False,
         distill_dim: int = 0,
+        word_head: bool = False,
     ):
         super().__init__()
         if loss_kind not in LOSS_KINDS:
@@ -115,6 +119,7 @@ class CLIP(nn.Module):
         self.mlm_head = MlmHead(text_width, vocab_size) if mlm else None
         self.distill_image = nn.Linear(embed_dim, distill_dim, bias=False) if distill_dim else None
         self.distill_text = nn.Linear(embed_dim, distill_dim, bias=False) if distill_dim else None
+        self.word_head = WordHead(embed_dim, vocab_size) if word_head else None
         self._init_own_weights()
 
     @torch.no_grad()
@@ -133,8 +138,9 @@ class CLIP(nn.Module):
         self.logit_scale.fill_(self.init_logit_scale)
         if self.logit_bias is not None:
             self.logit_bias.fill_(self.init_logit_bias)
-        if self.mlm_head is not None:
-            self.mlm_head.init_weights()
+        for token_head in (self.mlm_head, self.word_head):
+            if token_head is not None:
+                token_head.init_weights()
         for distill_head in (self.distill_image, self.distill_text):
             if distill_head is not None:
                 distill_head.reset_parameters()
@@ -183,12 +189,16 @@ class CLIP(nn.Module):
         }
         if neg_text is not None:  # one pass of the text tower for both
             out["text_features"], out["neg_text_features"] = text_features.split(text.shape[0])
-        return self.head_outputs(out, mlm_text)
+        return self.head_outputs(out, text, mlm_text)
 
-    def head_outputs(self, out: dict, mlm_text: torch.Tensor | None) -> dict:
+    def head_outputs(self, out: dict, text: torch.Tensor, mlm_text: torch.Tensor | None) -> dict:
         """`out` with the optional heads' outputs: with mlm_text (B, T), masked captions, mlm_logits
         (masked_token_logits); with distill_dim, image_distill and text_distill (B, distill_dim), the
-        features mapped to the teacher's width."""
+        features mapped to the teacher's width; with word_head, word_logits (B, vocab) of the image features
+        and word_targets (B, vocab), the words of `text` (models/words.py)."""
+        if self.word_head is not None:
+            out["word_logits"] = self.word_head(out["image_features"])
+            out["word_targets"] = caption_word_targets(text, self.text.pad_id, self.word_head.proj.out_features)
         if mlm_text is not None:
             out["mlm_logits"] = self.masked_token_logits(mlm_text)
         if self.distill_image is not None and self.distill_text is not None:

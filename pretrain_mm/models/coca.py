@@ -161,7 +161,7 @@ class CoCa(CLIP):
         }
         if neg_text is not None:
             out["neg_text_features"] = self.encode_text(neg_text)
-        return self.head_outputs(out, mlm_text)
+        return self.head_outputs(out, text, mlm_text)
 
     def caption_targets(self, text: torch.Tensor) -> torch.Tensor:
         """(B, T - 1): the token each position predicts, IGNORE after the row's end-of-text (its last non-pad

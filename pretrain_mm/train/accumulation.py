@@ -36,6 +36,8 @@ ROW_DATA = (
     "caption_tokens",
     "mlm_nll",
     "mlm_tokens",
+    "words_nll",
+    "words_tokens",
     "teacher_image_features",
     "teacher_text_features",
 )

@@ -20,6 +20,7 @@ import torch
 from pretrain_mm.config import LossConfig, ModelKind
 from pretrain_mm.models.clip import hard_negative_terms
 from pretrain_mm.models.mlm import MaskingRule, mask_tokens
+from pretrain_mm.models.words import word_cross_entropy
 from pretrain_mm.ops import (
     IGNORE,
     distributed_contrastive_loss,
@@ -94,6 +95,7 @@ class ContrastiveObjective(CoupledObjective):
         self.hard_negative_weight = loss_cfg.hard_negative_weight
         self.masking = masking  # with loss.mlm_weight > 0: + mlm_weight * the MLM loss of the text tower
         self.mlm_weight = loss_cfg.mlm_weight if masking is not None else 0.0
+        self.word_weight = loss_cfg.word_weight  # + word_weight * the caption-word loss (models/words.py)
 
     def prepare(self, batch: dict, step: int) -> dict:
         return self.masking(batch, step) if self.masking is not None else batch
@@ -111,6 +113,9 @@ class ContrastiveObjective(CoupledObjective):
         if self.mlm_weight:
             logits = out.pop("mlm_logits")
             add_token_terms(out, "mlm", logits, batch["mlm_labels"][:, : logits.shape[1]])
+        if "word_logits" in out:  # a per-row loss over the rows of the whole batch: a token term of 1 token a row
+            out["words_nll"] = word_cross_entropy(out.pop("word_logits"), out.pop("word_targets"))
+            out["words_tokens"] = torch.ones_like(out["words_nll"], dtype=torch.long)
         return out
 
     def loss(self, out: dict) -> torch.Tensor:
@@ -136,7 +141,11 @@ class ContrastiveObjective(CoupledObjective):
         return loss
 
     def separable_loss(self, out: dict, whole: dict) -> torch.Tensor | None:
-        return self.mlm_weight * token_term(out, whole, "mlm") if self.mlm_weight else None
+        """The sum-over-rows terms of `out`: MLM (over the whole batch's masked tokens) and the caption words
+        (over its rows)."""
+        weights = {"mlm": self.mlm_weight, "words": self.word_weight if "words_nll" in out else 0.0}
+        terms = [weight * token_term(out, whole, name) for name, weight in weights.items() if weight]
+        return torch.stack(terms).sum() if terms else None
 
     def after_step(self, model) -> None:
         model.clamp_logit_scale_()

@@ -1,6 +1,6 @@
 """Contrastive accumulation (GradCache) gives the whole batch's loss and gradients, on 1 and 2 processes (CLIP,
-CoCa, whose captioning term is a sum over micro-batches, CLIP + masked language modelling), and so does
-summed accumulation for masked language modelling alone (a mean over the step's masked tokens)."""
+CoCa, whose captioning and caption-word terms are sums over micro-batches, CLIP + masked language modelling),
+and so does summed accumulation for masked language modelling alone (a mean over the step's masked tokens)."""
 
 import math
 
@@ -24,9 +24,12 @@ MASKS = ("clip_mlm", "mlm", "distill")  # the archs that mask text
 
 
 def objective(kind, arch="clip"):
-    """arch: clip, coca, clip_mlm (CLIP + 0.5 x MLM), mlm (the text tower alone) or distill (CLIP + 0.5 x MLM,
-    taught by a CLIP of another width: the student's distill heads map to it)."""
-    loss = LossConfig(kind=kind, impl="fused", hard_negative_weight=0.7, caption_label_smoothing=0.1, mlm_weight=0.5)
+    """arch: clip, coca (+ 0.4 x its word head's caption-word term), clip_mlm (CLIP + 0.5 x MLM), mlm (the text
+    tower alone) or distill (CLIP + 0.5 x MLM, taught by a CLIP of another width: the student's distill heads
+    map to it)."""
+    loss = LossConfig(
+        kind=kind, impl="fused", hard_negative_weight=0.7, caption_label_smoothing=0.1, mlm_weight=0.5, word_weight=0.4
+    )
     masking = TextMasking(MLM_RULE, seed=0, rank=0) if arch in MASKS else None
     if arch == "distill":
         weights = DistillConfig(temperature=2.0, kd_weight=0.7, cosine_weight=0.3, contrastive_weight=0.5)
@@ -44,7 +47,9 @@ def model64(kind, arch="clip", **kwargs):
         return tiny_mlm(**kwargs).double()
     if arch == "distill":
         return tiny_clip(loss_kind=kind, distill_dim=96, mlm=True, **kwargs).double()
-    return (tiny_coca if arch == "coca" else tiny_clip)(loss_kind=kind, mlm=arch == "clip_mlm", **kwargs).double()
+    if arch == "coca":
+        return tiny_coca(loss_kind=kind, word_head=True, **kwargs).double()
+    return tiny_clip(loss_kind=kind, mlm=arch == "clip_mlm", **kwargs).double()
 
 
 def whole_batch(rows=slice(None), negatives=False, arch="clip"):
