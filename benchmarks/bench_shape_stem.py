@@ -2,7 +2,7 @@
 
     python benchmarks/bench_shape_stem.py                         # 200 steps, batch 256, tiny ViT at 64 px
     python benchmarks/bench_shape_stem.py --stems patch conv --steps 300
-    python benchmarks/bench_shape_stem.py --stems conv --targets shape words   # labels vs caption words
+    python benchmarks/bench_shape_stem.py --stems conv --targets shape words words_without_colour
 
 The built-in CLIP run names colours but not shapes (README, Evaluation). This separates the
 tower from the objective: the same tiny ViT (4 x 192, 64 px, ln_pre, open_clip's init) trained
@@ -12,7 +12,8 @@ high held-out accuracy here can represent shape; if CLIP's does not, its caption
 what fail to ask for it. `--targets words` trains on every word of each scene's caption instead
 (SuperClass's target, models/words.py: a softmax over the vocabulary) and names the shape by the
 largest of the six shape words' logits: does a label that also names colour, size and position still
-teach a shape that transfers to unseen shape-colour pairs?
+teach a shape that transfers to unseen shape-colour pairs? `words_without_colour`: the same with the
+colour words taken out of every label.
 """
 
 import argparse
@@ -42,13 +43,12 @@ def load(split: str, limit: int):
     return torch.stack(images), torch.tensor(labels), load_tokenizer("shapes")(captions)
 
 
-def shape_word_ids() -> list[int]:
-    """The built-in tokenizer's id of each shape word, in SHAPES order (each is one token)."""
+def word_ids(words) -> list[int]:
+    """The built-in tokenizer's id of each word (each is one token, after a space as in a caption)."""
     from pretrain_mm.data import load_tokenizer
-    from pretrain_mm.data.builtin import SHAPES
 
     tokenizer = load_tokenizer("shapes")
-    ids = [tokenizer.encode(" " + shape) for shape in SHAPES]
+    ids = [tokenizer.encode(" " + word) for word in words]
     assert all(len(i) == 1 for i in ids), ids
     return [i[0] for i in ids]
 
@@ -58,14 +58,19 @@ def train_one(stem: str, targets: str, data, steps: int, batch: int, lr: float, 
     import torch.nn.functional as F
 
     from pretrain_mm.data import load_tokenizer
+    from pretrain_mm.data.builtin import COLOURS, SHAPES
     from pretrain_mm.models.vit import VisionTransformer
     from pretrain_mm.models.words import caption_word_targets, word_cross_entropy
 
     (x, y, text), (xv, yv, _) = data
     tokenizer = load_tokenizer("shapes")
-    words = targets == "words"
-    word_targets = caption_word_targets(text, tokenizer.pad_id, tokenizer.vocab_size) if words else None
-    read = torch.tensor(shape_word_ids()) if words else torch.arange(6)  # the shape logits among the outputs
+    words = targets != "shape"
+    if words:
+        word_targets = caption_word_targets(text, tokenizer.pad_id, tokenizer.vocab_size)
+        if targets == "words_without_colour":  # the colour words out of every label, the rest renormalised
+            word_targets[:, word_ids(COLOURS)] = 0
+            word_targets /= word_targets.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    read = torch.tensor(word_ids(SHAPES)) if words else torch.arange(6)  # the shape logits among the outputs
     torch.manual_seed(seed)
     model = VisionTransformer(
         image_size=64,
@@ -100,7 +105,7 @@ def train_one(stem: str, targets: str, data, steps: int, batch: int, lr: float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stems", nargs="+", default=["patch", "conv"], choices=["patch", "conv"])
-    parser.add_argument("--targets", nargs="+", default=["shape"], choices=["shape", "words"])
+    parser.add_argument("--targets", nargs="+", default=["shape"], choices=["shape", "words", "words_without_colour"])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -117,9 +122,9 @@ def main() -> None:
         f"\nshape from its labels or caption words: tiny ViT, 64 px in {args.patch} px patches, "
         f"{args.steps} steps of {args.batch}, seed {args.seed}; chance 16.7%"
     )
-    print(f"{'stem':<6} {'targets':<8} {'training scenes':>16} {'held-out pairs':>15} {'s/step':>7}")
+    print(f"{'stem':<6} {'targets':<21} {'training scenes':>16} {'held-out pairs':>15} {'s/step':>7}")
     for r in rows:
-        print(f"{r['stem']:<6} {r['targets']:<8} {r['seen']:>15.1f}% {r['held_out']:>14.1f}% {r['s_per_step']:>7.2f}")
+        print(f"{r['stem']:<6} {r['targets']:<21} {r['seen']:>15.1f}% {r['held_out']:>14.1f}% {r['s_per_step']:>7.2f}")
 
 
 if __name__ == "__main__":
