@@ -210,6 +210,7 @@ def test_preemption_checkpoints_requeues_and_resumes(tmp_path, slurm_env):
         "launcher.tasks_per_node=2",
         f"trainer.max_steps={max_steps}",
         "trainer.checkpoint_every=1000",
+        "eval.enabled=false",  # what is asserted is the requeue and the resume
     )
     job = job_id(out.stdout)
     wait_for_job(slurm_env, job, steps_logged(run, 1), "the first step", tmp_path)
@@ -286,6 +287,7 @@ def test_sweep_on_slurm_makes_two_run_directories(tmp_path, slurm_env):
         "hydra.launcher.cpus_per_task=1",
         "optim.lr=1e-3,2e-3",
         "trainer.max_steps=3",
+        "eval.enabled=false",
         *FAST,
         f"hydra.sweep.dir={sweep}",
     )
@@ -313,6 +315,7 @@ def test_sbatch_template_trains_and_requeues_itself(tmp_path, slurm_env):
             "+exp=clip",
             f"trainer.max_steps={max_steps}",
             "trainer.checkpoint_every=1000",
+            "eval.enabled=false",
             *FAST,
         ),
     ).group(1)

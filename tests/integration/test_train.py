@@ -90,7 +90,14 @@ def test_sigterm_checkpoints_and_the_run_continues(tmp_path):
     assert checkpoints(run) == [f"step_{stopped['step']:08d}"]
     assert "run the same command again to continue" in stdout
 
-    run_cli(run, "+exp=clip", f"trainer.max_steps={stopped['step'] + 3}", "trainer.checkpoint_every=1000")
+    # (no evaluation: what is asserted is the training; the evaluators have their own tests)
+    run_cli(
+        run,
+        "+exp=clip",
+        f"trainer.max_steps={stopped['step'] + 3}",
+        "trainer.checkpoint_every=1000",
+        "eval.enabled=false",
+    )
     steps = [m["step"] for m in metrics(run)]
     assert steps == list(range(1, stopped["step"] + 4))
     assert summary(run)["status"] == "finished"
@@ -125,7 +132,7 @@ def test_misspelt_key_is_an_error(tmp_path):
 
 def test_resume_never_refuses_to_overwrite(tmp_path):
     run = tmp_path / "clip"
-    run_cli(run, "+exp=clip", "trainer.max_steps=1")
+    run_cli(run, "+exp=clip", "trainer.max_steps=1", "eval.enabled=false")
     out = run_cli(run, "+exp=clip", "trainer.max_steps=2", "trainer.resume=never", check=False)
     assert out.returncode != 0 and "already holds checkpoints" in out.stderr
     assert checkpoints(run) == ["step_00000001"]
