@@ -4,10 +4,13 @@ on the image features predicts which vocabulary ids the image's caption holds.
 CLIP's loss asks an image for whatever tells the batch's captions apart, so an attribute that the easy
 ones already separate gets almost no gradient (on the built-in scenes colour, background and position
 tell 256 captions apart, and shape went unlearnt). Here every caption word is a label of its image: the
-shape word is asked for in every caption, through a linear read-out of the image features, the signal
-that made the image tower learn shape on its own (README, Evaluation). The target is SuperClass's: the
-caption's distinct ids (start, end and padding left out) as a distribution, uniform over them; the loss
-is its cross-entropy with the head's softmax over the vocabulary.
+shape word is asked for in every caption, through a linear read-out of the image features. The target is
+SuperClass's: the caption's distinct ids (start, end and padding left out) as a distribution, uniform over
+them; the loss is its cross-entropy with the head's softmax over the vocabulary.
+
+On the built-in scenes it did not make shape transfer to unseen shape-colour pairs: a tower asked for colour
+and shape together learns which shapes each colour came with (README, Training: benchmarks/bench_shape_stem.py
+--targets words words_without_colour). So loss.word_weight is 0 by default.
 """
 
 import torch

@@ -8,9 +8,10 @@ the same. `couples_batch` says whether the loss couples the samples of a batch (
 is a negative), in which case it also exposes `forward` (the model's outputs, reduced to what the loss
 needs per row) and `loss` (the loss of outputs) separately, so that gradient accumulation can compute the
 loss of the whole batch from cached features; `separable_loss(out, whole)` is the part of `loss` that is
-a sum over micro-batches (token losses: captioning, MLM), for one micro-batch's outputs, normalised by the
-whole batch's tokens. An objective that does not couple the batch gives each micro-batch's share of the
-step's loss with `micro_batch_loss(model, micro, parts)`. `after_step(model)` runs after every optimiser step.
+a sum over micro-batches (token losses: captioning, MLM; the caption-word term, one "token" a row), for one
+micro-batch's outputs, normalised by the whole batch's tokens. An objective that does not couple the batch
+gives each micro-batch's share of the step's loss with `micro_batch_loss(model, micro, parts)`.
+`after_step(model)` runs after every optimiser step.
 """
 
 import hashlib
@@ -88,7 +89,8 @@ class CoupledObjective:
 
 class ContrastiveObjective(CoupledObjective):
     """The contrastive loss of the batch; where the batch has hard-negative captions (data.hard_negatives),
-    plus loss.hard_negative_weight times NegCLIP's term (models.clip.hard_negative_terms)."""
+    plus loss.hard_negative_weight times NegCLIP's term (models.clip.hard_negative_terms); with loss.mlm_weight,
+    masked language modelling; where the model has a word head (loss.word_weight), the caption-word term."""
 
     def __init__(self, loss_cfg: LossConfig, masking: TextMasking | None = None):
         self.kind, self.impl = str(loss_cfg.kind), str(loss_cfg.impl)  # plain strings for the ops (and torch.compile)
