@@ -41,7 +41,10 @@ def train(run: Path, steps: int, size: str, args: list[str], extra: list[str], e
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    return json.loads((run / "train_summary.json").read_text())
+    summary = json.loads((run / "train_summary.json").read_text())
+    if summary["status"] != "finished":  # stopped by a signal: checkpointed, to be continued
+        raise SystemExit(f"{run} stopped at step {summary['step']}: run the same command again to continue it")
+    return summary
 
 
 def scores(results: dict, tower: str) -> dict:
