@@ -58,7 +58,7 @@ def train_one(stem: str, targets: str, data, steps: int, batch: int, lr: float, 
     import torch.nn.functional as F
 
     from pretrain_mm.data import load_tokenizer
-    from pretrain_mm.data.builtin import COLOURS, SHAPES
+    from pretrain_mm.data.shapes import COLOURS, SHAPES
     from pretrain_mm.models.vit import VisionTransformer
     from pretrain_mm.models.words import caption_word_targets, word_cross_entropy
 

@@ -6,8 +6,10 @@ import json
 import pytest
 
 import pretrain_mm.data.builtin as builtin
+import pretrain_mm.data.shapes as shapes_set
 from pretrain_mm.config import EvalConfig
 from pretrain_mm.data import builtin_info, get_builtin, iter_shard
+from pretrain_mm.data.prompts import check_unseen_prompts, fixed_text
 from pretrain_mm.eval.datasets import builtin_set
 from pretrain_mm.eval.report import write_report
 
@@ -71,7 +73,7 @@ def check_prompts(prompts, classnames, templates, captions):
     assert filled and not caption_set & set(filled)
     # No literal piece of a prompt template, nor of the prompts as written to classes.json (the
     # other attributes filled in), occurs in a training caption.
-    assert unseen([piece for t in templates for piece in builtin.fixed_text(t)], captions) == []
+    assert unseen([piece for t in templates for piece in fixed_text(t)], captions) == []
     assert unseen([piece.strip() for p in prompts for piece in p.split("{}")], captions) == []
 
 
@@ -80,7 +82,7 @@ def test_shapes_prompts_are_not_training_captions(shapes):
     captions = [m["caption"] for m in meta["train"]]
     for attr, prompts in info["prompts"].items():
         assert len(prompts) >= 3 and all(p.count("{}") == 1 and "{" not in p.replace("{}", "") for p in prompts)
-        check_prompts(prompts, info["classes"][attr], builtin.PROMPT_TEMPLATES, captions)
+        check_prompts(prompts, info["classes"][attr], shapes_set.PROMPT_TEMPLATES, captions)
     # the captions do come from the training templates, whose pieces the check would have found
     assert unseen(["at the", "background with a"], captions) == ["at the", "background with a"]
     assert "never used in training captions" in info["eval_note"]
@@ -97,8 +99,8 @@ def test_digits_prompts_are_not_training_captions(digits):
 
 
 def test_the_build_check_rejects_training_templates():
-    check = builtin.check_unseen_prompts
-    check(builtin.PROMPT_TEMPLATES, builtin.FULL_TEMPLATES + builtin.PARTIAL_TEMPLATES)
+    check = check_unseen_prompts
+    check(shapes_set.PROMPT_TEMPLATES, shapes_set.FULL_TEMPLATES + shapes_set.PARTIAL_TEMPLATES)
     check(builtin.DIGIT_PROMPT_TEMPLATES, builtin.DIGIT_TEMPLATES)
     for bad in (
         "a {colour} {shape}",
@@ -107,7 +109,7 @@ def test_the_build_check_rejects_training_templates():
         "the {bg} background with a {shape}",
     ):  # a training template's words
         with pytest.raises(AssertionError, match="training caption template"):
-            check([bad], builtin.FULL_TEMPLATES + builtin.PARTIAL_TEMPLATES)
+            check([bad], shapes_set.FULL_TEMPLATES + shapes_set.PARTIAL_TEMPLATES)
     with pytest.raises(AssertionError, match="'a handwritten digit'"):
         check(["a handwritten digit {} again"], builtin.DIGIT_TEMPLATES)
 
