@@ -16,9 +16,10 @@ of pretrain_mm.
 from .builtin import BUILTINS, builtin_dir, builtin_info, get_builtin, load_tokenizer, write_builtin
 from .check import check_shards
 from .decode import DEFAULT_CAPTION_KEY, DEFAULT_IMAGE_KEY
-from .pipeline import SKIP_REASONS, Loader, build_loader
+from .pipeline import Loader, build_loader
 from .reader import ShardError, TruncatedShard, iter_shard
 from .shards import ShardWriter, expand_urls, read_sizes, write_sizes
+from .stages import SKIP_REASONS
 from .tokenizer import (
     CLIP,
     TOKENIZER_FILE,
