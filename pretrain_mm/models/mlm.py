@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from pretrain_mm.models.layers import no_weight_decay_names
-from pretrain_mm.models.text import TextTransformer, last_non_pad, text_tower
+from pretrain_mm.models.text import TextTransformer, caption_tokens, text_tower
 from pretrain_mm.ops import IGNORE  # the positions whose token is not predicted
 
 MASK_SHARE, RANDOM_SHARE = 0.8, 0.1  # of the chosen tokens (BERT); the remaining 10% stay unchanged
@@ -47,8 +47,7 @@ class MaskingRule:
 def maskable(text: torch.Tensor, rule: MaskingRule) -> torch.Tensor:
     """(B, T) bool: the caption tokens masking may choose — after start-of-text, before each row's
     end-of-text (its last non-pad position; a pad id inside a caption is a caption token)."""
-    positions = torch.arange(text.shape[1], device=text.device)
-    return (positions > 0) & (positions < last_non_pad(text, rule.pad_id)[:, None])
+    return caption_tokens(text, rule.pad_id)
 
 
 def mask_tokens(

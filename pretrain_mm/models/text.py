@@ -16,6 +16,13 @@ def last_non_pad(text: torch.Tensor, pad_id: int) -> torch.Tensor:
     return torch.where(text != pad_id, positions, 0).amax(dim=1)
 
 
+def caption_tokens(text: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """(B, T) bool: each row's own caption tokens, after start-of-text and before its end-of-text (the last
+    non-pad position); a pad id inside a caption is a caption token. What MLM may mask and the word head reads."""
+    positions = torch.arange(text.shape[1], device=text.device)
+    return (positions > 0) & (positions < last_non_pad(text, pad_id)[:, None])
+
+
 class TextTransformer(nn.Module):
     """Token + learned position embeddings, causal Blocks, final LayerNorm, pooling, projection.
 

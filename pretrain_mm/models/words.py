@@ -17,16 +17,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pretrain_mm.models.text import last_non_pad
+from pretrain_mm.models.text import caption_tokens
 
 
 def caption_word_targets(text: torch.Tensor, pad_id: int, vocab_size: int) -> torch.Tensor:
     """(B, vocab_size) float: each row's distinct caption ids, each with mass 1 / their count. A caption's
     start (position 0), end-of-text (its last non-pad id) and padding are not words; a caption without a
     word gets a row of zeros (no loss)."""
-    positions = torch.arange(text.shape[1], device=text.device).expand_as(text)
-    # Between the start and the end-of-text: a pad id that is also a real token (CLIP's BPE's 0) stays a word.
-    words = (positions > 0) & (positions < last_non_pad(text, pad_id)[:, None])
+    words = caption_tokens(text, pad_id)  # a pad id that is also a real token (CLIP's BPE's 0) stays a word
     # Counted, then made 0/1 (a plain scatter of 0s for the non-words could overwrite a word's 1: the pad id).
     counts = torch.zeros(text.shape[0], vocab_size, device=text.device).scatter_add_(1, text, words.float())
     targets = (counts > 0).float()
