@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import math
+import multiprocessing
+import os
+import signal
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -39,6 +43,44 @@ from .tokenizer import Tokenizer
 from .transforms import CLIP_MEAN, CLIP_STD, ImageAugment, Normalize
 
 MAX_CONSECUTIVE_SKIPS = 10_000  # a resampled stream that only meets bad data stops instead of hanging
+
+# The signals that ask a run to stop: the trainer checkpoints on the last three, Ctrl-C (SIGINT) aborts. A shell's
+# Ctrl-C, `kill -<sig> -<pgid>`, `timeout`, `pkill -f` and Slurm (under proctrack/cgroup, to every process of a job
+# step) deliver them to the loader's workers too, whose default is to die of them -- and a dead worker ends the run
+# before it can checkpoint. So workers leave them to the main process (WorkerSignals).
+RUN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+_exiting: Any = None  # set once this (main) process exits: see WorkerSignals
+
+
+def _exiting_event() -> Any:
+    global _exiting
+    if _exiting is None:
+        _exiting = multiprocessing.Event()
+        # atexit runs last-registered first: this is set before multiprocessing's own exit hook
+        # terminates (SIGTERM) and joins the workers of a loader nobody closed.
+        atexit.register(_exiting.set)
+    return _exiting
+
+
+class WorkerSignals:
+    """DataLoader worker_init_fn: the worker ignores RUN_SIGNALS, except the SIGTERM its parent sends at exit.
+
+    A worker ends when its DataLoader says so (a stop message on its queue) or its parent dies (torch's
+    watchdog); the one SIGTERM it must obey is multiprocessing's at the parent's exit, which would otherwise
+    wait forever to join it."""
+
+    def __init__(self):
+        self.exiting = _exiting_event()
+
+    def __call__(self, worker_id: int) -> None:
+        for sig in RUN_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, signum, frame) -> None:
+        if self.exiting.is_set():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Loader(Resumable):
@@ -237,6 +279,7 @@ def build_loader(
         persistent_workers=False,
         prefetch_factor=(prefetch_factor or 2) if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(ctx.seed % 2**63),
+        worker_init_fn=WorkerSignals() if num_workers > 0 else None,
     )  # its own: see Loader
     return Loader(
         dataset,

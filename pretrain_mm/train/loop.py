@@ -33,6 +33,7 @@ from pretrain_mm.builders import (
     pin_model_args,
 )
 from pretrain_mm.config import TEXT_KINDS, TOKENIZED_KINDS, Config, TrainerConfig, masks_text, plain_config
+from pretrain_mm.data.pipeline import RUN_SIGNALS
 from pretrain_mm.interop.init_from import load_open_clip_weights, read_open_clip, with_open_clip_architecture
 from pretrain_mm.interop.weights import MODEL_FILE
 from pretrain_mm.precision import Precision, autocast, resolve_precision
@@ -46,7 +47,7 @@ from pretrain_mm.train.parallelize import apply_activation_checkpointing, apply_
 from pretrain_mm.train.warm_start import load_text_tower
 
 log = logging.getLogger(__name__)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNALS = tuple(sig for sig in RUN_SIGNALS if sig != signal.SIGINT)  # Ctrl-C stays an abort
 
 
 class NonFiniteLossError(RuntimeError):

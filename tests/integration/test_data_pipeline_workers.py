@@ -2,6 +2,10 @@
 splitting the shards, seeded shuffling, bad data counted across workers, resampled epochs (the pipeline
 without workers: tests/unit/test_data_pipeline.py)."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from helpers.toy_shards import truncate, write_toy_shards
@@ -102,3 +106,34 @@ def test_resampled_epochs_have_fixed_length(shards):
     assert set(keys_of(loader)) <= set(all_keys())
     default = build_loader(shards, batch_size=8, image_size=16, resampled=True)
     assert len(default) == N // 8  # sizes.json gives the epoch
+
+
+# Every worker gets each stop signal by its pid (as `pkill -f` or Slurm send them) and still delivers; the
+# process then exits with its iterator never closed, where multiprocessing terminates and joins the workers.
+SIGNALLED_WORKERS = """
+import json, multiprocessing, os, signal, sys
+from pretrain_mm.data import build_loader
+from pretrain_mm.data.pipeline import RUN_SIGNALS
+
+for sig in RUN_SIGNALS:
+    signal.signal(sig, signal.SIG_IGN)  # this process stands for the trainer, which handles them
+urls = json.loads(sys.argv[1])
+loader = build_loader(urls, batch_size=2, image_size=16, num_workers=2, resampled=True, samples_per_epoch=400)
+batches = iter(loader)
+next(batches)
+workers = multiprocessing.active_children()
+assert len(workers) == 2, workers
+for worker in workers:
+    for sig in RUN_SIGNALS:
+        os.kill(worker.pid, sig)
+for _ in range(20):
+    next(batches)
+print("delivered", flush=True)
+"""
+
+
+def test_workers_outlive_stop_signals_and_end_with_their_process(shards):
+    out = subprocess.run(
+        [sys.executable, "-c", SIGNALLED_WORKERS, json.dumps(shards)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and out.stdout == "delivered\n", out.stderr[-3000:]

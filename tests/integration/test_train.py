@@ -23,7 +23,7 @@ FAST = [
 
 
 def run_cli(run_dir, *overrides, launcher=(sys.executable, "-m", "pretrain_mm"), timeout=600, check=True):
-    cmd = [*launcher, *overrides, *FAST, f"hydra.run.dir={run_dir}"]
+    cmd = [*launcher, *FAST, *overrides, f"hydra.run.dir={run_dir}"]  # an override of FAST's wins
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and out.returncode != 0:
@@ -59,20 +59,19 @@ def test_clip_trains_checkpoints_and_resumes(tmp_path):
     assert checkpoints(run) == ["step_00000004", "step_00000006"]  # keep_checkpoints=2
 
 
-def test_sigterm_checkpoints_and_the_run_continues(tmp_path):
+def test_sigterm_to_the_process_group_checkpoints_and_the_run_continues(tmp_path):
+    """What a shell's `kill -TERM -<pgid>`, `timeout` or Slurm do: every process of the run gets the signal, the
+    loader's workers included; the run still finishes its step, checkpoints and says how to continue."""
     run = tmp_path / "clip"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pretrain_mm",
-        "+exp=clip",
-        "trainer.max_steps=200",
-        "trainer.checkpoint_every=1000",
-        *FAST,
-        f"hydra.run.dir={run}",
-    ]
+    overrides = ["+exp=clip", "trainer.checkpoint_every=1000", "data.num_workers=2"]
+    cmd = [sys.executable, "-m", "pretrain_mm", *FAST, *overrides, "trainer.max_steps=200", f"hydra.run.dir={run}"]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1")
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        start_new_session=True,  # its own process group, to signal as a whole
     )
     # The signal goes once 3 steps are logged, however long a step takes on this CPU; the limit
     # only guards against a hung run.
@@ -82,7 +81,7 @@ def test_sigterm_checkpoints_and_the_run_continues(tmp_path):
             raise AssertionError(f"the run ended (exit {proc.returncode}) before step 3:\n{proc.stderr.read()[-3000:]}")
         assert time.time() < deadline, "no 3 steps in 30 minutes: the run hangs"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     stopped = summary(run)
@@ -91,13 +90,7 @@ def test_sigterm_checkpoints_and_the_run_continues(tmp_path):
     assert "run the same command again to continue" in stdout
 
     # (no evaluation: what is asserted is the training; the evaluators have their own tests)
-    run_cli(
-        run,
-        "+exp=clip",
-        f"trainer.max_steps={stopped['step'] + 3}",
-        "trainer.checkpoint_every=1000",
-        "eval.enabled=false",
-    )
+    run_cli(run, *overrides, f"trainer.max_steps={stopped['step'] + 3}", "eval.enabled=false")
     steps = [m["step"] for m in metrics(run)]
     assert steps == list(range(1, stopped["step"] + 4))
     assert summary(run)["status"] == "finished"
