@@ -255,6 +255,8 @@ def train(cfg: Config, run_dir: str | Path, info: dist_utils.DistInfo) -> TrainR
                 )
             if interrupted:
                 break
+    if loss_count:  # steps since the last log line (a stop between two): the summary reports their mean
+        final_loss = dist_utils.all_reduce_mean(loss_sum / loss_count, info)
     metrics.close()
     status = "finished" if step >= trainer.max_steps else "interrupted"
     if status == "finished":

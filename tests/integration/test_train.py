@@ -96,6 +96,28 @@ def test_sigterm_to_the_process_group_checkpoints_and_the_run_continues(tmp_path
     assert summary(run)["status"] == "finished"
 
 
+def test_a_stop_before_the_first_log_line_still_reports_the_loss(tmp_path):
+    """log_every longer than the run lasted: the summary's final_loss is the mean of the steps taken, not NaN."""
+    run = tmp_path / "clip"
+    overrides = ["+exp=clip", "trainer.log_every=1000", "trainer.checkpoint_every=1", "trainer.max_steps=200"]
+    cmd = [sys.executable, "-m", "pretrain_mm", *FAST, *overrides, f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 1800  # a guard against a hung run, not a measure of speed
+    while not ((run / "checkpoints").exists() and len(checkpoints(run)) >= 2):
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before step 2:\n{proc.stderr.read()[-3000:]}")
+        assert time.time() < deadline, "no 2 steps in 30 minutes: the run hangs"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    stopped = summary(run)
+    assert stopped["status"] == "interrupted" and stopped["step"] >= 2
+    assert not (run / "metrics.jsonl").exists() or metrics(run) == []  # no step was logged
+    # A CLIP loss on a batch of 16 lies between 0 and a little above ln 16 (2.77) this early.
+    assert 0 < stopped["final_loss"] < 5, stopped
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
     run = tmp_path / "mae"
     # An absurd learning rate: the first update blows the weights up, the next loss is not finite.
