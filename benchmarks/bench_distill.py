@@ -1,5 +1,6 @@
-"""Distillation side by side: a teacher run, a student distilled from it, and the same student trained alone for
-the same steps, all on the built-in data with +exp=clip's recipe; prints each model's zero-shot and retrieval
+"""Distillation side by side: a teacher run, a student distilled from it, and the same student trained alone twice,
+for the same steps and for the same time (the distilled run also runs the teacher's forward, so alone gets more
+steps in its time), all on the built-in data with +exp=clip's recipe; prints each model's zero-shot and retrieval
 numbers and the students' shares of the teacher's.
 
     python benchmarks/bench_distill.py                       # the issue's pair: small teacher -> tiny student
@@ -47,6 +48,14 @@ def train(run: Path, steps: int, size: str, args: list[str], extra: list[str], e
     return summary
 
 
+def seconds_per_step(run: Path) -> float:
+    """Mean training seconds a step (data wait included) over a run's logged steps: it leaves out start-up and
+    evaluation, and holds for a run trained over several sittings."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [b["step"] - a["step"] for a, b in zip([{"step": 0}, *records], records)]
+    return sum(r["step_time_s"] * n for r, n in zip(records, steps)) / sum(steps)
+
+
 def scores(results: dict, tower: str) -> dict:
     """{(task, dataset, metric): value} of METRICS for one tower of a results.json."""
     metrics = results["metrics"][tower]
@@ -61,12 +70,14 @@ def scores(results: dict, tower: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/bench_distill")
-    parser.add_argument("--steps", type=int, default=400, help="training steps of each of the three runs")
+    parser.add_argument("--steps", type=int, default=400, help="training steps of the distilled student (and alone)")
+    parser.add_argument("--teacher-steps", type=int, help="training steps of the teacher (default --steps)")
     parser.add_argument(
-        "--alone-steps",
-        type=int,
-        help="steps of the student trained alone (default --steps); for the same time as the distilled run, which "
-        "also runs the teacher's forward each step: its seconds / the alone run's seconds per step",
+        "--same-time",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train the student alone for the distilled run's time: its seconds a step (metrics.jsonl) times "
+        "--steps over the alone run's seconds a step; time both on an otherwise idle machine",
     )
     parser.add_argument("--teacher-size", default="small")
     parser.add_argument("--student-size", default="tiny")
@@ -75,43 +86,68 @@ def main() -> None:
     parser.add_argument(
         "--teacher",
         nargs="*",
-        help="more overrides of the teacher's run (default: optim.lr=5e-4 for a teacher larger than tiny: +exp=clip's "
-        "2e-3, the tiny's, keeps the 12-layer small at chance, loss 5.45 at step 60 where the tiny has 4.0)",
+        help="more overrides of the teacher's run (default for a teacher larger than tiny: optim.lr=7e-4 "
+        "trainer.batch_size=128; at +exp=clip's 2e-3 and batch 256, the tiny's, the 12-layer small sat at chance, "
+        "loss 5.45 at step 60 where the tiny had 4.0)",
     )
     parser.add_argument(
         "--distill", nargs="*", default=[], help="more overrides of the distilled run: distill.kd_weight=2"
     )
     args = parser.parse_args()
     out = Path(args.out).resolve()
-
-    teacher_run, distilled_run, alone_run = out / "teacher", out / "student_distilled", out / "student_alone"
     if args.teacher is None:
-        args.teacher = [] if args.teacher_size == "tiny" else ["optim.lr=5e-4"]
-    seconds = {"teacher": train(teacher_run, args.steps, args.teacher_size, args.teacher_arg, args.teacher, False)}
-    distil = [f"distill.teacher={teacher_run}", *args.distill]
-    seconds["distilled"] = train(distilled_run, args.steps, args.student_size, args.student_arg, distil, evaluate=True)
-    alone_steps = args.alone_steps or args.steps
-    seconds["alone"] = train(alone_run, alone_steps, args.student_size, args.student_arg, [], evaluate=True)
+        args.teacher = [] if args.teacher_size == "tiny" else ["optim.lr=7e-4", "trainer.batch_size=128"]
+    teacher_steps = args.teacher_steps or args.steps
 
-    distilled = json.loads((distilled_run / "report" / "results.json").read_text())
-    alone = json.loads((alone_run / "report" / "results.json").read_text())
-    columns = {
-        "teacher": scores(distilled, "teacher"),
-        "distilled": scores(distilled, "trained"),
-        "alone": scores(alone, "trained"),
+    runs = {name: out / name for name in ("teacher", "student_distilled", "student_alone", "student_alone_same_time")}
+    summaries = {
+        "teacher": train(runs["teacher"], teacher_steps, args.teacher_size, args.teacher_arg, args.teacher, False)
     }
-    student = f"{args.student_size} {' '.join(args.student_arg)}".strip()
-    steps = f"{args.steps} steps each" if alone_steps == args.steps else f"{args.steps} steps, alone {alone_steps}"
-    teacher = " ".join([args.teacher_size, *args.teacher_arg, *args.teacher])
-    print(f"\nteacher: {teacher}; student: {student}; {steps}")
-    print(f"{'':34} {'teacher':>8} {'distilled':>10} {'alone':>8} {'distilled/teacher':>18} {'alone/teacher':>14}")
+    distil = [f"distill.teacher={runs['teacher']}", *args.distill]
+    student = (args.student_size, args.student_arg)
+    summaries["student_distilled"] = train(runs["student_distilled"], args.steps, *student, distil, evaluate=True)
+    summaries["student_alone"] = train(runs["student_alone"], args.steps, *student, [], evaluate=True)
+    steps = {"student_distilled": args.steps, "student_alone": args.steps}
+    if args.same_time:
+        pace = seconds_per_step(runs["student_distilled"]) / seconds_per_step(runs["student_alone"])
+        steps["student_alone_same_time"] = round(args.steps * pace)
+        summaries["student_alone_same_time"] = train(
+            runs["student_alone_same_time"], steps["student_alone_same_time"], *student, [], evaluate=True
+        )
+
+    results = {name: json.loads((runs[name] / "report" / "results.json").read_text()) for name in steps}
+    columns = {"teacher": scores(results["student_distilled"], "teacher")}
+    columns.update({name: scores(result, "trained") for name, result in results.items()})
+    header = {
+        "teacher": f"teacher ({teacher_steps})",
+        "student_distilled": f"distilled ({args.steps})",
+        "student_alone": f"alone ({args.steps})",
+    }
+    if "student_alone_same_time" in steps:
+        header["student_alone_same_time"] = f"alone, same time ({steps['student_alone_same_time']})"
+    who = " ".join([args.teacher_size, *args.teacher_arg, *args.teacher])
+    print(f"\nteacher: {who}; student: {' '.join([args.student_size, *args.student_arg])}; (steps) in each heading")
+    print(
+        "| | "
+        + " | ".join(header.values())
+        + " | "
+        + " | ".join(f"{h} / teacher" for h in header.values() if h != header["teacher"])
+        + " |"
+    )
+    print("|---" * (2 * len(header)) + "|")
+    pct = lambda x: f"{100 * x:.1f}%" if x is not None else "-"  # noqa: E731
     for key in columns["teacher"]:
-        t, d, a = (columns[c].get(key) for c in ("teacher", "distilled", "alone"))
-        ratio = lambda x: f"{x / t:.2f}" if t and x is not None else "-"  # noqa: E731
-        pct = lambda x: f"{100 * x:.1f}%" if x is not None else "-"  # noqa: E731
-        print(f"{'/'.join(key):34} {pct(t):>8} {pct(d):>10} {pct(a):>8} {ratio(d):>18} {ratio(a):>14}")
-    summary = {k: f"{v['seconds']:.0f} s ({v['steps_this_run']} steps this run)" for k, v in seconds.items()}
-    print("training time:", ", ".join(f"{k} {v}" for k, v in summary.items()))
+        t = columns["teacher"][key]
+        values = [columns[name].get(key) for name in header]
+        ratios = [f"{v / t:.2f}" if t and v is not None else "-" for v in values[1:]]
+        print(f"| {'/'.join(key)} | " + " | ".join(map(pct, values)) + " | " + " | ".join(ratios) + " |")
+    seconds = {name: seconds_per_step(runs[name]) for name in header}
+    print(
+        "seconds a step: "
+        + ", ".join(f"{name} {s:.2f}" for name, s in seconds.items())
+        + "; training seconds: "
+        + ", ".join(f"{name} {s * (steps.get(name) or teacher_steps):.0f}" for name, s in seconds.items())
+    )
 
 
 if __name__ == "__main__":
