@@ -144,6 +144,7 @@ def ours(run: Path, classification: Path, retrieval: Path | None, work: Path) ->
             "eval.retrieval=[]",
             "eval.classification=[]",
             "eval.random_baseline=false",
+            "eval.precision=fp32",  # as CLIP_benchmark computes on a CPU: no bf16 rounding on either side
             f"eval.output_dir={out}",
             f"hydra.run.dir={work / 'eval_job'}",
         ],

@@ -257,6 +257,9 @@ class EvalConfig:
     max_samples: int = 5000  # cap per split over all ranks (each its share) to bound the time; 0: none
     seed: int = 0  # the random tower's initialisation, probe / fine-tune order
     random_baseline: bool = True  # the same evaluators on a freshly initialised tower, side by side
+    # The encoders' precision: auto is bf16 where native (ample for ranking); fp32 scores as an fp32 evaluator
+    # (CLIP_benchmark on a CPU) does, where bf16 rounding would reorder a barely trained model's near-ties.
+    precision: PrecisionChoice = PrecisionChoice.auto
     # Zero-shot classification (CLIP): built-in sets, and for shapes the attributes to classify.
     zeroshot: list[str] = field(default_factory=lambda: ["shapes", "digits"])
     shapes_attributes: list[str] = field(default_factory=lambda: ["colour", "shape"])

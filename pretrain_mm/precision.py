@@ -64,6 +64,7 @@ def autocast(precision: Precision, device: torch.device):
     return contextlib.nullcontext()
 
 
-def inference_autocast(device: torch.device):
-    """Evaluation's precision: bf16 autocast where training's `auto` would choose it (ample for ranking), else fp32."""
-    return autocast(resolve_precision("auto", device), device)
+def inference_autocast(device: torch.device, requested: str = "auto"):
+    """Evaluation's precision (eval.precision): by default bf16 autocast where training's `auto` would choose it
+    (ample for ranking), else fp32; fp32 to score exactly as an fp32 evaluator such as CLIP_benchmark on the CPU."""
+    return autocast(resolve_precision(requested, device, key="eval.precision"), device)

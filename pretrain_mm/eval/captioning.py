@@ -93,6 +93,7 @@ def caption_split(
     device: torch.device,
     batch_size: int,
     max_samples: int = 0,
+    precision: str = "auto",
 ) -> dict[str, str]:
     """{sample key: generated caption} for the split's images (each rank captions its share, all ranks get
     all), at most max_samples over all ranks (0: all)."""
@@ -104,7 +105,7 @@ def caption_split(
     texts: list[str] = []
     for batch in loader:
         take = len(batch["key"]) if budget is None else min(len(batch["key"]), budget - len(keys))
-        with inference_autocast(device):
+        with inference_autocast(device, precision):
             texts += caption(batch["image"][:take])
         keys += batch["key"][:take]
         if budget is not None and len(keys) >= budget:

@@ -41,11 +41,12 @@ def extract_features(
     text_encoders: dict[str, Encoder] | None = None,
     tokenizer=None,
     split_captions: bool = False,
+    precision: str = "auto",
 ) -> Features:
     """Run every encoder over this rank's share of `loader` (a pretrain_mm.data loader split by
     rank), then gather. max_samples caps the split over all ranks (0: no cap). With text_encoders
     (and a loader built with a tokenizer), captions are encoded too; split_captions treats each
-    caption as several, one per line (CLIP_benchmark's retrieval sets)."""
+    caption as several, one per line (CLIP_benchmark's retrieval sets). precision: eval.precision."""
     rank, world_size = rank_world()
     budget = math.ceil(max_samples / world_size) if max_samples > 0 else None
     keys: list[str] = []
@@ -57,7 +58,7 @@ def extract_features(
     for batch in loader:
         take = len(batch["key"]) if budget is None else min(len(batch["key"]), budget - len(keys))
         images = batch["image"][:take].to(device, non_blocking=True)
-        with inference_autocast(device):
+        with inference_autocast(device, precision):
             for name, encode in image_encoders.items():
                 image[name].append(encode(images).float())
         if "label" in batch:
@@ -71,7 +72,7 @@ def extract_features(
             captions.extend(batch_captions)
             # The loader's tokens are one row per image; split captions are tokenised here.
             tokens = tokenizer(batch_captions) if split_captions else batch["text"][:take]
-            with inference_autocast(device):
+            with inference_autocast(device, precision):
                 for name, encode in text_encoders.items():
                     text[name].append(encode(tokens.to(device)).float())
         keys.extend(batch["key"][:take])

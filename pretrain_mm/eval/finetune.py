@@ -144,7 +144,7 @@ def finetune(
             scale = warmup_cosine(step, warmup=warmup, total=total)
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * scale
-            with inference_autocast(device):
+            with inference_autocast(device, eval_cfg.precision):
                 loss = loss_fn(trained(batch["image"].to(device)).float(), batch["label"].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -170,6 +170,8 @@ def finetune(
         num_workers=eval_cfg.num_workers,
         label_key=ds.label_key,
     )
-    out = extract_features(test, {"logits": classifier}, device, max_samples=eval_cfg.max_samples)
+    out = extract_features(
+        test, {"logits": classifier}, device, max_samples=eval_cfg.max_samples, precision=eval_cfg.precision
+    )
     logits, labels = out.image["logits"], out.labels["label"]
     return accuracies(logits, labels, num_classes), logits.argmax(dim=1), labels

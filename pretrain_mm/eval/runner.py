@@ -37,6 +37,7 @@ from pretrain_mm.eval.zeroshot import zeroshot_classifier, zeroshot_evaluate
 from pretrain_mm.interop.init_from import is_open_clip_source
 from pretrain_mm.models import CLIP, MAE, CoCa
 from pretrain_mm.ops import IGNORE
+from pretrain_mm.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class Evaluation:
             text_encoders=text,
             tokenizer=self.tokenizer,
             split_captions=ds.split_captions,
+            precision=self.eval_cfg.precision,
         )
 
     def run_set(self, ds: EvalSet) -> None:
@@ -159,6 +161,7 @@ class Evaluation:
                 self.device,
                 self.eval_cfg.batch_size,
                 self.eval_cfg.max_samples,
+                self.eval_cfg.precision,
             )
             self.record(tower, "captioning", ds.name, captioning_metrics(generated, references))
             if tower == "trained":
@@ -184,6 +187,7 @@ class Evaluation:
                 task.templates,
                 self.device,
                 self.eval_cfg.batch_size,
+                self.eval_cfg.precision,
             )
             metrics, predictions = zeroshot_evaluate(test.image[tower], labels, classifier)
             self.record(tower, "zeroshot", name, metrics)
@@ -335,6 +339,7 @@ def run_evaluation(
         "model": {"kind": str(cfg.model.kind), "size": cfg.model.size, "image_size": cfg.data.image_size},
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "world_size": info.world_size,
+        "precision": resolve_precision(cfg.eval.precision, info.device, key="eval.precision").name,
         "eval_seconds": round(time.perf_counter() - started, 1),
         **run.results,
         "config": plain_config(cfg),

@@ -25,6 +25,7 @@ def zeroshot_classifier(
     templates: list[str],
     device: torch.device,
     batch_size: int = 256,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """(D, C): per class, the mean of its prompts' unit-norm text embeddings, normalised again
     (CLIP's prompt ensembling: averaging in the embedding space, not the logits)."""
@@ -34,7 +35,7 @@ def zeroshot_classifier(
     parts = []
     for start in range(0, len(prompts), batch_size):
         tokens = tokenizer(prompts[start : start + batch_size]).to(device)
-        with inference_autocast(device):
+        with inference_autocast(device, precision):
             parts.append(F.normalize(encode_text(tokens).float(), dim=-1))
     per_prompt = torch.cat(parts).view(len(classnames), len(templates), -1)
     return F.normalize(per_prompt.mean(dim=1), dim=-1).T

@@ -7,6 +7,10 @@ import pickle
 import subprocess
 import sys
 
+import torch
+
+from helpers.cpu import NATIVE_BF16
+
 # A tiny run (32 px, a batch of 16) and an evaluation cut down to seconds.
 TRAIN = [
     "trainer.max_steps=2",
@@ -48,6 +52,9 @@ def test_training_ends_with_a_report_and_exp_eval_reruns_it(tmp_path):
     results = json.loads((run / "report" / "results.json").read_text())
     assert results["checkpoint"] == str(run / "model.safetensors")  # the finished run's consolidated weights
     assert {"linear_probe", "knn", "reconstruction"} <= set(results["metrics"]["trained"])
+    # eval.precision=auto, training's rule: bf16 on a CUDA device with bf16 or a CPU with native bf16.
+    native = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else bool(NATIVE_BF16)
+    assert results["precision"] == ("bf16" if native else "fp32")
     assert (run / "report" / "report.html").exists() and (run / "report" / "mae_reconstructions.png").exists()
 
     # Alone, from the run directory: the model comes from the run's config.yaml, not from this command's.

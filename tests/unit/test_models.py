@@ -184,7 +184,8 @@ def test_text_cuts_the_padding_after_the_longest_text_without_changing_features(
     model, text = tiny_text(), captions(4, min_len=2)
     text[:, CONTEXT // 2 :] = 0  # every row ends before the middle: half the columns are padding
     full = model.proj(model.pool(model.forward_tokens(text), text))  # the blocks on every column
-    torch.testing.assert_close(model(text), full, atol=1e-6, rtol=1e-6)
+    # fp32 rounding only: the shorter sequence sums in other blocks (1.3e-6 apart on CI's bf16-native CPU, features ~1).
+    torch.testing.assert_close(model(text), full, atol=1e-5, rtol=1e-5)
 
 
 def test_text_is_causal():

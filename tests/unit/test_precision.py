@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers.cpu import NATIVE_BF16
-from pretrain_mm.precision import cpu_bf16_features, resolve_precision
+from pretrain_mm.precision import cpu_bf16_features, inference_autocast, resolve_precision
 
 
 def test_auto_on_this_cpu_follows_its_bf16_features():
@@ -29,3 +29,20 @@ def test_an_explicit_precision_is_kept(asked, bf16):
 def test_a_precision_that_does_not_exist_names_the_key():
     with pytest.raises(ValueError, match="trainer.precision must be auto, bf16 or fp32; got 'fp16'"):
         resolve_precision("fp16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("asked", ["auto", "bf16", "fp32"])
+def test_evaluation_computes_in_eval_precision(asked):
+    """eval.precision: `auto` as training's rule, fp32 to score as CLIP_benchmark does on a CPU (no bf16 rounding)."""
+    with inference_autocast(torch.device("cpu"), asked):
+        enabled = torch.is_autocast_enabled("cpu")
+        out = torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3))
+    expect_bf16 = asked == "bf16" or (asked == "auto" and bool(NATIVE_BF16))
+    assert enabled == expect_bf16
+    assert out.dtype == (torch.bfloat16 if expect_bf16 else torch.float32)
+
+
+def test_a_wrong_eval_precision_names_its_key():
+    with pytest.raises(ValueError, match="eval.precision must be auto, bf16 or fp32; got 'half'"):
+        with inference_autocast(torch.device("cpu"), "half"):
+            pass
