@@ -1,12 +1,12 @@
 """The CUDA panel kernels build cleanly, without a GPU.
 
-- csrc/cuda/panel_kernels.cu compiles standalone (no torch headers) to cubins for sm_80 and
-  sm_90, and ptxas reports every kernel's registers with no spills and no stack frame;
-- (slow) the same kernels, translated to C++ and run on a CPU emulation of CUDA, compute
-  what the CPU panel kernels compute (csrc/tests/test_panel_kernels_emulated.cpp, built with
-  the repository's CMakeLists.txt).
+csrc/cuda/panel_kernels.cu compiles standalone (no torch headers) to cubins for sm_80 and sm_90,
+and ptxas reports every kernel's registers with no spills and no stack frame. Skipped only
+where nvcc is missing.
 
-Skipped only where the tools are missing (nvcc for the first, cmake for the second).
+That the same kernels, translated to C++ and run on a CPU emulation of CUDA, compute what the CPU
+panel kernels compute is ctest's `panel_kernels_emulated` (csrc/tests/test_panel_kernels_emulated.cpp),
+which `.ci/gates cpp` builds and runs in the README's test command: once, not again here.
 """
 
 import concurrent.futures
@@ -114,26 +114,3 @@ def test_compiles_without_spills(ptxas_logs, arch):
         assert info.get("stack", 0) == 0, f"{name} uses a stack frame on {arch}: {info}"
         report.append(f"{info['registers']:4d} regs  {name}")
     print(f"\n{arch}:\n" + "\n".join(sorted(report)))
-
-
-@pytest.mark.slow
-def test_emulated_cuda_kernels_match_cpu_kernels(tmp_path):
-    cmake = shutil.which("cmake")
-    if cmake is None:
-        pytest.skip("no cmake")
-    build = tmp_path / "build"
-    subprocess.run(
-        [cmake, "-S", ROOT, "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    proc = subprocess.run(
-        [cmake, "--build", str(build), "--target", "panel_kernels_emulated", "-j", str(os.cpu_count() or 2)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
-    run = subprocess.run([str(build / "panel_kernels_emulated")], capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
