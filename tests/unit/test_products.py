@@ -140,8 +140,9 @@ def test_fp32_ways_match_float64_and_aten(monkeypatch, way, n, big_n, d, offset,
         torch.testing.assert_close(got, other, rtol=1e-5, atol=tol, msg=lambda m: f"{name} vs aten: {m}")
 
 
-@pytest.mark.parametrize("n,big_n,d,offset,workspace_bytes", SHAPES[:7])
-def test_bf16_brgemm_matches_float64_and_the_widened_products(monkeypatch, n, big_n, d, offset, workspace_bytes):
+def brgemm_and_widened(monkeypatch, n, big_n, d, offset, workspace_bytes):
+    """bf16 inputs of that shape, and ops_outputs through brgemm and through the widened products:
+    (q, k, scale, bias, (offset, workspace_bytes, weights), fast, widened)."""
     take(monkeypatch, "bf16:brgemm")
     q, k, weights = shaped_inputs(n, big_n, d, offset, seed=n * 7 + big_n + d)
     q, k = q.bfloat16(), k.bfloat16()
@@ -150,6 +151,12 @@ def test_bf16_brgemm_matches_float64_and_the_widened_products(monkeypatch, n, bi
     fast = ops_outputs(q, k, scale, bias, *args, impl="fused")
     monkeypatch.setenv("PRETRAIN_MM_BF16_GEMM", "widen")
     widened = ops_outputs(q, k, scale, bias, *args, impl="fused")
+    return q, k, scale, bias, args, fast, widened
+
+
+@pytest.mark.parametrize("n,big_n,d,offset,workspace_bytes", SHAPES[:7])
+def test_bf16_brgemm_matches_float64_and_the_widened_products(monkeypatch, n, big_n, d, offset, workspace_bytes):
+    q, k, scale, bias, args, fast, widened = brgemm_and_widened(monkeypatch, n, big_n, d, offset, workspace_bytes)
     exact = ops_outputs(q.double(), k.double(), scale.double(), bias.double(), *args, impl="reference")
     assert fast[1][0].shape == (n, d) and fast[1][1].shape == (big_n, d)
     # Statistics: products of bf16 values are exact in fp32, only the sums' order differs.
@@ -167,14 +174,7 @@ def test_bf16_brgemm_really_multiplies_otherwise_than_widened(monkeypatch):
     """G is rounded to bf16 only in brgemm's backward, so on thousands of gradient entries the two ways
     differ: the fast way was really taken (build_info says only which way is chosen). On a shape as
     small as 1 x 7 x 3 both may round to the same bf16 values, as they did on CI's native-bf16 CPU."""
-    take(monkeypatch, "bf16:brgemm")
-    n, big_n, d, offset, workspace_bytes = SHAPES[2]
-    q, k, weights = shaped_inputs(n, big_n, d, offset, seed=n * 7 + big_n + d)  # as the test above
-    q, k = q.bfloat16(), k.bfloat16()
-    args = (torch.tensor(30.0), torch.tensor(-6.0), offset, workspace_bytes, weights)
-    fast = ops_outputs(q, k, *args, impl="fused")
-    monkeypatch.setenv("PRETRAIN_MM_BF16_GEMM", "widen")
-    widened = ops_outputs(q, k, *args, impl="fused")
+    *_, fast, widened = brgemm_and_widened(monkeypatch, *SHAPES[2])  # the inputs of the test above on that shape
     assert not torch.equal(fast[1][0], widened[1][0])  # dq: 129 x 64 entries
 
 
