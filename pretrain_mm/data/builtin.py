@@ -5,93 +5,22 @@ from __future__ import annotations
 import fcntl
 import glob
 import hashlib
-import io
 import json
 import os
-import random
 import shutil
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
-from .prompts import check_unseen_prompts
+from .digits import DIGITS_DEFAULTS, digits_info, digits_samples, digits_split
 from .shapes import SHAPES_DEFAULTS, shapes_info, shapes_samples
 from .shards import write_samples
 from .stamps import STAMPS_DEFAULTS, write_stamps
 from .tokenizer import DEFAULT_CONTEXT_LENGTH, TOKENIZER_FILE, Tokenizer, read_tokenizer, train_tokenizer
 
-VERSION = 4  # 3: shapes' compositional split, prompts unseen in training; 4: prompts name one attribute
+VERSION = 5  # 3: shapes' compositional split, prompts unseen in training; 4: prompts name one attribute;
+# 5: digits drawn at a random size and place
 INFO_FILE = "classes.json"
 SPLITS = ("train", "val")
-
-# ----------------------------------------------------------------------------- digits
-
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# Training captions use DIGIT_TEMPLATES; zero-shot prompts DIGIT_PROMPT_TEMPLATES, which no caption
-# uses (checked at build time), so zero-shot accuracy is not the recall of seen captions.
-DIGIT_TEMPLATES = (
-    "a handwritten digit {}",
-    "a scan of a handwritten {}",
-    "the number {}, written by hand",
-    "a small scan of the handwritten number {}",
-)
-DIGIT_PROMPT_TEMPLATES = (
-    "a photo of the digit {}",
-    "a picture of the numeral {}",
-    "a pixelated drawing of {}",
-    "the figure {} in dark ink",
-    "a blurry picture showing {}",
-)
-DIGITS_EVAL_NOTE = (
-    "val: a stratified random split of the scans; zero-shot prompts are templates never used in training captions"
-)
-DIGITS_DEFAULTS = {"image_size": 32, "val_fraction": 0.2, "seed": 0}
-
-
-def _digits_split(seed: int, val_fraction: float) -> dict[str, np.ndarray]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    data = load_digits()
-    idx = np.arange(len(data.target))
-    train, val = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=data.target)
-    return {"train": np.sort(train), "val": np.sort(val), "images": data.images, "target": data.target}
-
-
-def _digits_samples(d: dict, split: str, image_size: int, seed: int) -> Iterator[tuple[str, dict]]:
-    for i in d[split]:
-        ink = np.clip(d["images"][i] / 16.0 * 255.0, 0, 255).astype(np.uint8)
-        img = Image.fromarray(255 - ink, "L").resize((image_size, image_size), Image.Resampling.BICUBIC)
-        label = int(d["target"][i])
-        caption = random.Random(f"digits/{seed}/{i}").choice(DIGIT_TEMPLATES).format(DIGIT_NAMES[label])
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        yield (
-            f"{int(i):08d}",
-            {
-                "png": buf.getvalue(),
-                "txt": caption,
-                "cls": str(label),
-                "json": json.dumps({"caption": caption, "label": label, "index": int(i)}, sort_keys=True),
-            },
-        )
-
-
-def _digits_info(params: dict) -> dict:
-    check_unseen_prompts(DIGIT_PROMPT_TEMPLATES, DIGIT_TEMPLATES)
-    return {
-        "name": "digits",
-        "params": params,
-        "label": "label",
-        "classes": {"label": list(DIGIT_NAMES)},
-        "label_keys": {"label": "cls"},
-        "prompts": {"label": list(DIGIT_PROMPT_TEMPLATES)},
-        "eval_note": DIGITS_EVAL_NOTE,
-    }
-
 
 # ----------------------------------------------------------------------------- building and caching
 
@@ -110,14 +39,14 @@ def _params(name: str, overrides: dict) -> dict:
 def _write_synthetic(name: str, params: dict, out_dir: str, shard_size: int) -> tuple[dict, list[str]]:
     """shapes or digits: out_dir/{train,val}/*.tar; returns (classes.json's info, the train captions)."""
     captions: list[str] = []
-    digits = _digits_split(params["seed"], params["val_fraction"]) if name == "digits" else {}
+    digits = digits_split(params["seed"], params["val_fraction"]) if name == "digits" else {}
     for split in SPLITS:
         if name == "shapes":
             num = params["num_train"] if split == "train" else params["num_val"]
             samples = shapes_samples(split, num, params["image_size"], params["seed"])
         else:
             num = len(digits[split])
-            samples = _digits_samples(digits, split, params["image_size"], params["seed"])
+            samples = digits_samples(digits, split, params)
 
         def keep(stream, split=split):
             for key, members in stream:
@@ -126,7 +55,7 @@ def _write_synthetic(name: str, params: dict, out_dir: str, shard_size: int) -> 
                 yield key, members
 
         write_samples(keep(samples), os.path.join(out_dir, split), shard_size, total=num, desc=f"{name}/{split}")
-    return (shapes_info(params) if name == "shapes" else _digits_info(params)), captions
+    return (shapes_info(params) if name == "shapes" else digits_info(params)), captions
 
 
 def write_builtin(name: str, out_dir: str, shard_size: int = 500, vocab_size: int = 1024, **overrides) -> dict:

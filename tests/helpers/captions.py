@@ -2,7 +2,7 @@
 
 import random
 
-import pretrain_mm.data.builtin as builtin
+import pretrain_mm.data.digits as digits_set
 import pretrain_mm.data.shapes as shapes
 
 
@@ -19,7 +19,7 @@ def builtin_captions() -> list[str]:
                 "background": rng.randrange(len(shapes.BACKGROUNDS)),
             }
             out.append(shapes.shapes_caption(template, attrs))
-    out += [t.format(name) for t in builtin.DIGIT_TEMPLATES for name in builtin.DIGIT_NAMES]
+    out += [t.format(name) for t in digits_set.DIGIT_TEMPLATES for name in digits_set.DIGIT_NAMES]
     prompts = [p for attr in ("shape", "colour") for p in shapes.attribute_prompts(attr)]
     out += [p.format(c) for p in prompts for c in ("red", "star")]
     return out

@@ -77,7 +77,7 @@ def test_clip_checkpoint_evaluation_writes_the_report(tmp_path):
     # what the built-in sets' splits and prompts test, from their classes.json, beside the numbers
     assert set(results["notes"]) == {"shapes", "digits"}
     assert "shapes: val holds only the 12 shape-colour pairs never seen in training" in page
-    assert "digits: val: a stratified random split of the scans; zero-shot prompts are templates never" in page
+    assert "digits: val: a stratified random split of the scans; each scan drawn at a random size and place" in page
 
 
 def test_mae_checkpoint_evaluation_has_reconstructions(tmp_path):

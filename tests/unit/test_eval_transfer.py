@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import pretrain_mm.data.builtin as builtin
+import pretrain_mm.data.digits as digits_set
 import pretrain_mm.data.shapes as shapes_set
 from pretrain_mm.config import EvalConfig
 from pretrain_mm.data import builtin_info, get_builtin, iter_shard
@@ -92,16 +92,16 @@ def test_digits_prompts_are_not_training_captions(digits):
     meta, info = digits
     captions = [m["caption"] for m in meta]
     assert len(captions) == 1437
-    check_prompts(info["prompts"]["label"], info["classes"]["label"], builtin.DIGIT_PROMPT_TEMPLATES, captions)
-    assert set(info["prompts"]["label"]) == set(builtin.DIGIT_PROMPT_TEMPLATES)
-    assert not set(builtin.DIGIT_PROMPT_TEMPLATES) & set(builtin.DIGIT_TEMPLATES)
+    check_prompts(info["prompts"]["label"], info["classes"]["label"], digits_set.DIGIT_PROMPT_TEMPLATES, captions)
+    assert set(info["prompts"]["label"]) == set(digits_set.DIGIT_PROMPT_TEMPLATES)
+    assert not set(digits_set.DIGIT_PROMPT_TEMPLATES) & set(digits_set.DIGIT_TEMPLATES)
     assert "never used in training captions" in info["eval_note"]
 
 
 def test_the_build_check_rejects_training_templates():
     check = check_unseen_prompts
     check(shapes_set.PROMPT_TEMPLATES, shapes_set.FULL_TEMPLATES + shapes_set.PARTIAL_TEMPLATES)
-    check(builtin.DIGIT_PROMPT_TEMPLATES, builtin.DIGIT_TEMPLATES)
+    check(digits_set.DIGIT_PROMPT_TEMPLATES, digits_set.DIGIT_TEMPLATES)
     for bad in (
         "a {colour} {shape}",
         "a {size} {pos}",  # a training template, with its fields renamed or not
@@ -111,7 +111,7 @@ def test_the_build_check_rejects_training_templates():
         with pytest.raises(AssertionError, match="training caption template"):
             check([bad], shapes_set.FULL_TEMPLATES + shapes_set.PARTIAL_TEMPLATES)
     with pytest.raises(AssertionError, match="'a handwritten digit'"):
-        check(["a handwritten digit {} again"], builtin.DIGIT_TEMPLATES)
+        check(["a handwritten digit {} again"], digits_set.DIGIT_TEMPLATES)
 
 
 def test_the_report_says_what_the_sets_test(tmp_path):
