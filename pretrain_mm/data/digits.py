@@ -39,9 +39,13 @@ DIGIT_PROMPT_TEMPLATES = (
 PLACEMENTS = ("random", "fill")
 DIGITS_DEFAULTS = {"image_size": 32, "val_fraction": 0.2, "seed": 0, "placement": "random"}
 DIGITS_EVAL_NOTE = (
-    "val: a stratified random split of the scans; each scan drawn at a random size and place, so "
-    "raw pixels do not separate the digits; zero-shot prompts are templates never used in training captions"
+    "val: a stratified random split of the scans; {placement}; zero-shot prompts are templates never "
+    "used in training captions"
 )
+PLACEMENT_NOTES = {
+    "random": "each scan drawn at a random size and place, so raw pixels do not separate the digits",
+    "fill": "each scan fills the image, so raw pixels separate the digits (a probe measures little)",
+}
 
 
 def digits_split(seed: int, val_fraction: float) -> dict[str, np.ndarray]:
@@ -56,16 +60,14 @@ def digits_split(seed: int, val_fraction: float) -> dict[str, np.ndarray]:
 
 def draw_digit(scan: np.ndarray, image_size: int, placement: str, rng: random.Random) -> Image.Image:
     """One 8x8 scan (values 0-16, ink high) as a greyscale image_size x image_size picture."""
-    ink = np.clip(scan / 16.0, 0.0, 1.0)
+    ink = np.clip(scan / 16.0 * 255.0, 0, 255).astype(np.uint8)
     if placement == "fill":
-        return Image.fromarray((255 - ink * 255).astype(np.uint8), "L").resize(
-            (image_size, image_size), Image.Resampling.BICUBIC
-        )
+        return Image.fromarray(255 - ink, "L").resize((image_size, image_size), Image.Resampling.BICUBIC)
     if placement not in PLACEMENTS:
         raise ValueError(f"digits placement must be one of {PLACEMENTS}, got {placement!r}")
     side = max(8, round(image_size * rng.uniform(0.6, 0.9)))
     left, top = rng.randint(0, image_size - side), rng.randint(0, image_size - side)
-    glyph = Image.fromarray((ink * 255).astype(np.uint8), "L").resize((side, side), Image.Resampling.BICUBIC)
+    glyph = Image.fromarray(ink, "L").resize((side, side), Image.Resampling.BICUBIC)
     paper, pen = rng.uniform(0.85, 1.0), rng.uniform(0.0, 0.2)
     canvas = np.full((image_size, image_size), paper, np.float32)
     canvas[top : top + side, left : left + side] += (pen - paper) * np.asarray(glyph, np.float32) / 255.0
@@ -102,5 +104,5 @@ def digits_info(params: dict) -> dict:
         "classes": {"label": list(DIGIT_NAMES)},
         "label_keys": {"label": "cls"},
         "prompts": {"label": list(DIGIT_PROMPT_TEMPLATES)},
-        "eval_note": DIGITS_EVAL_NOTE,
+        "eval_note": DIGITS_EVAL_NOTE.format(placement=PLACEMENT_NOTES[params["placement"]]),
     }
