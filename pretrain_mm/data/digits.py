@@ -63,8 +63,7 @@ def draw_digit(scan: np.ndarray, image_size: int, placement: str, rng: random.Ra
     ink = np.clip(scan / 16.0 * 255.0, 0, 255).astype(np.uint8)
     if placement == "fill":
         return Image.fromarray(255 - ink, "L").resize((image_size, image_size), Image.Resampling.BICUBIC)
-    if placement not in PLACEMENTS:
-        raise ValueError(f"digits placement must be one of {PLACEMENTS}, got {placement!r}")
+    assert placement == "random", placement  # digits_samples checked the user's value
     side = max(8, round(image_size * rng.uniform(0.6, 0.9)))
     left, top = rng.randint(0, image_size - side), rng.randint(0, image_size - side)
     glyph = Image.fromarray(ink, "L").resize((side, side), Image.Resampling.BICUBIC)
@@ -76,11 +75,13 @@ def draw_digit(scan: np.ndarray, image_size: int, placement: str, rng: random.Ra
 
 
 def digits_samples(d: dict, split: str, params: dict) -> Iterator[tuple[str, dict]]:
-    seed = params["seed"]
+    seed, placement = params["seed"], params["placement"]
+    if placement not in PLACEMENTS:  # once, before any image is drawn
+        raise ValueError(f"digits placement must be one of {PLACEMENTS}, got {placement!r}")
     for i in d[split]:
         label = int(d["target"][i])
         place = random.Random(f"digits/place/{seed}/{i}")
-        img = draw_digit(d["images"][i], params["image_size"], params["placement"], place)
+        img = draw_digit(d["images"][i], params["image_size"], placement, place)
         caption = random.Random(f"digits/{seed}/{i}").choice(DIGIT_TEMPLATES).format(DIGIT_NAMES[label])
         buf = io.BytesIO()
         img.save(buf, format="PNG")
